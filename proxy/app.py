@@ -1,0 +1,151 @@
+"""The aiohttp application: wiring, lifecycle and the small routes (health, metrics)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_async.aio.web import server_stats
+from redis.exceptions import RedisError
+
+from .compression import CompressionAdvisor
+from .config import Settings
+from .maintenance import Maintenance, refresh_gauges
+from .packing import Codec
+from .processor import AudioProcessor, json_error
+from .redis_client import open_redis
+from .store import AudioCacheService
+from .upstream import UpstreamClient, UpstreamSettings
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+REDIS_URL = web.AppKey("redis_url", str)
+REDIS: web.AppKey[Any] = web.AppKey("redis")
+SERVICE = web.AppKey("service", AudioCacheService)
+PROCESSOR = web.AppKey("processor", AudioProcessor)
+DRAINING = web.AppKey("draining", list)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Errors as JSON naming the problem; never a stack trace to the client."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return json_error(413, f"request body too large: {exc.text}", field="body")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(exc.status, exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_error(500, "internal error in the caching proxy")
+
+
+def build_service(settings: Settings, redis: Any) -> AudioCacheService:
+    advisor = CompressionAdvisor(
+        enabled=settings.audio_cache_compression_enabled,
+        threshold_bytes=settings.compression_threshold_bytes,
+        min_saving=settings.audio_cache_compression_min_saving_percent / 100,
+    )
+    return AudioCacheService(
+        redis,
+        prefix=settings.audio_cache_key_prefix,
+        advisor=advisor,
+        codec=Codec.named(settings.audio_cache_compression_codec),
+        compression_level=settings.audio_cache_compression_level,
+    )
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    redis = open_redis(app[REDIS_URL])
+    upstream = UpstreamClient(
+        UpstreamSettings(
+            base_url=settings.upstream_url or "http://127.0.0.1:9",
+            connect_timeout=settings.upstream_connect_timeout_seconds,
+            read_timeout=settings.upstream_read_timeout_seconds,
+            total_timeout=settings.upstream_total_timeout_seconds,
+            api_key=settings.upstream_api_key,
+            api_key_header=settings.upstream_api_key_header,
+            api_key_format=settings.upstream_api_key_format,
+        )
+    )
+    await upstream.start()
+    service = build_service(settings, redis)
+    app[REDIS] = redis
+    app[SERVICE] = service
+    app[PROCESSOR] = AudioProcessor(settings, service, upstream)
+    maintenance = Maintenance(
+        service,
+        flush_seconds=settings.audio_cache_stats_flush_seconds,
+        sweep_seconds=settings.audio_cache_sweep_interval_seconds,
+    )
+    maintenance.start()
+    try:
+        yield
+    finally:
+        app[DRAINING].append(True)
+        await app[PROCESSOR].fills.drain(seconds=settings.upstream_total_timeout_seconds)
+        await maintenance.stop()
+        await upstream.close()
+        await redis.aclose()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    problems: list[str] = []
+    if app[DRAINING]:
+        problems.append("shutting down")
+    if not app[SETTINGS].upstream_url:
+        problems.append("no upstream configured")
+    try:
+        await app[REDIS].ping()
+    except (RedisError, OSError) as exc:
+        problems.append(f"redis unreachable: {exc}")
+    if problems:
+        return web.json_response({"status": "unavailable", "problems": problems}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    # On a Redis error the gauges keep their last value; the error counter tells the story.
+    with contextlib.suppress(RedisError, OSError):
+        await refresh_gauges(request.app[SERVICE])
+    return await server_stats(request)
+
+
+async def _speech(request: web.Request) -> web.StreamResponse:
+    return await request.app[PROCESSOR].handle(request)
+
+
+async def _audio_by_key(request: web.Request) -> web.StreamResponse:
+    return await request.app[PROCESSOR].serve_by_key(request)
+
+
+def create_app(settings: Settings, *, redis_url: str) -> web.Application:
+    """The proxy as an aiohttp application, talking to Redis at ``redis_url``."""
+    app = web.Application(
+        middlewares=[json_errors],
+        client_max_size=int(settings.max_request_body_kb * 1024),
+    )
+    app[SETTINGS] = settings
+    app[REDIS_URL] = redis_url
+    app[DRAINING] = []
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("GET", "/audio/{key}", _audio_by_key)
+    app.router.add_route("*", "/{tail:.*}", _speech)
+    return app

@@ -1,0 +1,211 @@
+"""The ``tts-cache-proxy`` command: serve, demo, demo-upstream, check-config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from .config import ConfigError, Settings, load_settings
+from .embedded import EmbeddedStoreError, EmbeddedValkey, free_port
+
+log = logging.getLogger("proxy")
+
+NO_UPSTREAM = (
+    "no upstream configured: set upstream_url in the config file, UPSTREAM_URL in the "
+    "environment, or pass --upstream URL (e.g. --upstream https://api.openai.com). "
+    "To try the proxy with a local speaking server, run `tts-cache-proxy demo`."
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        out.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level)
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    overrides = {
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "upstream_url": getattr(args, "upstream", None),
+        "redis_url": getattr(args, "redis_url", None),
+        **extra,
+    }
+    return load_settings(getattr(args, "config", None), overrides=overrides)
+
+
+async def _serve_forever(runners: Sequence[web.AppRunner]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for runner in reversed(runners):
+            await runner.cleanup()
+
+
+async def _start(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=False)
+    await site.start()
+    return runner
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import create_app
+
+    settings = _settings(args)
+    configure_logging(settings)
+    if not settings.upstream_url:
+        print(f"tts-cache-proxy: {NO_UPSTREAM}", file=sys.stderr)
+        return 2
+    embedded: EmbeddedValkey | None = None
+    redis_url = settings.redis_url
+    if redis_url is None:
+        embedded = EmbeddedValkey(data_dir=settings.embedded_data_dir)
+        redis_url = embedded.start()
+        log.info("embedded valkey-server started at %s", redis_url)
+    try:
+        app = create_app(settings, redis_url=redis_url)
+
+        async def main() -> None:
+            runner = await _start(app, settings.host, settings.port)
+            log.info(
+                "tts-cache-proxy listening on http://%s:%d -> %s",
+                settings.host, settings.port, settings.upstream_url,
+            )  # fmt: skip
+            await _serve_forever([runner])
+
+        asyncio.run(main())
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .app import create_app
+    from .demo_upstream import create_demo_upstream_app
+
+    upstream_port = free_port()
+    settings = _settings(args, upstream_url=f"http://127.0.0.1:{upstream_port}", redis_url=None)
+    configure_logging(settings)
+    with EmbeddedValkey(data_dir=settings.embedded_data_dir) as store:
+
+        async def main() -> None:
+            upstream = await _start(create_demo_upstream_app(), "127.0.0.1", upstream_port)
+            proxy = await _start(
+                create_app(settings, redis_url=store.url), settings.host, settings.port
+            )
+            print(
+                f"demo: proxy on http://{settings.host}:{settings.port} -> espeak-ng demo "
+                f"upstream on http://127.0.0.1:{upstream_port}, embedded Valkey at {store.url}\n"
+                f"try:  curl -s -D- -o a.wav "
+                f"http://{settings.host}:{settings.port}/v1/audio/speech "
+                "-H 'content-type: application/json' "
+                '-d \'{"model":"tts-1","input":"Bienvenido al hotel","voice":"es",'
+                '"response_format":"wav"}\'',
+                flush=True,
+            )
+            await _serve_forever([upstream, proxy])
+
+        asyncio.run(main())
+    return 0
+
+
+def cmd_demo_upstream(args: argparse.Namespace) -> int:
+    from .demo_upstream import run_demo_upstream
+
+    logging.basicConfig(level=logging.INFO)
+    run_demo_upstream(args.host, args.port)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.file)
+    yaml.safe_dump(settings.public(), sys.stdout, sort_keys=False, allow_unicode=True)
+    if not settings.upstream_url:
+        print(f"# warning: {NO_UPSTREAM}", file=sys.stderr)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tts-cache-proxy", description="A caching reverse proxy for text-to-speech APIs."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy in front of a TTS API")
+    serve.add_argument("--config", help="YAML settings file")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument("--upstream", help="TTS API base URL, e.g. https://api.openai.com")
+    serve.add_argument("--redis-url", help="redis://, rediss://, unix:// or redis+cluster://")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="embedded Valkey + speaking demo upstream + proxy")
+    demo.add_argument("--config", help="YAML settings file")
+    demo.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    demo.set_defaults(func=cmd_demo)
+
+    up = sub.add_parser("demo-upstream", help="an OpenAI-compatible TTS server on espeak-ng")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=9000)
+    up.set_defaults(func=cmd_demo_upstream)
+
+    check = sub.add_parser("check-config", help="validate a config file, print the settings")
+    check.add_argument("file", help="YAML settings file")
+    check.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"tts-cache-proxy: config error: {exc}", file=sys.stderr)
+        return 2
+    except EmbeddedStoreError as exc:
+        print(f"tts-cache-proxy: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

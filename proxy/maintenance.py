@@ -1,0 +1,71 @@
+"""Background bookkeeping: batched hit counts, the expiry sweeper and the size gauges."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from redis.exceptions import RedisError
+
+from .metrics import METRICS
+from .store import AudioCacheService
+
+log = logging.getLogger(__name__)
+
+
+async def every(seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
+    """Run ``job`` every ``seconds`` until cancelled; errors are logged, never fatal."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await job()
+        except RedisError as exc:
+            METRICS.redis_errors.labels(name).inc()
+            log.warning("%s failed: %s", name, exc)
+        except Exception:
+            log.exception("%s failed", name)
+
+
+async def refresh_gauges(service: AudioCacheService) -> None:
+    """The seed's size gauges, from the shared counters in Redis (so replicas agree)."""
+    totals = await service.totals()
+    METRICS.size_entries.set(totals["entries"])
+    METRICS.memory_bytes.set(totals["bytes"])
+
+
+async def sweep_and_refresh(service: AudioCacheService) -> None:
+    await service.sweep()
+    await refresh_gauges(service)
+
+
+class Maintenance:
+    """Starts and stops the periodic jobs of one replica."""
+
+    def __init__(
+        self, service: AudioCacheService, *, flush_seconds: float, sweep_seconds: float
+    ) -> None:
+        self.service = service
+        self.flush_seconds = flush_seconds
+        self.sweep_seconds = sweep_seconds
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(
+                every(self.flush_seconds, self.service.flush_counters, "flush_counters")
+            ),
+            asyncio.create_task(
+                every(self.sweep_seconds, lambda: sweep_and_refresh(self.service), "sweep")
+            ),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(RedisError, OSError):
+            await self.service.flush_counters()

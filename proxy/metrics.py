@@ -1,0 +1,114 @@
+"""Every Prometheus metric of the proxy, defined once. Names audio_cache_* are the seed's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Metrics:
+    operations: Counter
+    size_entries: Gauge
+    memory_bytes: Gauge
+    cleanup_total: Counter
+    cleanup_freed_bytes: Counter
+    cleanup_entries_removed: Counter
+    compression_operations: Counter
+    compression_bytes_saved: Counter
+    compression_ratio: Histogram
+    requests: Histogram
+    upstream_duration: Histogram
+    upstream_errors: Counter
+    time_to_first_byte: Histogram
+    coalesced: Counter
+    bytes_served_from_cache: Counter
+    characters_saved: Counter
+    cost_saved: Counter
+    redis_errors: Counter
+    fail_open: Counter
+    not_stored: Counter
+
+
+def _build() -> Metrics:
+    return Metrics(
+        operations=Counter(
+            "audio_cache_operations_total",
+            "Cache operations by operation (get/set) and result (hit/miss/stored/...)",
+            ["operation", "result"],
+        ),
+        size_entries=Gauge("audio_cache_size_entries", "Entries in the shared cache"),
+        memory_bytes=Gauge("audio_cache_memory_bytes", "Bytes of audio stored (after compression)"),
+        cleanup_total=Counter(
+            "audio_cache_cleanup_total", "Size-based cleanup runs by result", ["result"]
+        ),
+        cleanup_freed_bytes=Counter("audio_cache_cleanup_freed_bytes", "Bytes freed by cleanup"),
+        cleanup_entries_removed=Counter(
+            "audio_cache_cleanup_entries_removed", "Entries removed by cleanup"
+        ),
+        compression_operations=Counter(
+            "audio_cache_compression_operations_total",
+            "Compression and decompression operations by result",
+            ["operation", "result"],
+        ),
+        compression_bytes_saved=Counter(
+            "audio_cache_compression_bytes_saved", "Bytes saved by compressing stored audio"
+        ),
+        compression_ratio=Histogram(
+            "audio_cache_compression_ratio",
+            "Original size / stored size of compressed entries",
+            buckets=(1.05, 1.1, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 6.0, 10.0),
+        ),
+        requests=Histogram(
+            "tts_proxy_request_duration_seconds",
+            "Proxy request duration by route and cache result",
+            ["route", "result"],
+            buckets=_LATENCY_BUCKETS,
+        ),
+        upstream_duration=Histogram(
+            "tts_proxy_upstream_duration_seconds",
+            "Upstream request duration by route and status",
+            ["route", "status"],
+            buckets=_LATENCY_BUCKETS,
+        ),
+        upstream_errors=Counter(
+            "tts_proxy_upstream_errors_total", "Upstream failures by kind", ["kind"]
+        ),
+        time_to_first_byte=Histogram(
+            "tts_proxy_miss_time_to_first_byte_seconds",
+            "Time from request to the first audio byte on a miss",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+        ),
+        coalesced=Counter(
+            "tts_proxy_coalesced_requests_total",
+            "Requests served by another request's upstream call",
+            ["scope"],
+        ),
+        bytes_served_from_cache=Counter(
+            "tts_proxy_bytes_served_from_cache_total", "Audio bytes served from the cache"
+        ),
+        characters_saved=Counter(
+            "tts_proxy_characters_saved_total", "Characters not sent to the upstream", ["route"]
+        ),
+        cost_saved=Counter(
+            "tts_proxy_estimated_cost_saved_total",
+            "Estimated upstream cost saved, in the configured currency",
+            ["route"],
+        ),
+        redis_errors=Counter("tts_proxy_redis_errors_total", "Redis errors by operation", ["op"]),
+        fail_open=Counter(
+            "tts_proxy_fail_open_total", "Requests forwarded upstream because the cache failed"
+        ),
+        not_stored=Counter(
+            "tts_proxy_not_stored_total", "Cacheable answers not stored, by reason", ["reason"]
+        ),
+    )
+
+
+METRICS = _build()

@@ -1,0 +1,421 @@
+"""The request path (the seed's AudioProcessor): look up, else synthesize, stream and store.
+
+Every request that is not an admin or health route arrives here. Speech requests matched
+by a route rule are served from the cache or filled from the upstream; everything else is
+passed through untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+from redis.exceptions import RedisError
+
+from .config import CONTENT_TYPE_NAME, Settings
+from .fill import Fill, FillRegistry
+from .http_cache import http_date, make_etag, plan_response
+from .keys import CacheKey, cache_key, upstream_identity
+from .metrics import METRICS
+from .policy import Directive, refusal_after_body, refusal_before_body, request_directive
+from .routes import InvalidSpeechRequest, RouteRule, SpeechRequest, find_rule
+from .store import AudioCacheService, CachedAudio, EntryLabels, replayable_headers
+from .upstream import HOP_BY_HOP, UnsafePath, UpstreamClient, UpstreamError, strip_hop_by_hop
+
+log = logging.getLogger(__name__)
+
+CACHE_NAME = "tts-cache"
+# Headers the proxy sets on answers to speech requests; never copied from the upstream.
+_OWN_HEADERS = frozenset({"cache-status", "x-cache", "x-audio-cache-key", "content-location"})
+
+
+def json_error(
+    status: int, message: str, *, field: str | None = None, **extra: Any
+) -> web.Response:
+    """A JSON error body: what went wrong and, where one is to blame, which field."""
+    error: dict[str, Any] = {"message": message, "status": status}
+    if field is not None:
+        error["field"] = field
+    error.update(extra)
+    return web.json_response({"error": error}, status=status)
+
+
+class AudioProcessor:
+    """Serves speech from the cache, fills misses from the upstream, passes the rest through."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        service: AudioCacheService,
+        upstream: UpstreamClient,
+        *,
+        audio_path_prefix: str = "/audio",
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.upstream = upstream
+        self.rules = settings.rules
+        self.fills = FillRegistry()
+        self.identity = settings.audio_cache_upstream_identity or upstream_identity(
+            settings.upstream_url or ""
+        )
+        self.audio_path_prefix = audio_path_prefix.rstrip("/")
+        self._class_header = settings.audio_cache_content_type_header.lower()
+
+    # -- entry point -----------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            self.upstream.url_for(request.rel_url.raw_path, "")
+        except UnsafePath as exc:
+            return json_error(400, str(exc), field="path")
+        matched = find_rule(self.rules, request.method, request.path)
+        if matched is None or not self.settings.audio_cache_enabled:
+            return await self.pass_through(request, None, result="bypass")
+        rule, path_params = matched
+        body = await request.read()
+        try:
+            speech = rule.describe(
+                path_params=path_params,
+                query=request.rel_url.raw_query_string,
+                headers={k.lower(): v for k, v in request.headers.items()},
+                body=body,
+            )
+        except InvalidSpeechRequest as exc:
+            return json_error(400, exc.message, field=exc.field)
+        if speech is None:
+            return await self.pass_through(request, body, result="bypass", detail="uncacheable")
+        directive = request_directive({k.lower(): v for k, v in request.headers.items()})
+        if directive is Directive.BYPASS:
+            return await self.pass_through(request, body, result="bypass", detail="no-store")
+        content_class = request.headers.get(self._class_header)
+        if content_class is not None and not CONTENT_TYPE_NAME.match(content_class):
+            return json_error(
+                400,
+                f"{self.settings.audio_cache_content_type_header} must match "
+                f"{CONTENT_TYPE_NAME.pattern}",
+                field=f"header:{self.settings.audio_cache_content_type_header}",
+            )
+        key = self.key_for(speech)
+        response = await self._serve_speech(
+            request, rule, speech, key, body, directive, content_class, started
+        )
+        return response
+
+    def key_for(self, speech: SpeechRequest, namespace: str = "") -> CacheKey:
+        return cache_key(
+            upstream=self.identity,
+            route=speech.route,
+            text=speech.text,
+            params=speech.params,
+            namespace=namespace,
+        )
+
+    async def _serve_speech(
+        self,
+        request: web.Request,
+        rule: RouteRule,
+        speech: SpeechRequest,
+        key: CacheKey,
+        body: bytes,
+        directive: Directive,
+        content_class: str | None,
+        started: float,
+    ) -> web.StreamResponse:
+        if directive is Directive.USE:
+            try:
+                cached = await self.service.get(key)
+            except RedisError as exc:
+                log.warning("cache read failed, going to the upstream: %s", exc)
+                METRICS.redis_errors.labels("get").inc()
+                METRICS.fail_open.inc()
+                cached = None
+            if cached is not None:
+                METRICS.characters_saved.labels(rule.name).inc(len(speech.text))
+                response = await self.serve_cached(request, cached, status=f"{CACHE_NAME}; hit")
+                METRICS.requests.labels(rule.name, "hit").observe(time.perf_counter() - started)
+                return response
+        labels = EntryLabels(
+            content_class=content_class or self.settings.classify(speech.text) or "default",
+            route=rule.name,
+            voice=speech.voice,
+            model=speech.model,
+        )
+        ttl = self.settings.ttl_for(labels.content_class)
+
+        async def runner(fill: Fill) -> None:
+            await self._run_fill(fill, request, body, key, labels, ttl, started)
+
+        fill, leader = self.fills.join_or_start(key.hex, runner)
+        if not leader:
+            METRICS.coalesced.labels("process").inc()
+        fwd = "request" if directive is Directive.REFRESH else "miss"
+        response = await self.serve_fill(request, fill, key, fwd=fwd)
+        result = "miss" if leader else "coalesced"
+        METRICS.requests.labels(rule.name, result).observe(time.perf_counter() - started)
+        return response
+
+    # -- misses ----------------------------------------------------------------------
+
+    async def _run_fill(
+        self,
+        fill: Fill,
+        request: web.Request,
+        body: bytes,
+        key: CacheKey,
+        labels: EntryLabels,
+        ttl: int,
+        started: float,
+    ) -> None:
+        headers = self.upstream.outgoing_headers(request.headers, identity=True)
+        t0 = time.perf_counter()
+        try:
+            upstream = await self.upstream.request(
+                request.method, request.rel_url.raw_path, request.rel_url.raw_query_string,
+                headers, body,
+            )  # fmt: skip
+        except UpstreamError as exc:
+            METRICS.upstream_errors.labels(exc.kind).inc()
+            await fill.finish(complete=False, error=exc)
+            fill.settle(stored=False, refusal="upstream_error")
+            return
+        lowered = {k.lower(): v for k, v in upstream.headers.items()}
+        refusal = refusal_before_body(
+            status=upstream.status, headers=lowered, max_entry_bytes=self.settings.max_entry_bytes
+        )
+        await fill.set_head(
+            upstream.status,
+            [(k, v) for k, v in upstream.headers.items() if k.lower() not in _OWN_HEADERS],
+        )
+        complete = False
+        first = True
+        try:
+            async with upstream:
+                async for chunk in upstream.content.iter_any():
+                    if first:
+                        METRICS.time_to_first_byte.labels(labels.route).observe(
+                            time.perf_counter() - started
+                        )
+                        first = False
+                    await fill.add(chunk)
+                complete = True
+        except Exception as exc:  # the upstream broke off mid-body
+            METRICS.upstream_errors.labels("truncated").inc()
+            log.warning("upstream answer for %s cut short: %r", key.hex[:12], exc)
+        METRICS.upstream_duration.labels(labels.route, str(upstream.status)).observe(
+            time.perf_counter() - t0
+        )
+        await fill.finish(complete=complete)
+        audio = fill.body()
+        if refusal is None:
+            refusal = refusal_after_body(
+                headers=lowered,
+                body=audio,
+                complete=complete,
+                max_entry_bytes=self.settings.max_entry_bytes,
+            )
+        if refusal is not None:
+            METRICS.not_stored.labels(refusal).inc()
+            METRICS.operations.labels("set", "skipped").inc()
+            fill.settle(stored=False, refusal=refusal)
+            return
+        try:
+            await self.service.put(
+                key,
+                audio,
+                media_type=lowered.get("content-type", "application/octet-stream"),
+                ttl_seconds=ttl,
+                labels=labels,
+                headers=replayable_headers(upstream.headers.items()),
+            )
+        except RedisError as exc:
+            log.warning("could not store %s: %s", key.hex[:12], exc)
+            METRICS.redis_errors.labels("set").inc()
+            METRICS.operations.labels("set", "error").inc()
+            fill.settle(stored=False, refusal="store_error")
+            return
+        fill.settle(stored=True, refusal=None)
+
+    async def serve_fill(
+        self, request: web.Request, fill: Fill, key: CacheKey, *, fwd: str
+    ) -> web.StreamResponse:
+        """Stream a fill to this client; ranged or conditional requests wait for it to end."""
+        await fill.wait_head()
+        if fill.status is None:
+            error = fill.error or UpstreamError(502, "protocol", "the upstream gave no answer")
+            return json_error(error.status, error.message, upstream_error=error.kind)
+        wants_whole = (
+            any(h in request.headers for h in ("Range", "If-None-Match", "If-Modified-Since"))
+            or request.method == "HEAD"
+        )
+        if wants_whole and fill.status == 200:
+            await fill.wait_done()
+            if fill.stored:
+                cached = await self._as_cached(fill, key)
+                return await self.serve_cached(
+                    request, cached, status=f"{CACHE_NAME}; fwd={fwd}; stored"
+                )
+        refusal = refusal_before_body(
+            status=fill.status,
+            headers={k.lower(): v for k, v in fill.headers},
+            max_entry_bytes=self.settings.max_entry_bytes,
+        )
+        status = f"{CACHE_NAME}; fwd={fwd}" + ("; stored" if refusal is None else "")
+        response = web.StreamResponse(status=fill.status)
+        for name, value in strip_hop_by_hop(fill.headers).items():
+            response.headers.add(name, value)
+        if fill.finished and fill.complete:
+            response.content_length = fill.size
+        self._mark(response, key, status, "MISS")
+        await response.prepare(request)
+        async for chunk in fill.stream():
+            await response.write(chunk)
+        if not fill.complete:
+            # Close the connection so the client can tell the answer was cut short.
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+
+    async def _as_cached(self, fill: Fill, key: CacheKey) -> CachedAudio:
+        from zlib import crc32
+
+        audio = fill.body()
+        now = int(time.time() * 1000)
+        ttl_ms = max(await self.service.ttl_ms(key), 0)
+        headers = {k.lower(): v for k, v in fill.headers}
+        return CachedAudio(
+            key=key,
+            audio=audio,
+            media_type=headers.get("content-type", "application/octet-stream"),
+            headers=tuple(replayable_headers(fill.headers)),
+            created_ms=now,
+            expires_ms=now + ttl_ms,
+            content_class="",
+            checksum=crc32(audio),
+        )
+
+    # -- hits ------------------------------------------------------------------------
+
+    def _mark(self, response: web.StreamResponse, key: CacheKey, status: str, x_cache: str) -> None:
+        response.headers["Cache-Status"] = status
+        response.headers["X-Cache"] = x_cache
+        response.headers["X-Audio-Cache-Key"] = key.hex
+        response.headers["Content-Location"] = f"{self.audio_path_prefix}/{key.hex}"
+
+    async def serve_cached(
+        self, request: web.Request, cached: CachedAudio, *, status: str
+    ) -> web.StreamResponse:
+        """A stored answer with validators, conditional requests, byte ranges and HEAD."""
+        now_ms = int(time.time() * 1000)
+        etag = make_etag(cached.key.hex, cached.checksum)
+        ttl_s = max(0, (cached.expires_ms - now_ms) // 1000)
+        age_s = max(0, (now_ms - cached.created_ms) // 1000)
+        if "; hit" in status:
+            status += f"; ttl={ttl_s}"
+        length = len(cached.audio)
+        plan = plan_response(
+            {k.lower(): v for k, v in request.headers.items()},
+            length=length,
+            etag=etag,
+            last_modified_ms=cached.created_ms,
+        )
+        headers = CIMultiDict[str](cached.headers)
+        headers["ETag"] = etag
+        headers["Last-Modified"] = http_date(cached.created_ms)
+        headers["Age"] = str(age_s)
+        headers["Cache-Control"] = f"max-age={ttl_s}"
+        headers["Accept-Ranges"] = "bytes"
+        if plan.status == 304:
+            response = web.Response(status=304, headers=headers)
+        elif plan.status == 416:
+            headers["Content-Range"] = f"bytes */{length}"
+            response = web.Response(status=416, headers=headers)
+        else:
+            start, end = (plan.start, plan.end) if plan.status == 206 else (0, length - 1)
+            if plan.status == 206:
+                headers["Content-Range"] = f"bytes {start}-{end}/{length}"
+            headers["Content-Type"] = cached.media_type
+            part = cached.audio if plan.status == 200 else cached.audio[start : end + 1]
+            if request.method == "HEAD":
+                response = web.Response(status=plan.status, headers=headers)
+                response.content_length = len(part)
+            else:
+                response = web.Response(status=plan.status, body=part, headers=headers)
+                METRICS.bytes_served_from_cache.inc(len(part))
+        self._mark(response, cached.key, status, "HIT" if "; hit" in status else "MISS")
+        return response
+
+    async def serve_by_key(self, request: web.Request) -> web.StreamResponse:
+        """``GET /audio/{key}``: a cached entry by its key, for players and browsers."""
+        key = CacheKey.parse(request.match_info["key"])
+        if key is None:
+            return json_error(400, "the key must be 64 lowercase hex characters", field="key")
+        try:
+            cached = await self.service.get(key)
+        except RedisError:
+            METRICS.redis_errors.labels("get").inc()
+            return json_error(503, "the cache store is unavailable")
+        if cached is None:
+            return json_error(404, "no cached audio for this key", field="key")
+        return await self.serve_cached(request, cached, status=f"{CACHE_NAME}; hit")
+
+    # -- everything else -------------------------------------------------------------
+
+    async def pass_through(
+        self,
+        request: web.Request,
+        body: bytes | None,
+        *,
+        result: str,
+        detail: str | None = None,
+    ) -> web.StreamResponse:
+        """Forward to the upstream and stream the answer back, storing nothing."""
+        started = time.perf_counter()
+        headers = self.upstream.outgoing_headers(request.headers, identity=False)
+        payload: Any = (
+            body if body is not None else (request.content if request.can_read_body else None)
+        )
+        try:
+            upstream = await self.upstream.request(
+                request.method, request.rel_url.raw_path, request.rel_url.raw_query_string,
+                headers, payload,
+            )  # fmt: skip
+        except UpstreamError as exc:
+            METRICS.upstream_errors.labels(exc.kind).inc()
+            return json_error(exc.status, exc.message, upstream_error=exc.kind)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name, value in upstream.headers.items():
+            if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
+                response.headers.add(name, value)
+        if upstream.content_length is not None and "chunked" not in upstream.headers.get(
+            "Transfer-Encoding", ""
+        ):
+            response.content_length = upstream.content_length
+        status = f"{CACHE_NAME}; fwd=bypass" + (f"; detail={detail}" if detail else "")
+        response.headers["Cache-Status"] = status
+        response.headers["X-Cache"] = "BYPASS"
+        await response.prepare(request)
+        try:
+            async with upstream:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+        except Exception as exc:
+            log.warning("pass-through cut short: %r", exc)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        route = "passthrough" if detail is None else "bypass"
+        METRICS.requests.labels(route, result).observe(time.perf_counter() - started)
+        return response
+
+
+def header_map(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}

@@ -1,0 +1,325 @@
+"""Route rules: which requests are speech, and where their text and sound parameters live.
+
+Pure logic. A rule turns a request (method, path, query, headers, body) into a
+``SpeechRequest`` or says why it cannot be cached. Anything no rule matches is passed
+through to the upstream untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl
+
+Source = Literal["json", "query", "path", "header", "form"]
+SOURCES: tuple[Source, ...] = ("json", "query", "path", "header", "form")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class RuleError(ValueError):
+    """A route rule in the configuration is malformed."""
+
+
+class InvalidSpeechRequest(ValueError):
+    """A request on a cacheable route is malformed; ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRef:
+    """Where one value lives in a request, written ``source:name`` (e.g. ``json:input``)."""
+
+    source: Source
+    name: str
+
+    @classmethod
+    def parse(cls, text: str) -> FieldRef:
+        source, sep, name = text.partition(":")
+        if not sep or not name or source not in SOURCES:
+            raise RuleError(
+                f"field reference {text!r} must be 'SOURCE:NAME' with SOURCE one of "
+                + ", ".join(SOURCES)
+            )
+        return cls(source, name.lower() if source == "header" else name)
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechRequest:
+    """A cacheable request, reduced to what determines its audio."""
+
+    route: str
+    text: str
+    params: Mapping[str, Any]
+    voice: str
+    model: str
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """One cacheable endpoint of the upstream."""
+
+    name: str
+    method: str
+    path: str
+    text: FieldRef
+    voice: FieldRef | None = None
+    model: FieldRef | None = None
+    # Fields known not to change the audio. Every other body and query field counts:
+    # a wrong hit is far worse than a miss.
+    ignore: frozenset[FieldRef] = frozenset()
+    # Request headers that change the audio (most APIs have none).
+    headers: tuple[str, ...] = ()
+    # Field values that make an answer uncacheable, e.g. OpenAI's stream_format=sse.
+    bypass: Mapping[FieldRef, frozenset[str]] = field(default_factory=dict)
+    _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise RuleError(f"route {self.name!r}: path must start with '/'")
+        regex = ""
+        last = 0
+        for m in _PLACEHOLDER.finditer(self.path):
+            regex += re.escape(self.path[last : m.start()]) + f"(?P<{m.group(1)}>[^/]+)"
+            last = m.end()
+        regex += re.escape(self.path[last:])
+        object.__setattr__(self, "_pattern", re.compile(f"^{regex}$"))
+        placeholders = set(_PLACEHOLDER.findall(self.path))
+        for ref in (self.text, self.voice, self.model):
+            if ref is not None and ref.source == "path" and ref.name not in placeholders:
+                raise RuleError(f"route {self.name!r}: no {{{ref.name}}} in path {self.path!r}")
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        """Path parameters when this rule serves ``method path``, else None."""
+        if method != self.method and not (method == "HEAD" and self.method == "GET"):
+            return None
+        m = self._pattern.match(path)
+        return m.groupdict() if m else None
+
+    def describe(
+        self,
+        *,
+        path_params: Mapping[str, str],
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> SpeechRequest | None:
+        """The speech request, or None when a bypass value says not to cache it.
+
+        Raises InvalidSpeechRequest for malformed input.
+        """
+        fields: dict[str, Any] = {}
+        for name, value in path_params.items():
+            fields[f"path:{name}"] = value
+        for qname, qvalue in _multi(parse_qsl(query, keep_blank_values=True)).items():
+            fields[f"query:{qname}"] = qvalue
+        for name in self.headers:
+            if name in headers:
+                fields[f"header:{name}"] = headers[name]
+        if self.method != "GET" and body:
+            fields.update(_body_fields(body, headers.get("content-type", "")))
+
+        for ref, values in self.bypass.items():
+            if str(fields.get(str(ref))) in values:
+                return None
+
+        text = fields.pop(str(self.text), None)
+        if not isinstance(text, str):
+            problem = "is required" if text is None else "must be a string"
+            raise InvalidSpeechRequest(str(self.text), f"{self.text.name!r} {problem}")
+        if not text.strip():
+            raise InvalidSpeechRequest(str(self.text), f"{self.text.name!r} must not be empty")
+        for ref in self.ignore:
+            fields.pop(str(ref), None)
+        return SpeechRequest(
+            route=self.name,
+            text=text,
+            params=fields,
+            voice=_label(fields, self.voice),
+            model=_label(fields, self.model),
+        )
+
+
+def _label(fields: Mapping[str, Any], ref: FieldRef | None) -> str:
+    value = fields.get(str(ref)) if ref is not None else None
+    return value if isinstance(value, str) else ""
+
+
+def _multi(pairs: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:
+    out: dict[str, str | list[str]] = {}
+    for name, value in pairs:
+        old = out.get(name)
+        if old is None:
+            out[name] = value
+        elif isinstance(old, list):
+            old.append(value)
+        else:
+            out[name] = [old, value]
+    return out
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _body_fields(body: bytes, content_type: str) -> dict[str, Any]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidSpeechRequest("body", "request body is not valid UTF-8") from exc
+    if "application/x-www-form-urlencoded" in content_type:
+        return {f"form:{k}": v for k, v in _multi(parse_qsl(text, keep_blank_values=True)).items()}
+    try:
+        document = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:
+        raise InvalidSpeechRequest("body", f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidSpeechRequest("body", "request body must be a JSON object")
+    _reject_non_finite(document)
+    return {f"json:{k}": v for k, v in document.items()}
+
+
+def _reject_non_finite(value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidSpeechRequest("body", "numbers must be finite")
+    if isinstance(value, dict):
+        for v in value.values():
+            _reject_non_finite(v)
+    elif isinstance(value, list):
+        for v in value:
+            _reject_non_finite(v)
+
+
+def _refs(items: Iterable[str]) -> frozenset[FieldRef]:
+    return frozenset(FieldRef.parse(i) for i in items)
+
+
+def _openai() -> list[RouteRule]:
+    return [
+        RouteRule(
+            name="openai",
+            method="POST",
+            path="/v1/audio/speech",
+            text=FieldRef("json", "input"),
+            voice=FieldRef("json", "voice"),
+            model=FieldRef("json", "model"),
+            bypass={FieldRef("json", "stream_format"): frozenset({"sse"})},
+        )
+    ]
+
+
+def _elevenlabs() -> list[RouteRule]:
+    common: dict[str, Any] = dict(
+        method="POST",
+        text=FieldRef("json", "text"),
+        voice=FieldRef("path", "voice_id"),
+        model=FieldRef("json", "model_id"),
+        ignore=_refs(["query:enable_logging"]),
+    )
+    return [
+        RouteRule(name="elevenlabs", path="/v1/text-to-speech/{voice_id}", **common),
+        RouteRule(name="elevenlabs-stream", path="/v1/text-to-speech/{voice_id}/stream", **common),
+    ]
+
+
+def _get() -> list[RouteRule]:
+    mary: dict[str, Any] = dict(
+        path="/process", voice=FieldRef("query", "VOICE"), model=FieldRef("query", "LOCALE")
+    )
+    return [
+        RouteRule(name="marytts", method="GET", text=FieldRef("query", "INPUT_TEXT"), **mary),
+        RouteRule(
+            name="marytts-form",
+            method="POST",
+            text=FieldRef("form", "INPUT_TEXT"),
+            path="/process",
+            voice=FieldRef("form", "VOICE"),
+            model=FieldRef("form", "LOCALE"),
+        ),
+        RouteRule(
+            name="coqui",
+            method="GET",
+            path="/api/tts",
+            text=FieldRef("query", "text"),
+            voice=FieldRef("query", "speaker_id"),
+            model=FieldRef("query", "language_id"),
+        ),
+    ]
+
+
+PRESETS = {"openai": _openai, "elevenlabs": _elevenlabs, "get": _get}
+
+
+def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
+    """A rule from its YAML form; raises RuleError naming the bad field."""
+    allowed = {"name", "method", "path", "text", "voice", "model", "ignore", "headers", "bypass"}
+    unknown = set(raw) - allowed
+    if unknown:
+        raise RuleError(f"unknown route field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    for required in ("name", "method", "path", "text"):
+        if not isinstance(raw.get(required), str) or not raw[required]:
+            raise RuleError(f"route field {required!r} is required and must be a string")
+    bypass_raw = raw.get("bypass") or {}
+    if not isinstance(bypass_raw, Mapping):
+        raise RuleError("route field 'bypass' must map a field reference to a list of values")
+    return RouteRule(
+        name=raw["name"],
+        method=raw["method"].upper(),
+        path=raw["path"],
+        text=FieldRef.parse(raw["text"]),
+        voice=FieldRef.parse(raw["voice"]) if raw.get("voice") else None,
+        model=FieldRef.parse(raw["model"]) if raw.get("model") else None,
+        ignore=_refs(_strings(raw.get("ignore"), "ignore")),
+        headers=tuple(h.lower() for h in _strings(raw.get("headers"), "headers")),
+        bypass={
+            FieldRef.parse(k): frozenset(str(v) for v in _strings(vs, "bypass"))
+            for k, vs in bypass_raw.items()
+        },
+    )
+
+
+def _strings(value: Any, name: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str | int | float) for v in value):
+        raise RuleError(f"route field {name!r} must be a list of strings")
+    return [str(v) for v in value]
+
+
+def build_rules(spec: Sequence[str | Mapping[str, Any]]) -> tuple[RouteRule, ...]:
+    """Presets by name and custom rules, in order; first match wins."""
+    rules: list[RouteRule] = []
+    for item in spec:
+        if isinstance(item, str):
+            if item not in PRESETS:
+                raise RuleError(f"unknown route preset {item!r}; presets: {sorted(PRESETS)}")
+            rules.extend(PRESETS[item]())
+        elif isinstance(item, Mapping):
+            rules.append(rule_from_mapping(item))
+        else:
+            raise RuleError("each route is a preset name or a mapping")
+    names = [r.name for r in rules]
+    if len(names) != len(set(names)):
+        raise RuleError(f"route names must be unique: {names}")
+    return tuple(rules)
+
+
+def find_rule(
+    rules: Sequence[RouteRule], method: str, path: str
+) -> tuple[RouteRule, dict[str, str]] | None:
+    """The first rule serving ``method path`` and its path parameters."""
+    for rule in rules:
+        params = rule.match(method, path)
+        if params is not None:
+            return rule, params
+    return None

@@ -1,0 +1,686 @@
+"""AudioCacheService: cached audio and its bookkeeping in Redis.
+
+Layout (``P`` is the key prefix, ``NN`` one of ``SHARDS`` index shards)::
+
+    P:{P.NN}:e:<key>    HASH  one entry: packed audio + metadata, with a TTL
+    P:{P.NN}:idx        HASH  key -> JSON record (sizes, codec, labels): survives expiry
+    P:{P.NN}:exp        ZSET  key -> expiry time (ms), for the sweeper
+    P:{P.NN}:stats      HASH  counters: entries, bytes, compressed..., per class/tenant, hits
+    P:{P.NN}:sel:<dim>:<value>  SET  keys by voice/model/tenant/class/route, for purges
+
+Every key of a shard shares one hash tag, so each shard lives in one Redis Cluster slot
+and every write is one atomic script. Counters are per shard, so no single key is hot.
+A hit is one HMGET; hit counts and last access are batched off the hit path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .compression import THREAD_THRESHOLD_BYTES, CompressionAdvisor, encode
+from .keys import CacheKey
+from .metrics import METRICS
+from .packing import Codec, CorruptEntry, read_header, unpack
+
+log = logging.getLogger(__name__)
+
+SHARDS = 64
+SELECTOR_DIMENSIONS = ("voice", "model", "tenant", "class", "route")
+_ENTRY_FIELDS = (b"b", b"ct", b"hd", b"c", b"x", b"cls")
+
+# Shared Lua: keep the index, selectors and counters in step with the entries.
+_PRELUDE = """
+local function adjust(stats, rec, sign)
+  redis.call('HINCRBY', stats, 'entries', sign)
+  redis.call('HINCRBY', stats, 'bytes', sign * rec.s)
+  redis.call('HINCRBY', stats, 'original_bytes', sign * rec.o)
+  if rec.z ~= 0 then
+    redis.call('HINCRBY', stats, 'compressed_entries', sign)
+    redis.call('HINCRBY', stats, 'compressed_bytes', sign * rec.s)
+    redis.call('HINCRBY', stats, 'compressed_original_bytes', sign * rec.o)
+  end
+  redis.call('HINCRBY', stats, 'class:' .. rec.c .. ':entries', sign)
+  redis.call('HINCRBY', stats, 'class:' .. rec.c .. ':bytes', sign * rec.s)
+  if rec.t ~= '' then
+    redis.call('HINCRBY', stats, 'tenant:' .. rec.t .. ':entries', sign)
+    redis.call('HINCRBY', stats, 'tenant:' .. rec.t .. ':bytes', sign * rec.s)
+  end
+end
+local function selectors(shard, rec)
+  local out = {}
+  local dims = {voice = rec.v, model = rec.m, tenant = rec.t, class = rec.c, route = rec.r}
+  for dim, value in pairs(dims) do
+    if value ~= nil and value ~= '' then
+      table.insert(out, shard .. 'sel:' .. dim .. ':' .. value)
+    end
+  end
+  return out
+end
+local function forget(shard, stats, idx, exp, key)
+  local raw = redis.call('HGET', idx, key)
+  redis.call('ZREM', exp, key)
+  if not raw then return nil end
+  local rec = cjson.decode(raw)
+  adjust(stats, rec, -1)
+  for _, s in ipairs(selectors(shard, rec)) do redis.call('SREM', s, key) end
+  redis.call('HDEL', idx, key)
+  return rec
+end
+local function remove(shard, stats, idx, exp, key, reason)
+  local existed = redis.call('DEL', shard .. 'e:' .. key)
+  local rec = forget(shard, stats, idx, exp, key)
+  if rec then
+    redis.call('HINCRBY', stats, reason, 1)
+    return rec.s
+  end
+  if existed == 1 then return 0 end
+  return -1
+end
+"""
+
+# KEYS: stats idx exp entry; ARGV: shard key ttl_ms expires_ms record field value...
+_PUT = (
+    _PRELUDE
+    + """
+local shard, key = ARGV[1], ARGV[2]
+local old = forget(shard, KEYS[1], KEYS[2], KEYS[3], key)
+if old then redis.call('HINCRBY', KEYS[1], 'overwritten', 1) end
+redis.call('DEL', KEYS[4])
+redis.call('HSET', KEYS[4], unpack(ARGV, 6))
+redis.call('PEXPIRE', KEYS[4], ARGV[3])
+redis.call('HSET', KEYS[2], key, ARGV[5])
+redis.call('ZADD', KEYS[3], ARGV[4], key)
+local rec = cjson.decode(ARGV[5])
+adjust(KEYS[1], rec, 1)
+for _, s in ipairs(selectors(shard, rec)) do redis.call('SADD', s, key) end
+return redis.call('HGET', KEYS[1], 'bytes')
+"""
+)
+
+# KEYS: stats idx exp; ARGV: shard reason key... -> {removed, freed bytes}
+_REMOVE = (
+    _PRELUDE
+    + """
+local removed, freed = 0, 0
+for i = 3, #ARGV do
+  local size = remove(ARGV[1], KEYS[1], KEYS[2], KEYS[3], ARGV[i], ARGV[2])
+  if size >= 0 then removed = removed + 1; freed = freed + size end
+end
+return {removed, freed}
+"""
+)
+
+# KEYS: stats idx exp; ARGV: shard now_ms limit -> entries reconciled
+_SWEEP = (
+    _PRELUDE
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[2], 'LIMIT', 0, ARGV[3])
+local gone = 0
+for _, key in ipairs(due) do
+  local ttl = redis.call('PTTL', ARGV[1] .. 'e:' .. key)
+  if ttl < 0 then
+    redis.call('DEL', ARGV[1] .. 'e:' .. key)
+    if forget(ARGV[1], KEYS[1], KEYS[2], KEYS[3], key) then
+      redis.call('HINCRBY', KEYS[1], 'expired', 1)
+      gone = gone + 1
+    end
+  else
+    -- written by a replica whose clock runs behind: trust Redis's own TTL
+    redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + ttl, key)
+  end
+end
+return gone
+"""
+)
+
+# KEYS: stats; ARGV: shard now_ms misses key count key count ...
+_TOUCH = """
+local shard, now = ARGV[1], ARGV[2]
+local hits = 0
+if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[1], 'misses', ARGV[3]) end
+for i = 4, #ARGV, 2 do
+  local entry = shard .. 'e:' .. ARGV[i]
+  local cls = redis.call('HGET', entry, 'cls')
+  if cls then
+    redis.call('HINCRBY', entry, 'n', ARGV[i + 1])
+    redis.call('HSET', entry, 'la', now)
+    redis.call('HINCRBY', KEYS[1], 'class:' .. cls .. ':hits', ARGV[i + 1])
+    hits = hits + tonumber(ARGV[i + 1])
+  end
+end
+if hits > 0 then redis.call('HINCRBY', KEYS[1], 'hits', hits) end
+return hits
+"""
+
+# KEYS: stats idx exp; ARGV: shard limit selector-set... -> {removed, freed}
+# With no selector sets, takes any indexed keys (clear).
+_PURGE = (
+    _PRELUDE
+    + """
+local keys
+if #ARGV > 2 then
+  keys = redis.call('SINTER', unpack(ARGV, 3))
+else
+  keys = redis.call('HKEYS', KEYS[2])
+end
+local removed, freed, limit = 0, 0, tonumber(ARGV[2])
+for _, key in ipairs(keys) do
+  if removed >= limit then break end
+  local size = remove(ARGV[1], KEYS[1], KEYS[2], KEYS[3], key, 'purged')
+  if size >= 0 then removed = removed + 1; freed = freed + size end
+end
+return {removed, freed}
+"""
+)
+
+# KEYS: stats idx exp; ARGV: shard -> {ghosts removed, JSON of corrected counters}
+_REPAIR = (
+    _PRELUDE
+    + """
+local shard = ARGV[1]
+local ghosts = 0
+local all = redis.call('HGETALL', KEYS[2])
+local truth = {}
+local function add(name, n) truth[name] = (truth[name] or 0) + n end
+for i = 1, #all, 2 do
+  local key, rec = all[i], cjson.decode(all[i + 1])
+  if redis.call('EXISTS', shard .. 'e:' .. key) == 0 then
+    for _, s in ipairs(selectors(shard, rec)) do redis.call('SREM', s, key) end
+    redis.call('HDEL', KEYS[2], key)
+    redis.call('ZREM', KEYS[3], key)
+    ghosts = ghosts + 1
+  else
+    add('entries', 1); add('bytes', rec.s); add('original_bytes', rec.o)
+    if rec.z ~= 0 then
+      add('compressed_entries', 1); add('compressed_bytes', rec.s)
+      add('compressed_original_bytes', rec.o)
+    end
+    add('class:' .. rec.c .. ':entries', 1); add('class:' .. rec.c .. ':bytes', rec.s)
+    if rec.t ~= '' then
+      add('tenant:' .. rec.t .. ':entries', 1); add('tenant:' .. rec.t .. ':bytes', rec.s)
+    end
+  end
+end
+local before = {}
+local current = redis.call('HGETALL', KEYS[1])
+for i = 1, #current, 2 do
+  local name = current[i]
+  if name == 'entries' or name == 'bytes' or name == 'original_bytes'
+     or string.sub(name, 1, 11) == 'compressed_'
+     or (string.sub(name, 1, 6) == 'class:' and string.sub(name, -5) ~= ':hits')
+     or string.sub(name, 1, 7) == 'tenant:' then
+    before[name] = tonumber(current[i + 1])
+    redis.call('HDEL', KEYS[1], name)
+  end
+end
+for name, n in pairs(truth) do
+  if n ~= 0 then redis.call('HSET', KEYS[1], name, n) end
+end
+return {ghosts, cjson.encode({before = before, after = truth})}
+"""
+)
+
+# Counters that describe what is stored now (the rest are lifetime event counts).
+_LEVEL_COUNTERS = (
+    "entries",
+    "bytes",
+    "original_bytes",
+    "compressed_entries",
+    "compressed_bytes",
+    "compressed_original_bytes",
+)
+
+
+def shard_of(key: CacheKey) -> int:
+    return int(key.hex[:4], 16) % SHARDS
+
+
+@dataclass(frozen=True)
+class Keyspace:
+    """Names of every Redis key this cache uses, under one prefix."""
+
+    prefix: str
+
+    def shard(self, n: int) -> str:
+        return f"{self.prefix}:{{{self.prefix}.{n:02d}}}:"
+
+    def entry(self, key: CacheKey) -> str:
+        return f"{self.shard(shard_of(key))}e:{key.hex}"
+
+    def shard_keys(self, n: int) -> list[str]:
+        base = self.shard(n)
+        return [base + "stats", base + "idx", base + "exp"]
+
+    def selector(self, n: int, dimension: str, value: str) -> str:
+        return f"{self.shard(n)}sel:{dimension}:{value}"
+
+    def channel(self) -> str:
+        """Pub/sub channel for invalidations (deletes, purges) across replicas."""
+        return f"{self.prefix}:invalidate"
+
+
+@dataclass(frozen=True, slots=True)
+class EntryLabels:
+    """What an entry is, for TTLs, purges, stats and cleanup."""
+
+    content_class: str = "default"
+    route: str = ""
+    voice: str = ""
+    model: str = ""
+    tenant: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CachedAudio:
+    """A hit: the original audio and what a response needs."""
+
+    key: CacheKey
+    audio: bytes
+    media_type: str
+    headers: tuple[tuple[str, str], ...]
+    created_ms: int
+    expires_ms: int
+    content_class: str
+    checksum: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """What a put did."""
+
+    stored: bool
+    reason: str
+    stored_size: int = 0
+    original_size: int = 0
+    codec: Codec = Codec.NONE
+
+
+@dataclass(frozen=True, slots=True)
+class EntryInfo:
+    """Metadata of one entry, read without touching it."""
+
+    key: str
+    size: int
+    stored_size: int
+    codec: str
+    created_ms: int
+    expires_ms: int
+    ttl_ms: int
+    hits: int
+    last_access_ms: int
+    content_class: str
+    tenant: str
+    route: str
+    voice: str
+    model: str
+    media_type: str
+
+
+@dataclass
+class Totals:
+    """Counters summed over every shard."""
+
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> int:
+        return self.counters.get(name, 0)
+
+    def grouped(self, kind: str) -> dict[str, dict[str, int]]:
+        """``class:welcome_message:bytes`` style counters, grouped by name."""
+        out: dict[str, dict[str, int]] = defaultdict(dict)
+        for name, value in self.counters.items():
+            head, _, rest = name.partition(":")
+            if head == kind and rest:
+                label, _, metric = rest.rpartition(":")
+                out[label][metric] = value
+        return dict(out)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# Upstream response headers never replayed from the cache: per-connection or per-response.
+_UNREPLAYED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "content-range",
+        "accept-ranges",
+        "date",
+        "set-cookie",
+        "age",
+        "cache-control",
+        "expires",
+        "etag",
+        "last-modified",
+        "vary",
+        "server",
+        "content-type",
+        "cache-status",
+        "x-cache",
+        "x-audio-cache-key",
+        "content-location",
+        "x-request-id",
+    }
+)
+
+
+def replayable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Upstream headers worth replaying on a hit (e.g. ``X-Sample-Rate``)."""
+    return [(k, v) for k, v in headers if k.lower() not in _UNREPLAYED]
+
+
+class AudioCacheService:
+    """Store, fetch and manage cached audio and its metadata in Redis."""
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        prefix: str = "ttsc",
+        advisor: CompressionAdvisor | None = None,
+        codec: Codec = Codec.ZLIB,
+        compression_level: int = 6,
+    ) -> None:
+        self.redis = redis
+        self.keyspace = Keyspace(prefix)
+        self.advisor = advisor or CompressionAdvisor(True, 100 * 1024, 0.05)
+        self.codec = codec
+        self.compression_level = compression_level
+        self._put = redis.register_script(_PUT)
+        self._remove = redis.register_script(_REMOVE)
+        self._sweep = redis.register_script(_SWEEP)
+        self._touch = redis.register_script(_TOUCH)
+        self._purge = redis.register_script(_PURGE)
+        self._repair = redis.register_script(_REPAIR)
+        self._pending_hits: dict[str, int] = {}
+        self._pending_misses: dict[int, int] = defaultdict(int)
+        # Stored bytes as last read from Redis plus what this replica wrote since.
+        self.approx_bytes = 0
+        self.size_changed = asyncio.Event()
+
+    # -- the hit path ---------------------------------------------------------------
+
+    async def get(self, key: CacheKey) -> CachedAudio | None:
+        """The cached audio for ``key``, or None. Counts the hit or miss (batched)."""
+        found = await self.fetch(key)
+        if found is None:
+            self._pending_misses[shard_of(key)] += 1
+            METRICS.operations.labels("get", "miss").inc()
+        else:
+            self._pending_hits[key.hex] = self._pending_hits.get(key.hex, 0) + 1
+            METRICS.operations.labels("get", "hit").inc()
+        return found
+
+    async def fetch(self, key: CacheKey) -> CachedAudio | None:
+        """Read and verify an entry without counting it."""
+        values = await self.redis.hmget(self.keyspace.entry(key), _ENTRY_FIELDS)
+        body, media_type, headers, created, expires, content_class = values
+        if body is None:
+            return None
+        try:
+            codec, size, checksum = read_header(body)
+            if codec is not Codec.NONE and size >= THREAD_THRESHOLD_BYTES:
+                audio = await asyncio.to_thread(unpack, body)
+            else:
+                audio = unpack(body)
+            if codec is not Codec.NONE:
+                METRICS.compression_operations.labels("decompress", "ok").inc()
+            return CachedAudio(
+                key=key,
+                audio=audio,
+                media_type=(media_type or b"application/octet-stream").decode(),
+                headers=tuple(tuple(h) for h in json.loads(headers or b"[]")),
+                created_ms=int(created or 0),
+                expires_ms=int(expires or 0),
+                content_class=(content_class or b"default").decode(),
+                checksum=checksum,
+            )
+        except (CorruptEntry, ValueError, TypeError) as exc:
+            log.warning("corrupt cache entry %s deleted: %s", key.hex, exc)
+            METRICS.compression_operations.labels("decompress", "corrupt").inc()
+            await self.remove([key], reason="corrupt")
+            return None
+
+    # -- writes ---------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: CacheKey,
+        audio: bytes,
+        *,
+        media_type: str,
+        ttl_seconds: int,
+        labels: EntryLabels,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> StoreResult:
+        """Store ``audio`` under ``key`` for ``ttl_seconds``, compressed when it pays."""
+        base_type = media_type.split(";", 1)[0].strip().lower()
+        encoded = await encode(audio, base_type, self.advisor, self.codec, self.compression_level)
+        packed = encoded.packed
+        if encoded.tried:
+            result = "ok" if packed.codec is not Codec.NONE else "not_worth_it"
+            METRICS.compression_operations.labels("compress", result).inc()
+        if packed.codec is not Codec.NONE:
+            saved = packed.original_size - packed.stored_size
+            METRICS.compression_bytes_saved.inc(saved)
+            METRICS.compression_ratio.observe(packed.original_size / max(packed.stored_size, 1))
+        now = _now_ms()
+        expires = now + ttl_seconds * 1000
+        record = json.dumps(
+            {
+                "s": packed.stored_size,
+                "o": packed.original_size,
+                "z": int(packed.codec),
+                "c": labels.content_class,
+                "t": labels.tenant,
+                "v": labels.voice,
+                "m": labels.model,
+                "r": labels.route,
+                "cr": now,
+            },
+            separators=(",", ":"),
+        )
+        fields: list[Any] = [
+            "b", packed.data,
+            "ct", media_type,
+            "hd", json.dumps(list(headers), separators=(",", ":")),
+            "c", now,
+            "x", expires,
+            "t", ttl_seconds,
+            "cls", labels.content_class,
+            "n", 0,
+            "la", now,
+            "os", packed.original_size,
+            "ss", packed.stored_size,
+            "cd", packed.codec.name.lower(),
+            "ck", packed.checksum,
+            "r", labels.route,
+            "v", labels.voice,
+            "m", labels.model,
+            "tn", labels.tenant,
+        ]  # fmt: skip
+        n = shard_of(key)
+        total = await self._put(
+            keys=[*self.keyspace.shard_keys(n), self.keyspace.entry(key)],
+            args=[self.keyspace.shard(n), key.hex, ttl_seconds * 1000, expires, record, *fields],
+        )
+        self.approx_bytes += packed.stored_size
+        self.size_changed.set()
+        METRICS.operations.labels("set", "stored").inc()
+        log.debug("stored %s (%d bytes, shard total %s)", key.hex, packed.stored_size, total)
+        return StoreResult(True, "stored", packed.stored_size, packed.original_size, packed.codec)
+
+    async def remove(self, keys: Iterable[CacheKey], *, reason: str = "deleted") -> tuple[int, int]:
+        """Delete entries with their bookkeeping: (entries removed, bytes freed)."""
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for key in keys:
+            by_shard[shard_of(key)].append(key.hex)
+        removed = freed = 0
+        for n, hexes in by_shard.items():
+            r, f = await self._remove(
+                keys=self.keyspace.shard_keys(n), args=[self.keyspace.shard(n), reason, *hexes]
+            )
+            removed += int(r)
+            freed += int(f)
+        self.approx_bytes = max(0, self.approx_bytes - freed)
+        return removed, freed
+
+    async def delete(self, key: CacheKey) -> bool:
+        """Delete one entry; True if it was there."""
+        removed, _ = await self.remove([key])
+        return removed > 0
+
+    async def purge(self, *, limit: int = 1000, **selector: str) -> tuple[int, int]:
+        """Delete every entry matching all given selectors (voice=, model=, tenant=,
+        class=, route=); with none, every entry. Runs in batches of ``limit`` per shard."""
+        for dimension in selector:
+            if dimension not in SELECTOR_DIMENSIONS:
+                raise ValueError(f"unknown selector {dimension!r}")
+        removed = freed = 0
+        for n in range(SHARDS):
+            sets = [self.keyspace.selector(n, d, v) for d, v in sorted(selector.items())]
+            while True:
+                r, f = await self._purge(
+                    keys=self.keyspace.shard_keys(n),
+                    args=[self.keyspace.shard(n), limit, *sets],
+                )
+                removed += int(r)
+                freed += int(f)
+                if int(r) < limit:
+                    break
+        self.approx_bytes = max(0, self.approx_bytes - freed)
+        return removed, freed
+
+    # -- bookkeeping ----------------------------------------------------------------
+
+    async def flush_counters(self) -> int:
+        """Write the batched hit counts, last-access times and misses; returns hits written."""
+        hits, self._pending_hits = self._pending_hits, {}
+        misses, self._pending_misses = self._pending_misses, defaultdict(int)
+        by_shard: dict[int, list[Any]] = defaultdict(list)
+        for hex_key, count in hits.items():
+            by_shard[int(hex_key[:4], 16) % SHARDS].extend((hex_key, count))
+        now = _now_ms()
+        written = 0
+        for n in set(by_shard) | set(misses):
+            written += int(
+                await self._touch(
+                    keys=self.keyspace.shard_keys(n)[:1],
+                    args=[self.keyspace.shard(n), now, misses.get(n, 0), *by_shard.get(n, [])],
+                )
+            )
+        return written
+
+    async def sweep(self, *, limit: int = 500) -> int:
+        """Reconcile entries whose TTL ran out; returns how many were accounted for."""
+        now = _now_ms()
+        gone = 0
+        for n in range(SHARDS):
+            gone += int(
+                await self._sweep(
+                    keys=self.keyspace.shard_keys(n), args=[self.keyspace.shard(n), now, limit]
+                )
+            )
+        return gone
+
+    async def totals(self) -> Totals:
+        """Counters summed over every shard: one pipelined read."""
+        pipe = self.redis.pipeline(transaction=False)
+        for n in range(SHARDS):
+            pipe.hgetall(self.keyspace.shard_keys(n)[0])
+        summed: dict[str, int] = defaultdict(int)
+        for shard in await pipe.execute():
+            for name, value in shard.items():
+                summed[name.decode()] += int(value)
+        self.approx_bytes = summed.get("bytes", 0)
+        return Totals(dict(summed))
+
+    async def repair(self) -> dict[str, Any]:
+        """Recompute the counters from the entries that really exist; report the drift."""
+        ghosts = 0
+        drift: dict[str, int] = defaultdict(int)
+        for n in range(SHARDS):
+            g, report = await self._repair(
+                keys=self.keyspace.shard_keys(n), args=[self.keyspace.shard(n)]
+            )
+            ghosts += int(g)
+            decoded = json.loads(report)
+            before = decoded["before"] if isinstance(decoded["before"], dict) else {}
+            after = decoded["after"] if isinstance(decoded["after"], dict) else {}
+            for name in set(before) | set(after):
+                diff = int(after.get(name, 0)) - int(before.get(name, 0))
+                if diff:
+                    drift[name] += diff
+        totals = await self.totals()
+        return {
+            "ghost_records_removed": ghosts,
+            "corrected": {k: v for k, v in drift.items() if k in _LEVEL_COUNTERS},
+            "entries": totals["entries"],
+            "bytes": totals["bytes"],
+        }
+
+    async def info(self, key: CacheKey) -> EntryInfo | None:
+        """An entry's metadata; reads only, so TTL, hits and recency are untouched."""
+        entry = self.keyspace.entry(key)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(entry, [b"os", b"ss", b"cd", b"c", b"x", b"n", b"la", b"cls", b"tn", b"r",
+                           b"v", b"m", b"ct"])  # fmt: skip
+        pipe.pttl(entry)
+        values, ttl = await pipe.execute()
+        if values[0] is None or ttl < 0:
+            return None
+        text = [v.decode() if v is not None else "" for v in values]
+        return EntryInfo(
+            key=key.hex,
+            size=int(text[0]),
+            stored_size=int(text[1]),
+            codec=text[2],
+            created_ms=int(text[3]),
+            expires_ms=int(text[4]),
+            ttl_ms=int(ttl),
+            hits=int(text[5] or 0) + self._pending_hits.get(key.hex, 0),
+            last_access_ms=int(text[6] or 0),
+            content_class=text[7],
+            tenant=text[8],
+            route=text[9],
+            voice=text[10],
+            model=text[11],
+            media_type=text[12],
+        )
+
+    async def ttl_ms(self, key: CacheKey) -> int:
+        """Remaining TTL in ms (-2 when absent), without touching the entry."""
+        return int(await self.redis.pttl(self.keyspace.entry(key)))
+
+    async def records(self, shard: int) -> dict[str, dict[str, Any]]:
+        """The index records of one shard (for cleanup)."""
+        raw: Mapping[bytes, bytes] = await self.redis.hgetall(self.keyspace.shard_keys(shard)[1])
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    async def hit_counts(self, shard: int, hexes: Sequence[str]) -> list[tuple[int, int]]:
+        """(hits, last access ms) per key, pipelined."""
+        pipe = self.redis.pipeline(transaction=False)
+        base = self.keyspace.shard(shard)
+        for h in hexes:
+            pipe.hmget(base + "e:" + h, [b"n", b"la"])
+        out = []
+        for n, la in await pipe.execute():
+            out.append((int(n or 0), int(la or 0)))
+        return out

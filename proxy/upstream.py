@@ -1,0 +1,153 @@
+"""The upstream TTS API: the only place requests leave the proxy.
+
+The destination is always the configured upstream; the client only chooses the path and
+query below its base URL, and never with dot-segments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+# RFC 9110 §7.6.1 hop-by-hop headers, plus what the proxy must set itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or did not answer in time."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+
+
+class UnsafePath(ValueError):
+    """A request path that could escape the upstream's base path."""
+
+
+def strip_hop_by_hop(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """End-to-end headers only, minus those named in Connection."""
+    pairs = list(headers)
+    named = {
+        token.strip().lower()
+        for name, value in pairs
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    return CIMultiDict(
+        (k, v) for k, v in pairs if k.lower() not in _NOT_FORWARDED and k.lower() not in named
+    )
+
+
+def check_path(raw_path: str) -> None:
+    """Refuse paths whose segments (even percent-encoded) are '.' or '..', or odd forms."""
+    if not raw_path.startswith("/") or raw_path.startswith("//"):
+        raise UnsafePath("the request target must be an origin-form path")
+    decoded = unquote(unquote(raw_path))
+    if "\\" in decoded or "\x00" in decoded:
+        raise UnsafePath("the request path contains a backslash or NUL")
+    for segment in decoded.split("/"):
+        if segment in (".", ".."):
+            raise UnsafePath("the request path contains dot-segments")
+
+
+@dataclass(frozen=True)
+class UpstreamSettings:
+    base_url: str
+    connect_timeout: float
+    read_timeout: float
+    total_timeout: float
+    api_key: str | None = None
+    api_key_header: str = "Authorization"
+    api_key_format: str = "Bearer {key}"
+
+
+class UpstreamClient:
+    """Sends requests to the configured upstream with one pooled aiohttp session."""
+
+    def __init__(self, settings: UpstreamSettings) -> None:
+        self.settings = settings
+        self.base = URL(settings.base_url)
+        self._base_path = self.base.raw_path.rstrip("/")
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        # auto_decompress off: bytes pass through (and are cached) exactly as sent.
+        self.session = aiohttp.ClientSession(
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(
+                total=self.settings.total_timeout,
+                connect=self.settings.connect_timeout,
+                sock_read=self.settings.read_timeout,
+            ),
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def url_for(self, raw_path: str, raw_query: str) -> URL:
+        check_path(raw_path)
+        url = self.base.with_path(self._base_path + raw_path, encoded=True)
+        return url.with_query(raw_query) if raw_query else url
+
+    def outgoing_headers(
+        self, incoming: Mapping[str, str] | CIMultiDictProxy[str], *, identity: bool
+    ) -> CIMultiDict[str]:
+        headers = strip_hop_by_hop(incoming.items())
+        for name in ("range", "if-range", "if-none-match", "if-modified-since") if identity else ():
+            headers.popall(name, None)  # cacheable requests fetch the whole audio
+        if identity:
+            headers["Accept-Encoding"] = "identity"
+        if self.settings.api_key:
+            headers[self.settings.api_key_header] = self.settings.api_key_format.format(
+                key=self.settings.api_key
+            )
+        return headers
+
+    async def request(
+        self,
+        method: str,
+        raw_path: str,
+        raw_query: str,
+        headers: CIMultiDict[str],
+        body: bytes | aiohttp.StreamReader | None,
+    ) -> aiohttp.ClientResponse:
+        """Open the upstream response (headers read, body not yet). Raises UpstreamError."""
+        assert self.session is not None, "UpstreamClient.start() was not awaited"
+        url = self.url_for(raw_path, raw_query)
+        try:
+            return await self.session.request(
+                method, url, headers=headers, data=body, allow_redirects=False
+            )
+        except TimeoutError as exc:
+            raise UpstreamError(504, "timeout", "the upstream TTS service timed out") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(
+                502, "connect", "cannot connect to the upstream TTS service"
+            ) from exc
+        except (aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
+            raise UpstreamError(502, "protocol", f"the upstream TTS service failed: {exc}") from exc
