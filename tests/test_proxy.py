@@ -276,7 +276,8 @@ async def test_sse_streams_are_passed_through(upstream: Any, make_proxy: Any) ->
 @pytest.mark.parametrize(
     ("body", "field"),
     [(b"{not json", "body"), (b"[1,2]", "body"), (b'{"voice":"es"}', "json:input"),
-     (b'{"input": 5, "voice": "es"}', "json:input"), (b'{"input": "  ", "voice": "es"}', "json:input"),
+     (b'{"input": 5, "voice": "es"}', "json:input"),
+     (b'{"input": "  ", "voice": "es"}', "json:input"),
      (b'\xff\xfe', "body")],
 )  # fmt: skip
 async def test_malformed_speech_requests_are_400(
