@@ -209,7 +209,7 @@ def _coerce(name: str, value: Any) -> Any:
         try:  # structured settings given as YAML/JSON text in the environment
             value = yaml.safe_load(value)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{name}: not valid YAML/JSON: {exc}") from None
+            raise ConfigError(f"{name}: not valid YAML/JSON: {_yaml_problem(exc)}") from None
     if f.type in ("str | None",) and value in (None, ""):
         return None
     if f.type == "bool":
@@ -267,13 +267,21 @@ def _content_type_rule(index: int, item: Any) -> ContentTypeRule:
     )
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what and where."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"config file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {path}: not valid YAML: {_yaml_problem(exc)}") from None
     if document is None:
         return {}
     if not isinstance(document, dict):
