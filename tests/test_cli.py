@@ -1,0 +1,112 @@
+"""The command line and the embedded store, as a user runs them: real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis
+
+from proxy.embedded import EmbeddedValkey, free_port
+
+CLI = [sys.executable, "-m", "proxy.cli"]
+SPEECH = {"model": "tts-1", "input": "Hello there", "voice": "en", "response_format": "wav"}
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
+
+
+def test_serve_refuses_to_start_without_an_upstream() -> None:
+    result = run("serve", env={"UPSTREAM_URL": ""})
+    assert result.returncode == 2
+    assert "no upstream configured" in result.stderr
+    assert "--upstream" in result.stderr
+
+
+def test_check_config_prints_effective_settings(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("upstream_url: http://127.0.0.1:9\naudio_cache_max_size_mb: 42\n")
+    result = run("check-config", str(path), env={"UPSTREAM_API_KEY": "sk-hidden"})
+    assert result.returncode == 0, result.stderr
+    assert "audio_cache_max_size_mb: 42" in result.stdout
+    assert "sk-hidden" not in result.stdout
+
+
+def test_check_config_reports_one_clear_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("audio_cache_compression_level: 0\n")
+    result = run("check-config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "tts-cache-proxy: config error: audio_cache_compression_level: must be between 1 and 9, got 0"
+    ]
+
+
+def test_embedded_store_starts_and_stops_cleanly() -> None:
+    store = EmbeddedValkey()
+    url = store.start()
+    assert url.startswith("unix://")
+    assert redis.Redis.from_url(url).ping()
+    process = store.process
+    assert process is not None
+    store.stop()
+    assert process.poll() is not None
+    assert not store.data_dir.exists()
+
+
+def test_embedded_store_with_a_data_dir_keeps_the_cache(tmp_path: Path) -> None:
+    with EmbeddedValkey(data_dir=tmp_path) as store:
+        redis.Redis.from_url(store.url).set("k", "v")
+    with EmbeddedValkey(data_dir=tmp_path) as store:
+        assert redis.Redis.from_url(store.url).get("k") == b"v"
+
+
+async def _wait_ready(session: aiohttp.ClientSession, base: str, proc: Any) -> None:
+    for _ in range(200):
+        if proc.returncode is not None:
+            raise AssertionError(f"proxy exited: {await proc.stderr.read()}")
+        try:
+            async with session.get(base + "/readyz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("proxy did not become ready")
+
+
+async def test_serve_on_the_embedded_store_end_to_end(upstream: Any, tmp_path: Path) -> None:
+    fake, url = upstream
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--upstream", url, "--port", str(port),
+        env={**os.environ, "EMBEDDED_DATA_DIR": str(tmp_path), "REDIS_URL": ""},
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _wait_ready(session, base, proc)
+            async with session.post(base + "/v1/audio/speech", json=SPEECH) as r:
+                first = await r.read()
+                assert r.headers["Cache-Status"] == "tts-cache; fwd=miss; stored"
+            await asyncio.sleep(0.05)
+            async with session.post(base + "/v1/audio/speech", json=SPEECH) as r:
+                assert r.headers["X-Cache"] == "HIT"
+                assert await r.read() == first
+        assert fake.calls["openai"] == 1
+        assert (tmp_path / "valkey.sock").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    # The embedded server went with the proxy.
+    assert not (tmp_path / "valkey.sock").exists()
