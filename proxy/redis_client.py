@@ -1,43 +1,100 @@
-"""Opening the Redis connection: a single server or a Redis Cluster, from one URL."""
+"""Opening the Redis connection: a single server or a Redis Cluster, from one URL.
+
+A cluster URL lists one or more startup nodes; the client discovers the rest::
+
+    redis+cluster://[user:password@]host1:port1,host2:port2[/0]
+    rediss+cluster://...                      (TLS)
+
+Every key of one cache shard carries the same hash tag, so each shard's atomic scripts run
+on one master; nothing else about the store changes on a cluster.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+DEFAULT_PORT = 6379
+
+
+class RedisUrlError(ValueError):
+    """A ``redis_url`` that cannot be used; the message says what is wrong."""
 
 
 def is_cluster_url(url: str) -> bool:
+    """True for ``redis+cluster://`` and ``rediss+cluster://`` URLs."""
     return url.startswith(_CLUSTER_SCHEMES)
 
 
+def _authority(url: str) -> tuple[str, str]:
+    """(credentials, host list) of a cluster URL; checks the database is 0."""
+    rest = url.split("://", 1)[1]
+    rest, _, _query = rest.partition("?")
+    authority, _, path = rest.partition("/")
+    if path.strip("/") not in ("", "0"):
+        raise RedisUrlError(f"redis_url: a Redis Cluster has only database 0, got /{path}")
+    credentials, _, hosts = authority.rpartition("@")
+    return credentials, hosts
+
+
 def cluster_nodes(url: str) -> list[ClusterNode]:
-    """``redis+cluster://h1:p1,h2:p2`` -> startup nodes."""
-    rest = url.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
-    hosts = rest.rpartition("@")[2]
+    """``redis+cluster://h1:p1,h2:p2`` -> startup nodes (IPv6 as ``[::1]:7000``)."""
+    _, hosts = _authority(url)
     nodes = []
     for item in hosts.split(","):
-        host, _, port = item.strip().rpartition(":")
-        nodes.append(ClusterNode(host or "127.0.0.1", int(port or 6379)))
+        item = item.strip()
+        if not item:
+            continue
+        if item.startswith("["):
+            host, _, tail = item[1:].partition("]")
+            port_text = tail.removeprefix(":")
+        else:
+            host, sep, port_text = item.rpartition(":")
+            if not sep:
+                host, port_text = item, ""
+        if not host:
+            raise RedisUrlError(f"redis_url: node {item!r} has no host")
+        try:
+            port = int(port_text) if port_text else DEFAULT_PORT
+        except ValueError:
+            raise RedisUrlError(f"redis_url: node {item!r} has an invalid port") from None
+        if not 0 < port < 65536:
+            raise RedisUrlError(f"redis_url: node {item!r} has an invalid port")
+        nodes.append(ClusterNode(host, port))
+    if not nodes:
+        raise RedisUrlError("redis_url: a cluster URL needs at least one host:port")
     return nodes
 
 
-def open_redis(url: str, *, socket_timeout: float = 2.0, connect_timeout: float = 1.0) -> Any:
-    """A redis.asyncio client (bytes in, bytes out) for ``url``."""
+def check_url(url: str) -> None:
+    """Raise :class:`RedisUrlError` if ``url`` cannot be opened (cluster URLs in depth)."""
     if is_cluster_url(url):
-        rest = url.split("://", 1)[1].split("/", 1)[0]
-        credentials = rest.rpartition("@")[0]
-        username, _, password = credentials.partition(":")
+        cluster_nodes(url)
+
+
+def open_redis(url: str, *, socket_timeout: float = 2.0, connect_timeout: float = 1.0) -> Any:
+    """A redis.asyncio client (bytes in, bytes out) for ``url``: plain or cluster."""
+    if is_cluster_url(url):
+        credentials, _ = _authority(url)
+        username, _, password = credentials.partition(":")  # as redis-py reads redis://
         return RedisCluster(
             startup_nodes=cluster_nodes(url),
             ssl=url.startswith("rediss"),
-            username=username or None,
-            password=password or None,
+            username=unquote(username) or None,
+            password=unquote(password) or None,
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
+            # Per node; the hit path is one HMGET, so this bounds concurrency per master.
+            max_connections=256,
+            # A failover moves slots; retry MOVED/ASK and connection errors a few times
+            # only, so a dead cluster still fails open quickly.
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=3),
         )
     return aioredis.Redis.from_url(
         url,
