@@ -11,6 +11,8 @@ from aiohttp import web
 from prometheus_async.aio.web import server_stats
 from redis.exceptions import RedisError
 
+from . import admin_cleanup
+from .cleanup import CLEANER, Cleaner, CleanupRunner
 from .compression import CompressionAdvisor
 from .config import Settings
 from .maintenance import Maintenance, refresh_gauges
@@ -88,11 +90,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         sweep_seconds=settings.audio_cache_sweep_interval_seconds,
     )
     maintenance.start()
+    app[CLEANER] = Cleaner.from_settings(service, settings)
+    cleanup = CleanupRunner(app[CLEANER], check_seconds=settings.audio_cache_sweep_interval_seconds)
+    cleanup.start()
     try:
         yield
     finally:
         app[DRAINING].append(True)
         await app[PROCESSOR].fills.drain(seconds=settings.upstream_total_timeout_seconds)
+        await cleanup.stop()
         await maintenance.stop()
         await upstream.close()
         await redis.aclose()
@@ -146,6 +152,7 @@ def create_app(settings: Settings, *, redis_url: str) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    admin_cleanup.setup(app, admin_token=settings.admin_token)
     app.router.add_route("GET", "/audio/{key}", _audio_by_key)
     app.router.add_route("*", "/{tail:.*}", _speech)
     return app

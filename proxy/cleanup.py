@@ -1,0 +1,361 @@
+"""Size-bounded cleanup: when the cache reaches its threshold, remove the lowest-value entries.
+
+The ranking is :mod:`proxy.eviction` (pure); this module does the I/O around it. One replica
+cleans at a time, under a Redis lock with an expiry (``SET NX PX``, renewed while working,
+released only by its owner). The work runs in a background task, reads each shard's index
+once, and removes victims in small batches so hits in between keep their latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from .eviction import (
+    Candidate,
+    Scale,
+    ScoreWeights,
+    bytes_to_free,
+    percent_of,
+    sort_key,
+    take_until,
+)
+from .keys import CacheKey
+from .metrics import METRICS
+from .store import SHARDS, AudioCacheService
+
+log = logging.getLogger(__name__)
+
+# Compare-and-delete / compare-and-extend: a lock that expired and was taken by another
+# replica must never be released or extended by its former owner.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# Scoring this many candidates takes a few ms: then the event loop gets a turn.
+_SCORE_CHUNK = 2000
+_READ_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    """What one cleanup run did."""
+
+    result: str  # ok | not_needed | locked | lost_lock | error
+    trigger: str
+    entries_removed: int
+    bytes_freed: int
+    duration_seconds: float
+    size_before_bytes: int
+    size_after_bytes: int
+    entries_before: int
+    entries_after: int
+    max_bytes: int
+    target_bytes: int
+    tenant: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["duration_seconds"] = round(self.duration_seconds, 4)
+        out["size_before_mb"] = round(self.size_before_bytes / 1048576, 3)
+        out["size_after_mb"] = round(self.size_after_bytes / 1048576, 3)
+        return out
+
+
+class CleanupLock:
+    """A Redis lock with an expiry, so a crashed cleaner never blocks the others for long."""
+
+    def __init__(self, redis: Any, name: str, ttl_ms: int) -> None:
+        self.redis = redis
+        self.name = name
+        self.ttl_ms = ttl_ms
+        self.token = uuid.uuid4().hex
+        self._release = redis.register_script(_RELEASE)
+        self._extend = redis.register_script(_EXTEND)
+
+    async def acquire(self) -> bool:
+        return bool(await self.redis.set(self.name, self.token, nx=True, px=self.ttl_ms))
+
+    async def extend(self) -> bool:
+        """Renew the expiry; False means the lock was lost (expired, then taken)."""
+        return bool(await self._extend(keys=[self.name], args=[self.token, self.ttl_ms]))
+
+    async def release(self) -> None:
+        await self._release(keys=[self.name], args=[self.token])
+
+
+class Cleaner:
+    """Runs the seed's size-based cleanup against one ``AudioCacheService``."""
+
+    def __init__(
+        self,
+        service: AudioCacheService,
+        *,
+        max_bytes: int,
+        threshold_percent: float = 95.0,
+        target_percent: float = 80.0,
+        weights: ScoreWeights | None = None,
+        lock_ms: int = 30_000,
+        batch: int = 100,
+    ) -> None:
+        self.service = service
+        self.max_bytes = max_bytes
+        self.threshold_percent = threshold_percent
+        self.target_percent = target_percent
+        self.weights = weights or ScoreWeights()
+        self.batch = batch
+        self.lock = CleanupLock(service.redis, f"{service.keyspace.prefix}:cleanup:lock", lock_ms)
+        self._renew_every = lock_ms / 3000
+
+    @classmethod
+    def from_settings(cls, service: AudioCacheService, settings: Any) -> Cleaner:
+        return cls(
+            service,
+            max_bytes=settings.max_size_bytes,
+            threshold_percent=settings.audio_cache_cleanup_threshold_percent,
+            target_percent=settings.audio_cache_target_size_percent,
+            weights=ScoreWeights.from_settings(settings),
+        )
+
+    @property
+    def threshold_bytes(self) -> int:
+        return percent_of(self.max_bytes, self.threshold_percent)
+
+    async def clean(
+        self,
+        *,
+        force: bool = False,
+        target_percent: float | None = None,
+        target_bytes: int | None = None,
+        tenant: str | None = None,
+        trigger: str = "admin",
+    ) -> CleanupReport:
+        """Remove the lowest-scored entries until the stored bytes reach the target.
+
+        Without ``force`` it only runs at or above the threshold. ``target_bytes`` (e.g. a
+        tenant's quota, with ``tenant``) overrides ``target_percent`` of the maximum size and
+        always runs when the bytes are above it.
+        """
+        started = time.perf_counter()
+        service = self.service
+        if target_bytes is None:
+            percent = self.target_percent if target_percent is None else target_percent
+            target_bytes = percent_of(self.max_bytes, percent)
+        if not await self.lock.acquire():
+            totals = await service.totals()
+            report = self._report("locked", trigger, started, totals, totals, 0, 0, target_bytes)
+            METRICS.cleanup_total.labels("locked").inc()
+            return report
+        try:
+            await service.flush_counters()
+            await service.sweep()
+            before = await service.totals()
+            current = self._bytes(before, tenant)
+            due = force or current >= self.threshold_bytes or tenant is not None
+            need = bytes_to_free(current, target_bytes) if due else 0
+            removed = freed = 0
+            result = "not_needed"
+            if need > 0:
+                victims = await self._victims(need, tenant)
+                removed, freed, lost = await self._remove(victims)
+                result = "lost_lock" if lost else "ok"
+            after = await service.totals() if removed else before
+        except Exception:
+            METRICS.cleanup_total.labels("error").inc()
+            raise
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await self.lock.release()
+        report = self._report(result, trigger, started, before, after, removed, freed, target_bytes)
+        report = CleanupReport(**{**asdict(report), "tenant": tenant})
+        METRICS.cleanup_total.labels(result).inc()
+        METRICS.cleanup_freed_bytes.inc(freed)
+        METRICS.cleanup_entries_removed.inc(removed)
+        if removed:
+            log.info(
+                "cleanup (%s) removed %d entries, %d bytes in %.3fs: %d -> %d bytes",
+                trigger,
+                removed,
+                freed,
+                report.duration_seconds,
+                report.size_before_bytes,
+                report.size_after_bytes,
+            )
+        return report
+
+    @staticmethod
+    def _bytes(totals: Any, tenant: str | None) -> int:
+        return int(totals[f"tenant:{tenant}:bytes"] if tenant is not None else totals["bytes"])
+
+    def _report(
+        self,
+        result: str,
+        trigger: str,
+        started: float,
+        before: Any,
+        after: Any,
+        removed: int,
+        freed: int,
+        target_bytes: int,
+    ) -> CleanupReport:
+        return CleanupReport(
+            result=result,
+            trigger=trigger,
+            entries_removed=removed,
+            bytes_freed=freed,
+            duration_seconds=time.perf_counter() - started,
+            size_before_bytes=before["bytes"],
+            size_after_bytes=after["bytes"],
+            entries_before=before["entries"],
+            entries_after=after["entries"],
+            max_bytes=self.max_bytes,
+            target_bytes=target_bytes,
+        )
+
+    async def candidates(self, tenant: str | None = None) -> list[Candidate]:
+        """Every indexed entry with its hit count and last access, shard by shard."""
+        out: list[Candidate] = []
+        for n in range(SHARDS):
+            records = await self.service.records(n)
+            items = [
+                (k, r) for k, r in records.items() if tenant is None or r.get("t", "") == tenant
+            ]
+            for i in range(0, len(items), _READ_CHUNK):
+                chunk = items[i : i + _READ_CHUNK]
+                counts = await self.service.hit_counts(n, [k for k, _ in chunk])
+                for (key, rec), (hits, last_access) in zip(chunk, counts, strict=True):
+                    created = int(rec.get("cr", 0))
+                    out.append(
+                        Candidate(
+                            key=key,
+                            size=int(rec.get("s", 0)),
+                            created_ms=created,
+                            # 0 means the entry is already gone: the oldest possible access.
+                            last_access_ms=last_access,
+                            hits=hits,
+                            content_class=str(rec.get("c", "default")),
+                            tenant=str(rec.get("t", "")),
+                            shard=n,
+                        )
+                    )
+        return out
+
+    async def _victims(self, need: int, tenant: str | None) -> list[Candidate]:
+        candidates = await self.candidates(tenant)
+        now = int(time.time() * 1000)
+        scale = Scale.of(candidates, now, self.weights.age_basis)
+        runs: list[list[tuple[tuple[float, int, str], Candidate]]] = []
+        for i in range(0, len(candidates), _SCORE_CHUNK):
+            run = [(sort_key(c, scale, self.weights), c) for c in candidates[i : i + _SCORE_CHUNK]]
+            run.sort(key=lambda pair: pair[0])
+            runs.append(run)
+            await asyncio.sleep(0)
+        ordered: Iterator[Candidate] = (c for _, c in heapq.merge(*runs, key=lambda pair: pair[0]))
+        return take_until(ordered, need)
+
+    async def _remove(self, victims: list[Candidate]) -> tuple[int, int, bool]:
+        """Remove in small per-shard batches; stop if the lock is lost."""
+        by_shard: dict[int, list[str]] = defaultdict(list)
+        for c in victims:
+            by_shard[c.shard].append(c.key)
+        removed = freed = 0
+        renewed = time.monotonic()
+        for keys in by_shard.values():
+            for i in range(0, len(keys), self.batch):
+                if time.monotonic() - renewed > self._renew_every:
+                    if not await self.lock.extend():
+                        log.warning("cleanup lock lost; another replica takes over")
+                        return removed, freed, True
+                    renewed = time.monotonic()
+                r, f = await self.service.remove(
+                    [CacheKey(k) for k in keys[i : i + self.batch]], reason="evicted"
+                )
+                removed += r
+                freed += f
+        return removed, freed, False
+
+
+class CleanupRunner:
+    """The background task: wakes on writes (``size_changed``) or every ``check_seconds``,
+    and cleans when the stored bytes reach the threshold. Never on the request path."""
+
+    def __init__(self, cleaner: Cleaner, *, check_seconds: float = 1.0) -> None:
+        self.cleaner = cleaner
+        self.check_seconds = check_seconds
+        self.reports: list[CleanupReport] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def check(self) -> CleanupReport | None:
+        """One look at the size; cleans if due. Returns the report of a run, if any."""
+        service = self.cleaner.service
+        if service.approx_bytes < self.cleaner.threshold_bytes:
+            return None
+        report = await self.cleaner.clean(trigger="auto")
+        self.reports = [*self.reports[-9:], report]
+        return report
+
+    async def _loop(self) -> None:
+        service = self.cleaner.service
+        last_refresh = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(service.size_changed.wait(), self.check_seconds)
+            service.size_changed.clear()
+            try:
+                # Other replicas' writes show up only in the shared counters.
+                if time.monotonic() - last_refresh >= self.check_seconds:
+                    await service.totals()
+                    last_refresh = time.monotonic()
+                report = await self.check()
+            except (RedisError, OSError) as exc:
+                METRICS.redis_errors.labels("cleanup").inc()
+                log.warning("cleanup failed: %s", exc)
+                report = None
+                await asyncio.sleep(self.check_seconds)
+            except Exception:
+                log.exception("cleanup failed")
+                report = None
+                await asyncio.sleep(self.check_seconds)
+            if report is not None and report.result in ("locked", "lost_lock"):
+                # Another replica is on it: look again later, not on every write.
+                await asyncio.sleep(self.check_seconds)
+
+
+CLEANER = web.AppKey("cleaner", Cleaner)
+
+
+async def run_cleanup(
+    target: web.Application | Cleaner,
+    *,
+    force: bool = False,
+    target_percent: float | None = None,
+) -> CleanupReport:
+    """Run cleanup now (the admin route): the app's cleaner, or the one given."""
+    cleaner = target[CLEANER] if isinstance(target, web.Application) else target
+    return await cleaner.clean(force=force, target_percent=target_percent, trigger="admin")
