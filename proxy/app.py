@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -96,12 +97,23 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        app[DRAINING].append(True)
-        await app[PROCESSOR].fills.drain(seconds=settings.upstream_total_timeout_seconds)
+        start_draining(app)
+        # Stream fills whose readers left still finish (and are stored), within the drain.
+        remaining = app[DRAINING][0] - time.monotonic()
+        await app[PROCESSOR].fills.drain(seconds=max(remaining, 0.0))
         await cleanup.stop()
         await maintenance.stop()
         await upstream.close()
         await redis.aclose()
+
+
+def start_draining(app: web.Application) -> None:
+    """Graceful shutdown begins: /readyz answers 503 from now on. Records the deadline
+    (``shutdown_delay_seconds`` + ``shutdown_drain_seconds`` away) for in-flight work."""
+    if not app[DRAINING]:
+        settings = app[SETTINGS]
+        budget = settings.shutdown_delay_seconds + settings.shutdown_drain_seconds
+        app[DRAINING].append(time.monotonic() + budget)
 
 
 async def healthz(request: web.Request) -> web.Response:

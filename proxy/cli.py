@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -65,19 +66,38 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
 
 
 async def _serve_forever(runners: Sequence[web.AppRunner]) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully: readiness turns false, the
+    proxy keeps serving for ``shutdown_delay_seconds`` (a second signal cuts it short),
+    stops accepting, and lets in-flight requests and fills finish (``shutdown_drain_seconds``)."""
+    from .app import SETTINGS, start_draining
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
+        stop.clear()
+        delay = 0.0
+        for runner in runners:
+            if SETTINGS in runner.app:
+                start_draining(runner.app)
+                delay = max(delay, runner.app[SETTINGS].shutdown_delay_seconds)
+        log.info("shutting down: not ready; draining in-flight requests")
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
     finally:
         for runner in reversed(runners):
             await runner.cleanup()
 
 
-async def _start(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+async def _start(
+    app: web.Application, host: str, port: int, *, drain_seconds: float = 25.0
+) -> web.AppRunner:
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=drain_seconds
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=False)
     await site.start()
@@ -102,7 +122,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(settings, redis_url=redis_url)
 
         async def main() -> None:
-            runner = await _start(app, settings.host, settings.port)
+            runner = await _start(
+                app, settings.host, settings.port, drain_seconds=settings.shutdown_drain_seconds
+            )
             log.info(
                 "tts-cache-proxy listening on http://%s:%d -> %s",
                 settings.host, settings.port, settings.upstream_url,

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .redis_client import RedisUrlError, check_url
 from .routes import RouteRule, RuleError, build_rules
 
 SEED_CONTENT_TYPE_TTLS: dict[str, int] = {
@@ -112,6 +113,11 @@ class Settings:
         default="INFO", metadata=_meta(choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     )
     log_format: str = field(default="text", metadata=_meta(choices=("text", "json")))
+    # Graceful shutdown (SIGTERM): /readyz answers 503 for shutdown_delay_seconds while
+    # requests are still served (load balancers notice), then the listener closes and
+    # in-flight requests and fills get shutdown_drain_seconds to finish.
+    shutdown_delay_seconds: float = field(default=0.0, metadata=_meta(lo=0, hi=300))
+    shutdown_drain_seconds: float = field(default=25.0, metadata=_meta(lo=0, hi=3600))
     # Secrets: environment only.
     upstream_api_key: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
@@ -348,5 +354,10 @@ def _check_consistency(s: Settings) -> None:
             "redis_url: expected redis://, rediss://, unix:// or redis+cluster:// URL, "
             f"got {s.redis_url!r}"
         )
+    if s.redis_url is not None:
+        try:
+            check_url(s.redis_url)
+        except RedisUrlError as exc:
+            raise ConfigError(str(exc)) from None
     if not re.match(r"^[A-Za-z0-9_.-]{1,32}$", s.audio_cache_key_prefix):
         raise ConfigError("audio_cache_key_prefix: 1-32 characters of A-Z a-z 0-9 _ . -")
