@@ -265,3 +265,32 @@ async def test_delete_on_one_replica_is_seen_by_the_other(
     kept = await a.post(SPEECH, json=_speech("Room service", "alloy"))
     assert (again.headers["X-Cache"], kept.headers["X-Cache"]) == ("MISS", "HIT")
     assert fake.calls["openai"] == 3
+
+
+async def test_cleanup_frees_space_on_every_master(
+    valkey_cluster: ValkeyCluster,  # noqa: F811
+) -> None:
+    from proxy.cleanup import Cleaner
+
+    client = open_redis(valkey_cluster.url)
+    store = AudioCacheService(client, prefix=f"c{uuid.uuid4().hex[:10]}")
+    await _fill(store, 90)
+    size = (await store.totals())["bytes"]
+    pattern = f"{store.keyspace.prefix}:*:e:*"
+
+    def entries_per_master() -> list[int]:
+        counts = []
+        for master in valkey_cluster.masters():
+            counts.append(sum(1 for _ in master.scan_iter(match=pattern, count=1000)))
+            master.close()
+        return counts
+
+    before = entries_per_master()
+    report = await Cleaner(store, max_bytes=size, target_percent=50).clean(trigger="test")
+    after = entries_per_master()
+    totals = await store.totals()
+    await client.aclose()
+    assert report.result == "ok" and report.size_after_bytes <= size // 2
+    assert sum(after) == totals["entries"] == 90 - report.entries_removed
+    assert totals["bytes"] == report.size_after_bytes
+    assert all(a < b for a, b in zip(after, before, strict=True)), (before, after)

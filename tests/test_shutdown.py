@@ -100,9 +100,13 @@ async def _serve(upstream_url: str, redis_url: str, prefix: str, **env: str) -> 
 async def _probe(base: str) -> int | None:
     """/readyz on a fresh connection: its status, or None when the connection is refused."""
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
-            async with s.get(base + "/readyz", timeout=aiohttp.ClientTimeout(total=2)) as r:
-                return r.status
+        connector = aiohttp.TCPConnector(force_close=True)
+        timeout = aiohttp.ClientTimeout(total=2)
+        async with (
+            aiohttp.ClientSession(connector=connector, timeout=timeout) as s,
+            s.get(base + "/readyz") as r,
+        ):
+            return r.status
     except aiohttp.ClientConnectionError:
         return None
 
@@ -124,9 +128,11 @@ async def test_sigterm_drains_a_streamed_miss(
     text = "Our check-in time is three in the afternoon"
 
     async def listen() -> tuple[int, str, bytes]:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(base + SPEECH, json=_speech(text)) as r:
-                return r.status, r.headers["X-Cache"], await r.read()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(base + SPEECH, json=_speech(text)) as r,
+        ):
+            return r.status, r.headers["X-Cache"], await r.read()
 
     client = asyncio.create_task(listen())
     await asyncio.wait_for(fake.streaming.wait(), 10)
@@ -166,9 +172,11 @@ async def test_fill_without_a_reader_is_stored_during_the_drain(
     prefix = f"g{uuid.uuid4().hex[:10]}"
     process, base = await _serve(upstream_url, valkey.url, prefix, SHUTDOWN_DRAIN_SECONDS="20")
     text = "The pool opens at eight"
-    async with aiohttp.ClientSession() as session:
-        async with session.post(base + SPEECH, json=_speech(text)) as r:
-            await r.content.readany()  # the client hangs up mid-stream
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(base + SPEECH, json=_speech(text)) as r,
+    ):
+        await r.content.readany()  # the client hangs up mid-stream
     await asyncio.wait_for(fake.streaming.wait(), 10)
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), 20) == 0
@@ -189,9 +197,11 @@ async def test_drain_is_bounded(
     process, base = await _serve(upstream_url, valkey.url, prefix, SHUTDOWN_DRAIN_SECONDS="1")
 
     async def listen() -> bytes:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(base + SPEECH, json=_speech("A very slow sentence")) as r:
-                return await r.read()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(base + SPEECH, json=_speech("A very slow sentence")) as r,
+        ):
+            return await r.read()
 
     client = asyncio.create_task(listen())
     await asyncio.wait_for(fake.streaming.wait(), 10)
