@@ -246,7 +246,7 @@ class Cleaner:
                             key=key,
                             size=int(rec.get("s", 0)),
                             created_ms=created,
-                            # 0 means the entry is already gone: the oldest possible access.
+                            # 0 when the entry is already gone: its age then counts from creation.
                             last_access_ms=last_access,
                             hits=hits,
                             content_class=str(rec.get("c", "default")),

@@ -24,7 +24,7 @@ from proxy.store import AudioCacheService, EntryLabels
 from .conftest import service_of
 
 AUDIO = 4000
-SEED = ScoreWeights(content_type_factors=SEED_CONTENT_TYPE_FACTORS)
+SEED = ScoreWeights(content_type_factors=SEED_CONTENT_TYPE_FACTORS, age_basis="created")
 
 MakeService = Callable[..., Awaitable[AudioCacheService]]
 

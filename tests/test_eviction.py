@@ -20,7 +20,7 @@ from proxy.eviction import (
 )
 
 NOW = 10_000_000
-SEED = ScoreWeights(content_type_factors=SEED_CONTENT_TYPE_FACTORS)
+SEED = ScoreWeights(content_type_factors=SEED_CONTENT_TYPE_FACTORS, age_basis="created")
 
 
 def entry(
@@ -41,9 +41,11 @@ def keys(cs: list[Candidate]) -> list[str]:
     return [c.key for c in cs]
 
 
-def test_defaults_are_the_seeds() -> None:
+def test_defaults_are_the_seeds_with_age_since_last_access() -> None:
     w = ScoreWeights.from_settings(load_settings(env={}))
-    assert (w.age, w.frequency, w.age_basis) == (0.7, 0.3, "created")
+    assert (w.age, w.frequency, w.age_basis) == (0.7, 0.3, "last_access")
+    seed = load_settings(env={"AUDIO_CACHE_CLEANUP_AGE_BASIS": "created"})
+    assert ScoreWeights.from_settings(seed).age_basis == "created"
     assert w.factor("welcome_message") < w.factor("common_responses") < w.factor("other") == 1.0
 
 
@@ -61,7 +63,7 @@ def test_age_outweighs_frequency_70_30() -> None:
     # Oldest but most used vs brand new and never used: 0.7*1 + 0 > 0 + 0.3*1.
     cs = [entry("old_hot", age=1000, hits=100), entry("new_cold", age=0, hits=0)]
     assert keys(eviction_order(cs, SEED, NOW)) == ["old_hot", "new_cold"]
-    freq_first = ScoreWeights(age=0.3, frequency=0.7)
+    freq_first = ScoreWeights(age=0.3, frequency=0.7, age_basis="created")
     assert keys(eviction_order(cs, freq_first, NOW)) == ["new_cold", "old_hot"]
 
 
@@ -84,7 +86,7 @@ def test_size_breaks_ties_larger_first() -> None:
 def test_last_access_basis_keeps_recently_used_old_entries() -> None:
     cs = [entry("old_but_just_hit", age=1000, idle=1, hits=1), entry("stale", age=500, hits=1)]
     assert keys(eviction_order(cs, SEED, NOW))[0] == "old_but_just_hit"
-    recency = ScoreWeights(age_basis="last_access")
+    recency = ScoreWeights()
     assert keys(eviction_order(cs, recency, NOW))[0] == "stale"
 
 
