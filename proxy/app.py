@@ -127,12 +127,19 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append("shutting down")
     if not app[SETTINGS].upstream_url:
         problems.append("no upstream configured")
+    store: list[str] = []
     try:
         await app[REDIS].ping()
     except (RedisError, OSError) as exc:
-        problems.append(f"redis unreachable: {exc}")
+        store.append(f"redis unreachable: {exc}")
+    # Behind a load balancer a shared store's outage must not take every replica out at
+    # once: with readiness_requires_redis false the proxy stays ready and fails open.
+    if app[SETTINGS].readiness_requires_redis:
+        problems += store
     if problems:
         return web.json_response({"status": "unavailable", "problems": problems}, status=503)
+    if store:
+        return web.json_response({"status": "degraded", "problems": store})
     return web.json_response({"status": "ready"})
 
 

@@ -123,6 +123,8 @@ class Settings:
     # in-flight requests and fills get shutdown_drain_seconds to finish.
     shutdown_delay_seconds: float = field(default=0.0, metadata=_meta(lo=0, hi=300))
     shutdown_drain_seconds: float = field(default=25.0, metadata=_meta(lo=0, hi=3600))
+    # False: /readyz stays 200 ("degraded") while Redis is down, since requests fail open.
+    readiness_requires_redis: bool = True
     # Secrets: environment only.
     upstream_api_key: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
