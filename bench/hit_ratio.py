@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"trace: {len(trace)} requests over {args.days} days, "
         f"{len({r.key for r in trace})} distinct answers, working set "
-        f"{ws * SIZE_SCALE / 1e6:.0f} MB of WAV (replayed at 1/{SIZE_SCALE} size); first day is warm-up"
+        f"{ws * SIZE_SCALE / 1e6:.0f} MB of WAV (replayed at 1/{SIZE_SCALE} size); "
+        "first day is warm-up"
     )
 
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=1)

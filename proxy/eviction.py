@@ -89,6 +89,14 @@ class Scale:
             most = max(most, c.hits)
         return cls(now_ms, oldest, most)
 
+    def widen(self, other: Scale) -> Scale:
+        """The scale over both sets of entries (for ranking gathered in parts)."""
+        return Scale(
+            self.now_ms,
+            max(self.oldest_age_ms, other.oldest_age_ms),
+            max(self.most_hits, other.most_hits),
+        )
+
 
 def score(c: Candidate, scale: Scale, weights: ScoreWeights) -> float:
     """How strongly ``c`` should be evicted, in [0, 1] for factors in [0, 1]."""
