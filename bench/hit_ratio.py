@@ -425,6 +425,7 @@ def plot(table: dict[str, dict[int, Ratios]]) -> None:
                 label=name,
             )
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(CACHE_PERCENTS, [f"{c}%" for c in CACHE_PERCENTS])
         ax.set_xlabel("cache size (% of working set)")
         ax.set_ylabel(f"{what[:-1]} hit ratio")
