@@ -141,3 +141,13 @@ def test_scores_stay_in_unit_range(cs: list[Candidate]) -> None:
     scale = Scale.of(cs, NOW, "created")
     for c in cs:
         assert 0.0 <= score(c, scale, SEED) <= 1.0
+
+
+@given(candidates, st.integers(1, 7))
+def test_scale_gathered_in_parts_equals_the_whole(cs: list[Candidate], parts: int) -> None:
+    whole = Scale.of(cs, NOW, "last_access")
+    step = max(1, len(cs) // parts)
+    pieced = Scale(NOW, 0, 0)
+    for i in range(0, len(cs), step):
+        pieced = pieced.widen(Scale.of(cs[i : i + step], NOW, "last_access"))
+    assert pieced == whole
