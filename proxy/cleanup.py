@@ -35,6 +35,7 @@ from .eviction import (
     take_until,
 )
 from .keys import CacheKey
+from .maintenance import cancel_and_wait
 from .metrics import METRICS
 from .store import SHARDS, AudioCacheService
 
@@ -385,9 +386,7 @@ class CleanupRunner:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def check(self) -> CleanupReport | None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -13,6 +14,17 @@ from .metrics import METRICS
 from .store import AudioCacheService
 
 log = logging.getLogger(__name__)
+
+
+async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended. Python 3.11's ``asyncio.wait_for`` (used
+    inside redis-py) can swallow a cancellation that lands as its inner future completes, so
+    a single ``cancel()`` may leave a loop running forever: cancel again until it stops."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=0.1)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("task %s ended with %r", task.get_name(), task.exception())
 
 
 async def every(seconds: float, job: Callable[[], Awaitable[object]], name: str) -> None:
@@ -63,9 +75,6 @@ class Maintenance:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         with contextlib.suppress(RedisError, OSError):
             await self.service.flush_counters()
