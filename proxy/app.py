@@ -13,10 +13,12 @@ from prometheus_async.aio.web import server_stats
 from redis.exceptions import RedisError
 
 from . import admin_cleanup
+from .breaker import CircuitBreaker
 from .cleanup import CLEANER, Cleaner, CleanupRunner
 from .compression import CompressionAdvisor
 from .config import Settings
 from .maintenance import Maintenance, refresh_gauges
+from .metrics import METRICS
 from .packing import Codec
 from .processor import AudioProcessor, json_error
 from .redis_client import open_redis
@@ -63,12 +65,20 @@ def build_service(settings: Settings, redis: Any) -> AudioCacheService:
         advisor=advisor,
         codec=Codec.named(settings.audio_cache_compression_codec),
         compression_level=settings.audio_cache_compression_level,
+        breaker=CircuitBreaker(
+            failure_threshold=settings.redis_breaker_failures,
+            reset_seconds=settings.redis_breaker_reset_seconds,
+        ),
     )
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    redis = open_redis(app[REDIS_URL])
+    redis = open_redis(
+        app[REDIS_URL],
+        socket_timeout=settings.redis_socket_timeout_seconds,
+        connect_timeout=settings.redis_connect_timeout_seconds,
+    )
     upstream = UpstreamClient(
         UpstreamSettings(
             base_url=settings.upstream_url or "http://127.0.0.1:9",
@@ -127,11 +137,15 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append("shutting down")
     if not app[SETTINGS].upstream_url:
         problems.append("no upstream configured")
+    breaker = app[SERVICE].breaker
+    METRICS.redis_circuit_open.set(1 if breaker.is_open else 0)
     store: list[str] = []
     try:
         await app[REDIS].ping()
     except (RedisError, OSError) as exc:
         store.append(f"redis unreachable: {exc}")
+    if breaker.is_open:
+        store.append(f"redis circuit {breaker.state.value}: serving from the upstream")
     # Behind a load balancer a shared store's outage must not take every replica out at
     # once: with readiness_requires_redis false the proxy stays ready and fails open.
     if app[SETTINGS].readiness_requires_redis:

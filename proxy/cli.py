@@ -122,6 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(settings, redis_url=redis_url)
 
         async def main() -> None:
+            supervisor = asyncio.create_task(embedded.supervise()) if embedded else None
             runner = await _start(
                 app, settings.host, settings.port, drain_seconds=settings.shutdown_drain_seconds
             )
@@ -130,6 +131,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 settings.host, settings.port, settings.upstream_url,
             )  # fmt: skip
             await _serve_forever([runner])
+            if supervisor is not None:
+                supervisor.cancel()
 
         asyncio.run(main())
     finally:

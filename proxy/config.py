@@ -73,6 +73,11 @@ class Settings:
     # Redis: empty means start the embedded Valkey server.
     redis_url: str | None = None
     embedded_data_dir: str | None = None
+    # A dead or hung Redis must cost little: short timeouts, then the breaker opens.
+    redis_socket_timeout_seconds: float = field(default=1.0, metadata=_meta(lo=0.001))
+    redis_connect_timeout_seconds: float = field(default=0.5, metadata=_meta(lo=0.001))
+    redis_breaker_failures: int = field(default=5, metadata=_meta(lo=1))
+    redis_breaker_reset_seconds: float = field(default=2.0, metadata=_meta(lo=0.01))
     # The seed's settings.
     audio_cache_enabled: bool = True
     audio_cache_ttl_seconds: int = field(default=86400, metadata=_meta(lo=1))
@@ -107,6 +112,12 @@ class Settings:
     )
     audio_cache_sweep_interval_seconds: float = field(default=1.0, metadata=_meta(lo=0.05))
     audio_cache_stats_flush_seconds: float = field(default=1.0, metadata=_meta(lo=0.01))
+    # Misses: single flight across replicas (a lock and a Redis Stream per key in flight).
+    coalescing_enabled: bool = True
+    coalescing_wait_seconds: float = field(default=30.0, metadata=_meta(lo=0.05, hi=3600))
+    coalescing_lock_seconds: float = field(default=10.0, metadata=_meta(lo=0.05, hi=3600))
+    # A miss whose clients all left still completes and is stored (false: it is cancelled).
+    fill_continue_after_disconnect: bool = True
     # Upstream client.
     upstream_connect_timeout_seconds: float = field(default=5.0, metadata=_meta(lo=0.01))
     upstream_read_timeout_seconds: float = field(default=60.0, metadata=_meta(lo=0.01))

@@ -5,7 +5,9 @@ Used when no ``redis_url`` is configured (first run on a laptop) and by the test
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -15,6 +17,8 @@ import time
 from pathlib import Path
 
 import redis
+
+log = logging.getLogger(__name__)
 
 
 class EmbeddedStoreError(RuntimeError):
@@ -66,6 +70,7 @@ class EmbeddedValkey:
         self.port = port
         self.extra_args = extra_args
         self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
 
     @property
     def socket_path(self) -> Path:
@@ -123,6 +128,21 @@ class EmbeddedValkey:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    async def supervise(self, interval: float = 0.5) -> None:
+        """Restart the server whenever it dies, until cancelled (the cache fails open
+        to the upstream meanwhile; with a data dir the snapshot is reloaded)."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.process is not None and not self.alive():
+                log.warning(
+                    "embedded valkey-server died (exit %s); restarting", self.process.poll()
+                )
+                try:
+                    await asyncio.to_thread(self.start)
+                    self.restarts += 1
+                except EmbeddedStoreError as exc:
+                    log.error("embedded valkey-server did not restart: %s", exc)
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove an ephemeral data dir."""

@@ -32,6 +32,7 @@ class Metrics:
     cost_saved: Counter
     redis_errors: Counter
     fail_open: Counter
+    redis_circuit_open: Gauge
     not_stored: Counter
 
 
@@ -104,6 +105,9 @@ def _build() -> Metrics:
         redis_errors=Counter("tts_proxy_redis_errors_total", "Redis errors by operation", ["op"]),
         fail_open=Counter(
             "tts_proxy_fail_open_total", "Requests forwarded upstream because the cache failed"
+        ),
+        redis_circuit_open=Gauge(
+            "tts_proxy_redis_circuit_open", "1 while the store's circuit breaker is open"
         ),
         not_stored=Counter(
             "tts_proxy_not_stored_total", "Cacheable answers not stored, by reason", ["reason"]

@@ -16,14 +16,19 @@ A hit is one HMGET; hit counts and last access are batched off the hit path.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from redis import exceptions as redis_errors
+from redis.exceptions import RedisError
+
+from .breaker import CircuitBreaker
 from .compression import THREAD_THRESHOLD_BYTES, CompressionAdvisor, encode
 from .keys import CacheKey
 from .metrics import METRICS
@@ -31,6 +36,7 @@ from .packing import Codec, CorruptEntry, read_header, unpack
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 SHARDS = 64
 SELECTOR_DIMENSIONS = ("voice", "model", "tenant", "class", "route")
 _ENTRY_FIELDS = (b"b", b"ct", b"hd", b"c", b"x", b"cls")
@@ -238,6 +244,18 @@ _LEVEL_COUNTERS = (
 )
 
 
+# Errors that mean the store is down or unreachable (others mean a command failed).
+_STORE_DOWN = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+)
+
+
+class CacheUnavailable(RedisError):
+    """The store is presumed down; the request path fails open to the upstream."""
+
+
 def shard_of(key: CacheKey) -> int:
     return int(key.hex[:4], 16) % SHARDS
 
@@ -397,6 +415,7 @@ class AudioCacheService:
         advisor: CompressionAdvisor | None = None,
         codec: Codec = Codec.ZLIB,
         compression_level: int = 6,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.redis = redis
         self.keyspace = Keyspace(prefix)
@@ -414,6 +433,30 @@ class AudioCacheService:
         # Stored bytes as last read from Redis plus what this replica wrote since.
         self.approx_bytes = 0
         self.size_changed = asyncio.Event()
+        self.breaker = breaker or CircuitBreaker()
+
+    async def _guarded(self, call: Awaitable[T]) -> T:
+        """Run one store call through the circuit breaker: refused at once while it is open."""
+        breaker = self.breaker
+        if not breaker.allow():
+            if inspect.iscoroutine(call):
+                call.close()
+            raise CacheUnavailable("the cache store is unavailable (circuit open)")
+        was_open = breaker.is_open
+        try:
+            result = await call
+        except (RedisError, OSError) as exc:
+            if isinstance(exc, RedisError) and not isinstance(exc, _STORE_DOWN):
+                breaker.success()  # the server answered: it is up, the command failed
+            else:
+                breaker.failure()
+            raise
+        else:
+            breaker.success()
+            return result
+        finally:
+            if breaker.is_open != was_open:
+                METRICS.redis_circuit_open.set(1 if breaker.is_open else 0)
 
     # -- the hit path ---------------------------------------------------------------
 
@@ -430,7 +473,7 @@ class AudioCacheService:
 
     async def fetch(self, key: CacheKey) -> CachedAudio | None:
         """Read and verify an entry without counting it."""
-        values = await self.redis.hmget(self.keyspace.entry(key), _ENTRY_FIELDS)
+        values = await self._guarded(self.redis.hmget(self.keyspace.entry(key), _ENTRY_FIELDS))
         body, media_type, headers, created, expires, content_class = values
         if body is None:
             return None
@@ -517,9 +560,18 @@ class AudioCacheService:
             "tn", labels.tenant,
         ]  # fmt: skip
         n = shard_of(key)
-        total = await self._put(
-            keys=[*self.keyspace.shard_keys(n), self.keyspace.entry(key)],
-            args=[self.keyspace.shard(n), key.hex, ttl_seconds * 1000, expires, record, *fields],
+        total = await self._guarded(
+            self._put(
+                keys=[*self.keyspace.shard_keys(n), self.keyspace.entry(key)],
+                args=[
+                    self.keyspace.shard(n),
+                    key.hex,
+                    ttl_seconds * 1000,
+                    expires,
+                    record,
+                    *fields,
+                ],
+            )
         )
         self.approx_bytes += packed.stored_size
         self.size_changed.set()
