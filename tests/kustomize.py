@@ -82,9 +82,9 @@ def _build(root: Path) -> tuple[list[Object], set[str]]:
         data = _generator_data(root, gen)
         behavior = gen.get("behavior", "create")
         if behavior == "create":
+            metadata = {"name": gen["name"]}
             objects.append(
-                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]},
-                 "data": data}  # fmt: skip
+                {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
             )
             generated.add(gen["name"])
         elif behavior == "merge":
