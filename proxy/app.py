@@ -94,7 +94,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     service = build_service(settings, redis)
     app[REDIS] = redis
     app[SERVICE] = service
-    app[PROCESSOR] = AudioProcessor(settings, service, upstream)
+    app[PROCESSOR] = AudioProcessor(
+        settings, service, upstream, audio_path_prefix=settings.audio_path_prefix
+    )
     maintenance = Maintenance(
         service,
         flush_seconds=settings.audio_cache_stats_flush_seconds,
@@ -186,6 +188,6 @@ def create_app(settings: Settings, *, redis_url: str) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     admin_cleanup.setup(app, admin_token=settings.admin_token)
-    app.router.add_route("GET", "/audio/{key}", _audio_by_key)
+    app.router.add_get(settings.audio_path_prefix + "/{key}", _audio_by_key)  # and HEAD
     app.router.add_route("*", "/{tail:.*}", _speech)
     return app

@@ -118,6 +118,8 @@ class Settings:
     coalescing_lock_seconds: float = field(default=10.0, metadata=_meta(lo=0.05, hi=3600))
     # A miss whose clients all left still completes and is stored (false: it is cancelled).
     fill_continue_after_disconnect: bool = True
+    # GET <prefix>/<key> serves a cached entry to players and browsers (Content-Location).
+    audio_path_prefix: str = "/audio"
     # Upstream client.
     upstream_connect_timeout_seconds: float = field(default=5.0, metadata=_meta(lo=0.01))
     upstream_read_timeout_seconds: float = field(default=60.0, metadata=_meta(lo=0.01))
@@ -377,5 +379,9 @@ def _check_consistency(s: Settings) -> None:
             check_url(s.redis_url)
         except RedisUrlError as exc:
             raise ConfigError(str(exc)) from None
+    if not re.match(r"^(/[A-Za-z0-9_.~-]+)+$", s.audio_path_prefix):
+        raise ConfigError(
+            f"audio_path_prefix: expected a path like /audio, got {s.audio_path_prefix!r}"
+        )
     if not re.match(r"^[A-Za-z0-9_.-]{1,32}$", s.audio_cache_key_prefix):
         raise ConfigError("audio_cache_key_prefix: 1-32 characters of A-Z a-z 0-9 _ . -")

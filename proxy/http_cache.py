@@ -62,6 +62,13 @@ def not_modified(headers: Mapping[str, str], etag: str, last_modified_ms: int) -
     return False
 
 
+def _if_range_holds(validator: str, etag: str, last_modified_ms: int) -> bool:
+    """RFC 9110 §13.1.5: a strong match of the entity tag, or exactly the Last-Modified date."""
+    if validator.startswith(('"', "W/")):
+        return validator == etag  # a weak tag never matches
+    return _parse_date(validator) == last_modified_ms // 1000
+
+
 def parse_range(value: str, length: int) -> tuple[int, int] | bool | None:
     """(start, end) inclusive, None when the header is not one byte range we serve (send
     the whole body), False when it is unsatisfiable (416)."""
@@ -95,14 +102,8 @@ def plan_response(
     if range_header is None:
         return Plan(200)
     if_range = headers.get("if-range")
-    if if_range is not None:
-        if if_range.strip().startswith(('"', "W/")):
-            if if_range.strip() != etag:  # strong comparison only
-                return Plan(200)
-        else:
-            date = _parse_date(if_range)
-            if date is None or last_modified_ms // 1000 > date:
-                return Plan(200)
+    if if_range is not None and not _if_range_holds(if_range.strip(), etag, last_modified_ms):
+        return Plan(200)
     parsed = parse_range(range_header, length)
     if parsed is None:
         return Plan(200)

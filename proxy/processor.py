@@ -16,6 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from redis.exceptions import RedisError
 
+from .coalescing import ClusterFlights, FlightSettings
 from .config import CONTENT_TYPE_NAME, Settings
 from .fill import Fill, FillRegistry
 from .http_cache import http_date, make_etag, plan_response
@@ -59,7 +60,19 @@ class AudioProcessor:
         self.service = service
         self.upstream = upstream
         self.rules = settings.rules
-        self.fills = FillRegistry()
+        self.fills = FillRegistry(continue_when_abandoned=settings.fill_continue_after_disconnect)
+        self.flights: ClusterFlights | None = None
+        if settings.coalescing_enabled:
+            self.flights = ClusterFlights(
+                service.redis,
+                prefix=settings.audio_cache_key_prefix,
+                settings=FlightSettings(
+                    lock_seconds=settings.coalescing_lock_seconds,
+                    wait_seconds=settings.coalescing_wait_seconds,
+                    poll_seconds=min(0.25, settings.redis_socket_timeout_seconds / 2),
+                ),
+                breaker=service.breaker,
+            )
         self.identity = settings.audio_cache_upstream_identity or upstream_identity(
             settings.upstream_url or ""
         )
@@ -148,15 +161,23 @@ class AudioProcessor:
         )
         ttl = self.settings.ttl_for(labels.content_class)
 
-        async def runner(fill: Fill) -> None:
+        async def lead(fill: Fill) -> None:
             await self._run_fill(fill, request, body, key, labels, ttl, started)
+
+        async def runner(fill: Fill) -> None:
+            if self.flights is None:
+                await lead(fill)
+                return
+            # A refresh must reach the upstream, so it never settles for a stored answer.
+            recheck = self.service.fetch if directive is Directive.USE else None
+            await self.flights.run(fill, key, lead, recheck=recheck)
 
         fill, leader = self.fills.join_or_start(key.hex, runner)
         if not leader:
             METRICS.coalesced.labels("process").inc()
         fwd = "request" if directive is Directive.REFRESH else "miss"
-        response = await self.serve_fill(request, fill, key, fwd=fwd)
-        result = "miss" if leader else "coalesced"
+        response = await self.serve_fill(request, fill, key, fwd=fwd, leader=leader)
+        result = "miss" if leader and fill.origin == "upstream" else "coalesced"
         METRICS.requests.labels(rule.name, result).observe(time.perf_counter() - started)
         return response
 
@@ -173,12 +194,13 @@ class AudioProcessor:
         started: float,
     ) -> None:
         headers = self.upstream.outgoing_headers(request.headers, identity=True)
+        # A HEAD miss fetches the whole audio: it is stored, and later GETs hit.
+        method = "GET" if request.method == "HEAD" else request.method
         t0 = time.perf_counter()
         try:
             upstream = await self.upstream.request(
-                request.method, request.rel_url.raw_path, request.rel_url.raw_query_string,
-                headers, body,
-            )  # fmt: skip
+                method, request.rel_url.raw_path, request.rel_url.raw_query_string, headers, body
+            )
         except UpstreamError as exc:
             METRICS.upstream_errors.labels(exc.kind).inc()
             await fill.finish(complete=False, error=exc)
@@ -225,7 +247,7 @@ class AudioProcessor:
             fill.settle(stored=False, refusal=refusal)
             return
         try:
-            await self.service.put(
+            result = await self.service.put(
                 key,
                 audio,
                 media_type=lowered.get("content-type", "application/octet-stream"),
@@ -239,56 +261,77 @@ class AudioProcessor:
             METRICS.operations.labels("set", "error").inc()
             fill.settle(stored=False, refusal="store_error")
             return
-        fill.settle(stored=True, refusal=None)
+        fill.settle(stored=result.stored, refusal=None if result.stored else result.reason)
 
     async def serve_fill(
-        self, request: web.Request, fill: Fill, key: CacheKey, *, fwd: str
+        self, request: web.Request, fill: Fill, key: CacheKey, *, fwd: str, leader: bool = True
     ) -> web.StreamResponse:
         """Stream a fill to this client; ranged or conditional requests wait for it to end."""
-        await fill.wait_head()
-        if fill.status is None:
-            error = fill.error or UpstreamError(502, "protocol", "the upstream gave no answer")
-            return json_error(error.status, error.message, upstream_error=error.kind)
-        wants_whole = (
-            any(h in request.headers for h in ("Range", "If-None-Match", "If-Modified-Since"))
-            or request.method == "HEAD"
-        )
-        if wants_whole and fill.status == 200:
-            await fill.wait_done()
-            if fill.stored:
-                cached = await self._as_cached(fill, key)
-                return await self.serve_cached(
-                    request, cached, status=f"{CACHE_NAME}; fwd={fwd}; stored"
-                )
+        with fill.reader():  # entered before any await: an abandoned fill counts its readers
+            await fill.wait_head()
+            # RFC 9211: a request that rode on another's upstream call was "collapsed".
+            collapsed = not leader or fill.origin != "upstream"
+            fwd_status = f"{CACHE_NAME}; fwd={fwd}" + ("; collapsed" if collapsed else "")
+            if fill.status is None:
+                error = fill.error or UpstreamError(502, "protocol", "the upstream gave no answer")
+                response = json_error(error.status, error.message, upstream_error=error.kind)
+                response.headers["Cache-Status"] = fwd_status
+                return response
+            wants_whole = request.method == "HEAD" or any(
+                h in request.headers for h in ("Range", "If-None-Match", "If-Modified-Since")
+            )
+            if wants_whole and fill.status == 200:
+                await fill.wait_done()
+                if fill.stored:
+                    cached = await self._stored_answer(fill, key)
+                    return await self.serve_cached(request, cached, status=f"{fwd_status}; stored")
+            return await self._stream_fill(request, fill, key, fwd_status)
+
+    async def _stream_fill(
+        self, request: web.Request, fill: Fill, key: CacheKey, fwd_status: str
+    ) -> web.StreamResponse:
+        assert fill.status is not None
         refusal = refusal_before_body(
             status=fill.status,
             headers={k.lower(): v for k, v in fill.headers},
             max_entry_bytes=self.settings.max_entry_bytes,
         )
-        status = f"{CACHE_NAME}; fwd={fwd}" + ("; stored" if refusal is None else "")
+        status = fwd_status + ("; stored" if refusal is None else "")
         response = web.StreamResponse(status=fill.status)
         for name, value in strip_hop_by_hop(fill.headers).items():
             response.headers.add(name, value)
         if fill.finished and fill.complete:
             response.content_length = fill.size
         self._mark(response, key, status, "MISS")
-        await response.prepare(request)
-        async for chunk in fill.stream():
-            await response.write(chunk)
-        if not fill.complete:
-            # Close the connection so the client can tell the answer was cut short.
-            if request.transport is not None:
-                request.transport.close()
-            return response
-        await response.write_eof()
+        try:
+            await response.prepare(request)
+            if request.method != "HEAD":
+                async for chunk in fill.stream():
+                    await response.write(chunk)
+            if not fill.complete:
+                # Close the connection so the client can tell the answer was cut short.
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write_eof()
+        except ConnectionResetError:
+            log.debug("client left during the miss of %s; the fill goes on", key.hex[:12])
         return response
 
-    async def _as_cached(self, fill: Fill, key: CacheKey) -> CachedAudio:
+    async def _stored_answer(self, fill: Fill, key: CacheKey) -> CachedAudio:
+        """The entry just stored, read back so its validators match later hits."""
+        try:
+            cached = await self.service.fetch(key)
+        except RedisError:
+            cached = None
+        return cached if cached is not None else self._as_cached(fill, key)
+
+    def _as_cached(self, fill: Fill, key: CacheKey) -> CachedAudio:
         from zlib import crc32
 
         audio = fill.body()
         now = int(time.time() * 1000)
-        ttl_ms = max(await self.service.ttl_ms(key), 0)
+        ttl_ms = max(self.settings.audio_cache_ttl_seconds * 1000, 0)
         headers = {k.lower(): v for k, v in fill.headers}
         return CachedAudio(
             key=key,
@@ -343,11 +386,9 @@ class AudioProcessor:
                 headers["Content-Range"] = f"bytes {start}-{end}/{length}"
             headers["Content-Type"] = cached.media_type
             part = cached.audio if plan.status == 200 else cached.audio[start : end + 1]
-            if request.method == "HEAD":
-                response = web.Response(status=plan.status, headers=headers)
-                response.content_length = len(part)
-            else:
-                response = web.Response(status=plan.status, body=part, headers=headers)
+            # On HEAD aiohttp sends the headers (Content-Length included) and not the body.
+            response = web.Response(status=plan.status, body=part, headers=headers)
+            if request.method != "HEAD":
                 METRICS.bytes_served_from_cache.inc(len(part))
         self._mark(response, cached.key, status, "HIT" if "; hit" in status else "MISS")
         return response

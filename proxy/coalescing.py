@@ -1,0 +1,406 @@
+"""Single flight across replicas: one upstream call per key among every proxy sharing Redis.
+
+The in-process half is ``FillRegistry``; this is the other half. The replica whose fill
+takes the key's lock is the leader: it calls the upstream and publishes the answer, as it
+arrives, to a Redis Stream. Fills on other replicas follow that stream from its first record,
+so their clients (and their own in-process followers) hear the audio as it is produced.
+
+Redis keys, all in the key's shard hash tag so they share one Redis Cluster slot::
+
+    P:{P.NN}:fl:<key>  STRING  the leader's token; expires unless the leader renews it
+    P:{P.NN}:fs:<key>  STREAM  the leader's answer, record by record; expires too
+    P:{P.NN}:ff:<key>  STRING  how many replicas follow (an abandoned fill is kept for them)
+
+Stream records carry the leader's token ``t`` and a kind ``k``: ``h`` head (``s`` status,
+``h`` headers as JSON), ``c`` chunk (``d`` bytes), ``e`` end of body (``ok`` 1 when whole;
+on a failure before any header ``es``/``ek``/``em`` the error), ``d`` done (``st`` 1 when
+stored, ``r`` why not). Records are written only while the writer holds the lock (fencing),
+so a leader that lost its lock cannot mix its bytes into a successor's answer.
+
+A follower that hears nothing for ``wait_seconds`` gives up with a 504. A follower that
+finds the lock gone with no end record (the leader died) takes over if it has not yet
+passed any byte to its clients; otherwise its answer ends cut short. Whenever Redis fails,
+coordination fails open: the fill calls the upstream itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .breaker import CircuitBreaker
+from .fill import Fill, Runner
+from .keys import CacheKey
+from .metrics import METRICS
+from .store import CachedAudio, Keyspace, shard_of
+from .upstream import UpstreamError
+
+log = logging.getLogger(__name__)
+
+Recheck = Callable[[CacheKey], Awaitable[CachedAudio | None]]
+
+# KEYS: lock stream; ARGV: token stream_ttl_ms field value ... -> 1 written, 0 lock lost
+_PUBLISH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+# KEYS: lock stream followers; ARGV: token lock_ms stream_ms -> followers, or -1 lock lost
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return tonumber(redis.call('GET', KEYS[3]) or '0')
+"""
+# KEYS: lock; ARGV: token -> 1 released
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_MAX_RECORD_BYTES = 1 << 20
+_MAX_TAKEOVERS = 3
+
+
+class _Outcome(Enum):
+    DONE = "done"  # the fill has its answer (or its error)
+    TAKE_OVER = "take over"  # the leader vanished before any byte: try to lead
+    FAIL_OPEN = "fail open"  # Redis failed before any byte: call the upstream ourselves
+
+
+@dataclass(frozen=True)
+class FlightSettings:
+    """Timing of the cross-replica single flight."""
+
+    lock_seconds: float = 10.0  # a dead leader is noticed within this
+    wait_seconds: float = 30.0  # the longest a follower waits for the leader's next record
+    poll_seconds: float = 0.25  # one XREAD BLOCK; below the Redis socket timeout
+    linger_seconds: float = 10.0  # a finished answer stays readable for late followers
+
+    @property
+    def stream_seconds(self) -> float:
+        return self.lock_seconds + self.wait_seconds
+
+
+@dataclass(frozen=True)
+class FlightKeys:
+    """The Redis keys of one key's flight."""
+
+    lock: str
+    stream: str
+    followers: str
+
+    @classmethod
+    def of(cls, keyspace: Keyspace, key: CacheKey) -> FlightKeys:
+        base = keyspace.shard(shard_of(key))
+        return cls(f"{base}fl:{key.hex}", f"{base}fs:{key.hex}", f"{base}ff:{key.hex}")
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class ClusterFlights:
+    """Runs each fill as the cluster's leader for its key, or as a follower of the leader."""
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        prefix: str,
+        settings: FlightSettings | None = None,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self.redis = redis
+        self.keyspace = Keyspace(prefix)
+        self.settings = settings or FlightSettings()
+        self.breaker = breaker
+        self._publish = redis.register_script(_PUBLISH)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        # Keys this process leads, set when the lock is let go. A fill that failed here is
+        # retried by the next request; it must not follow the failed answer's stream.
+        self._leading: dict[str, asyncio.Event] = {}
+
+    def keys(self, key: CacheKey) -> FlightKeys:
+        return FlightKeys.of(self.keyspace, key)
+
+    async def run(
+        self, fill: Fill, key: CacheKey, lead: Runner, *, recheck: Recheck | None = None
+    ) -> None:
+        """Fill ``fill``: from the upstream via ``lead`` if this replica wins the key's lock,
+        else from the leader's stream. ``recheck`` reads the store once the lock is won (the
+        answer may have been stored since this request missed)."""
+        if self.breaker is not None and self.breaker.is_open:
+            await lead(fill)
+            return
+        keys = self.keys(key)
+        previous = self._leading.get(key.hex)
+        if previous is not None:
+            await asyncio.wait(
+                [asyncio.ensure_future(previous.wait())], timeout=self.settings.lock_seconds
+            )
+        for _ in range(_MAX_TAKEOVERS + 1):
+            token = secrets.token_hex(8)
+            try:
+                won = await self.redis.set(
+                    keys.lock, token, nx=True, px=_ms(self.settings.lock_seconds)
+                )
+            except (RedisError, OSError) as exc:
+                _redis_failed("lock", exc)
+                await lead(fill)
+                return
+            if won:
+                released = self._leading[key.hex] = asyncio.Event()
+                try:
+                    await self._lead(fill, key, keys, token, lead, recheck)
+                finally:
+                    released.set()
+                    if self._leading.get(key.hex) is released:
+                        del self._leading[key.hex]
+                return
+            outcome = await self._follow(fill, keys)
+            if outcome is _Outcome.FAIL_OPEN:
+                fill.origin = "upstream"
+                await lead(fill)
+                return
+            if outcome is _Outcome.DONE:
+                return
+            log.info("leader of %s vanished: taking over", key.hex[:12])
+        await _give_up(fill, "coalescing_timeout", "no replica could complete this synthesis")
+
+    # -- the leader -------------------------------------------------------------------
+
+    async def _lead(
+        self,
+        fill: Fill,
+        key: CacheKey,
+        keys: FlightKeys,
+        token: str,
+        lead: Runner,
+        recheck: Recheck | None,
+    ) -> None:
+        try:
+            if recheck is not None and await self._replay_stored(fill, key, recheck):
+                return
+            await self.redis.delete(keys.stream, keys.followers)  # an earlier leader's records
+        except (RedisError, OSError) as exc:
+            _redis_failed("lock", exc)
+            await self._release_quietly(keys, token)
+            await lead(fill)
+            return
+        fill.still_needed = lambda: self._has_followers(keys)
+        publisher = asyncio.create_task(self._publish_fill(fill, keys, token))
+        renewer = asyncio.create_task(self._keep_lock(fill, keys, token))
+        try:
+            await lead(fill)
+        except asyncio.CancelledError:
+            await fill.abort("abandoned")
+            raise
+        except Exception:
+            await fill.abort("error")
+            raise
+        finally:
+            renewer.cancel()
+            # The publisher ends with the done record; bounded so a hung Redis cannot hold us.
+            await asyncio.wait([publisher], timeout=self.settings.lock_seconds)
+            if not publisher.done():
+                publisher.cancel()
+            await self._release_quietly(keys, token)
+
+    async def _replay_stored(self, fill: Fill, key: CacheKey, recheck: Recheck) -> bool:
+        cached = await recheck(key)
+        if cached is None:
+            return False
+        fill.origin = "cache"
+        METRICS.coalesced.labels("cluster").inc()
+        headers = [("Content-Type", cached.media_type), *cached.headers]
+        await fill.set_head(200, headers)
+        await fill.add(cached.audio)
+        await fill.finish(complete=True)
+        fill.settle(stored=True, refusal=None)
+        return True
+
+    async def _publish_fill(self, fill: Fill, keys: FlightKeys, token: str) -> None:
+        """Mirror the local fill into the stream, record by record, as it progresses."""
+        live_ms = _ms(self.settings.stream_seconds)
+
+        async def publish(ttl_ms: int, **fields: str | bytes | int) -> bool:
+            args: list[Any] = [token, ttl_ms, "t", token]
+            for name, value in fields.items():
+                args += [name, value]
+            return bool(await self._publish(keys=[keys.lock, keys.stream], args=args))
+
+        try:
+            await fill.wait_head()
+            if fill.status is None:
+                error = fill.error or UpstreamError(502, "protocol", "the upstream gave no answer")
+                ok = await publish(
+                    live_ms, k="e", ok=0, es=error.status, ek=error.kind, em=error.message
+                )
+            else:
+                ok = await publish(live_ms, k="h", s=fill.status, h=json.dumps(fill.headers))
+                async for batch in fill.batches():
+                    data = b"".join(batch)
+                    for i in range(0, len(data), _MAX_RECORD_BYTES):
+                        ok = ok and await publish(live_ms, k="c", d=data[i : i + _MAX_RECORD_BYTES])
+                    if not ok:
+                        break
+                ok = ok and await publish(live_ms, k="e", ok=int(fill.complete))
+            await fill.wait_done()
+            linger = _ms(self.settings.linger_seconds)
+            ok = ok and await publish(
+                linger, k="d", st=int(bool(fill.stored)), r=fill.refusal or ""
+            )
+            if not ok:
+                log.warning("lost the coalescing lock of %s while publishing", fill.key[:12])
+        except (RedisError, OSError) as exc:
+            _redis_failed("publish", exc)
+
+    async def _keep_lock(self, fill: Fill, keys: FlightKeys, token: str) -> None:
+        lock_ms, stream_ms = _ms(self.settings.lock_seconds), _ms(self.settings.stream_seconds)
+        while True:
+            await asyncio.sleep(self.settings.lock_seconds / 3)
+            try:
+                followers = await self._renew(
+                    keys=[keys.lock, keys.stream, keys.followers], args=[token, lock_ms, stream_ms]
+                )
+            except (RedisError, OSError) as exc:
+                _redis_failed("lock", exc)
+                continue
+            if followers == -1:
+                log.warning("the coalescing lock of %s expired under its leader", fill.key[:12])
+                return
+            if followers > 0:
+                fill.continue_when_abandoned = True
+
+    async def _has_followers(self, keys: FlightKeys) -> bool:
+        try:
+            return int(await self.redis.get(keys.followers) or 0) > 0
+        except (RedisError, OSError):
+            return True  # when in doubt, finish the synthesis
+
+    async def _release_quietly(self, keys: FlightKeys, token: str) -> None:
+        try:
+            await self._release(keys=[keys.lock], args=[token])
+        except (RedisError, OSError) as exc:
+            _redis_failed("lock", exc)  # the lock expires on its own
+
+    # -- a follower -------------------------------------------------------------------
+
+    async def _follow(self, fill: Fill, keys: FlightKeys) -> _Outcome:
+        loop = asyncio.get_running_loop()
+        poll_ms = _ms(self.settings.poll_seconds)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.incr(keys.followers)
+            pipe.pexpire(keys.followers, _ms(self.settings.stream_seconds))
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            _redis_failed("follow", exc)
+            return _Outcome.FAIL_OPEN
+        if fill.origin != "cluster":
+            fill.origin = "cluster"
+            METRICS.coalesced.labels("cluster").inc()
+        reader = _StreamReader(fill)
+        quiet_since = loop.time()
+        while True:
+            try:
+                reply = await self.redis.xread({keys.stream: reader.last}, count=256, block=poll_ms)
+                if not reply:
+                    if loop.time() - quiet_since >= self.settings.wait_seconds:
+                        await _give_up(
+                            fill,
+                            "coalescing_timeout",
+                            "timed out waiting for another replica's synthesis of this audio",
+                        )
+                        return _Outcome.DONE
+                    if await self.redis.exists(keys.lock):
+                        continue
+                    # No leader: it finished just now (read once more) or it died.
+                    reply = await self.redis.xread({keys.stream: reader.last}, count=256)
+                    if not reply:
+                        if fill.status is None and not fill.finished:
+                            return _Outcome.TAKE_OVER
+                        await _give_up(fill, "leader_lost", "the leading replica went away")
+                        return _Outcome.DONE
+            except (RedisError, OSError) as exc:
+                _redis_failed("follow", exc)
+                if fill.status is None and not fill.finished:
+                    return _Outcome.FAIL_OPEN
+                await _give_up(fill, "leader_lost", "lost the connection to the cache store")
+                return _Outcome.DONE
+            quiet_since = loop.time()
+            if await reader.apply(_records(reply)):
+                return _Outcome.DONE
+
+
+class _StreamReader:
+    """Applies a leader's stream records to a local fill."""
+
+    def __init__(self, fill: Fill) -> None:
+        self.fill = fill
+        self.last: bytes | str = "0-0"
+        self.token: bytes | None = None
+
+    async def apply(self, records: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:
+        """True once the fill is settled."""
+        fill = self.fill
+        for record_id, fields in records:
+            self.last = record_id
+            token = fields.get(b"t")
+            if self.token is not None and token != self.token and fill.status is not None:
+                # A new leader restarted the answer after this one passed bytes on.
+                await _give_up(fill, "leader_lost", "the leading replica went away")
+                return True
+            self.token = token
+            kind = fields.get(b"k")
+            if kind == b"h":
+                headers = [(str(k), str(v)) for k, v in json.loads(fields[b"h"])]
+                await fill.set_head(int(fields[b"s"]), headers)
+            elif kind == b"c":
+                await fill.add(fields[b"d"])
+            elif kind == b"e":
+                error = None
+                if fields.get(b"ok") != b"1" and fill.status is None:
+                    error = UpstreamError(
+                        int(fields.get(b"es", b"502")),
+                        fields.get(b"ek", b"protocol").decode(),
+                        fields.get(b"em", b"the upstream failed").decode(),
+                    )
+                await fill.finish(complete=fields.get(b"ok") == b"1", error=error)
+            elif kind == b"d":
+                if not fill.finished:
+                    await fill.finish(complete=False)
+                refusal = fields.get(b"r", b"").decode() or None
+                fill.settle(stored=fields.get(b"st") == b"1", refusal=refusal)
+                return True
+        return False
+
+
+def _records(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """XREAD's answer for one stream, in either protocol's shape."""
+    entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    return [(record_id, fields) for record_id, fields in entries]
+
+
+async def _give_up(fill: Fill, refusal: str, message: str) -> None:
+    if not fill.finished:
+        error = UpstreamError(504, refusal, message) if fill.status is None else None
+        await fill.finish(complete=False, error=error)
+    if not fill.settled:
+        fill.settle(stored=False, refusal=refusal)
+
+
+def _redis_failed(op: str, exc: BaseException) -> None:
+    log.warning("coalescing %s failed, going on alone: %s", op, exc)
+    METRICS.redis_errors.labels(f"coalesce_{op}").inc()
