@@ -72,7 +72,10 @@ class Fill:
     async def abort(self, refusal: str) -> None:
         """End a fill that will not complete: readers see it cut short, nothing is stored."""
         if not self.finished:
-            await self.finish(complete=False)
+            error = None
+            if self.status is None:
+                error = UpstreamError(502, refusal, f"the synthesis ended early ({refusal})")
+            await self.finish(complete=False, error=error)
         if not self.settled:
             self.settle(stored=False, refusal=refusal)
 
@@ -181,6 +184,10 @@ class FillRegistry:
     def running(self, key: str) -> Fill | None:
         """The fill in flight for ``key`` in this process, if any."""
         return self._fills.get(key)
+
+    def active(self) -> list[Fill]:
+        """Every fill in flight in this process."""
+        return list(self._fills.values())
 
     @property
     def in_flight(self) -> int:

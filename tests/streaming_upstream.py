@@ -55,11 +55,11 @@ class StreamingUpstream:
         self.seen_headers.append(dict(request.headers))
         loop = asyncio.get_running_loop()
         audio = self.audio(body["input"])
+        await asyncio.sleep(self.head_delay)
         if self.mode == "error":
             return web.json_response({"error": {"message": "synthesis failed"}}, status=500)
         if self.mode == "hang_head":
             await self.release.wait()
-        await asyncio.sleep(self.head_delay)
         response = web.StreamResponse(headers={"Content-Type": "audio/wav", "X-Voice": "es"})
         if self.chunked:
             response.enable_chunked_encoding()

@@ -386,3 +386,16 @@ async def test_audio_by_key_validates_and_404s(
     error = (await response.json())["error"]
     assert error["field"] == "key"
     assert error["status"] == status
+
+
+async def test_audio_path_prefix_is_configurable(quick: Any, make_proxy: Any) -> None:
+    upstream, url = quick
+    client = await make_proxy(url, audio_path_prefix="/tts/cached")
+    response = await client.post("/v1/audio/speech", json=SPEECH)
+    await response.read()
+    key = response.headers["X-Audio-Cache-Key"]
+    assert response.headers["Content-Location"] == f"/tts/cached/{key}"
+    assert await stored(client, key)
+    by_key = await client.get(f"/tts/cached/{key}", headers={"Range": "bytes=-4"})
+    assert by_key.status == 206
+    assert await by_key.read() == upstream.audio(TEXT)[-4:]
