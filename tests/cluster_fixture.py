@@ -92,7 +92,7 @@ def start_cluster(masters: int = MASTERS, timeout: float = 30.0) -> ValkeyCluste
 
 def _state_ok(client: redis.Redis) -> bool:
     try:
-        info = client.execute_command("CLUSTER", "INFO")
+        info = client.execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
     finally:
         client.close()
     text = info.decode() if isinstance(info, bytes) else str(info)

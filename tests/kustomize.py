@@ -193,7 +193,8 @@ def config_map_hash(data: dict[str, str]) -> str:
     and hashes an empty name: so do we."""
     encoded = _go_json({"data": data, "kind": "ConfigMap", "name": ""})
     digest = hashlib.sha256(encoded.encode()).hexdigest()[:10]
-    return digest.translate(str.maketrans({"0": "g", "1": "h", "3": "k", "a": "m", "e": "t"}))
+    table: dict[str, str | int | None] = {"0": "g", "1": "h", "3": "k", "a": "m", "e": "t"}
+    return digest.translate(str.maketrans(table))
 
 
 def _suffix_hashes(objects: list[Object], generated: set[str]) -> None:

@@ -107,7 +107,7 @@ async def test_put_fetch_roundtrip(store: AudioCacheService) -> None:
 
 
 async def test_ttl_expires_and_sweep_reconciles(store: AudioCacheService) -> None:
-    key = _key(uuid.uuid4())
+    key = _key(str(uuid.uuid4()))
     await store.put(key, b"RIFF" + b"x" * 500, media_type="audio/wav", ttl_seconds=1,
                     labels=EntryLabels())  # fmt: skip
     assert 0 < await store.ttl_ms(key) <= 1000
@@ -182,7 +182,7 @@ async def test_each_shard_lives_on_one_master_and_totals_sum_masters(
                 entries_seen += 1
             if name.endswith(b":stats"):
                 for field, value in master.hgetall(name).items():
-                    summed[field.decode()] += int(value)
+                    summed[field.decode() if isinstance(field, bytes) else field] += int(value)
         master.close()
     assert len(owner) == len({int(k.hex[:4], 16) % SHARDS for k in keys})
     assert entries_seen == 120
@@ -196,7 +196,7 @@ def test_keyspace_shares_one_slot_per_shard(valkey_cluster: ValkeyCluster) -> No
     master = valkey_cluster.masters()[0]
     for n in (0, 17, 63):
         names = [*space.shard_keys(n), space.selector(n, "voice", "alloy"), space.shard(n) + "e:x"]
-        slots = {master.execute_command("CLUSTER", "KEYSLOT", name) for name in names}
+        slots = {master.cluster("KEYSLOT", name) for name in names}
         assert len(slots) == 1
     master.close()
 
