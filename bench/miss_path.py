@@ -1,0 +1,234 @@
+"""The miss path: time to first byte and total time of a miss, and single flight.
+
+A loopback upstream streams 1 s of audio (24 kHz 16-bit mono PCM, 48 000 bytes) in 10
+chunks, one every 100 ms after ``--latency`` of synthesis: a TTS service that speaks in real
+time. Part 1 times misses straight to the upstream (the baseline) and through the proxy, each
+run with a new sentence so every proxied request is a miss; a hit is shown for contrast.
+Part 2 sends N identical concurrent misses split over two proxy replicas sharing one real
+Valkey, and counts upstream calls: with cross-replica coalescing, with in-process single
+flight only (``coalescing_enabled: false``), and with no proxy.
+
+Everything runs on 127.0.0.1 in one event loop; each part is bounded in runs and seconds.
+Run: ``python -m bench.miss_path`` (about 20 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from proxy.app import create_app
+from proxy.config import load_settings
+from proxy.embedded import EmbeddedValkey, free_port
+
+AUDIO_BYTES = 48_000
+CHUNKS = 10
+CHUNK_INTERVAL = 0.1
+SPEECH = "/v1/audio/speech"
+
+
+@dataclass
+class Upstream:
+    latency: float
+    calls: int = 0
+    texts: list[str] = field(default_factory=list)
+
+    async def speech(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.calls += 1
+        seed = body["input"].encode()
+        audio = (seed * (AUDIO_BYTES // len(seed) + 1))[:AUDIO_BYTES]
+        await asyncio.sleep(self.latency)
+        response = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        size = AUDIO_BYTES // CHUNKS
+        for i in range(CHUNKS):
+            if i:
+                await asyncio.sleep(CHUNK_INTERVAL)
+            await response.write(audio[i * size : (i + 1) * size])
+        await response.write_eof()
+        return response
+
+
+@asynccontextmanager
+async def site(app: web.Application) -> AsyncIterator[str]:
+    """Serve ``app`` on a free loopback port; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def proxy_app(upstream_url: str, redis_url: str, prefix: str, **settings: Any) -> web.Application:
+    overrides = {"upstream_url": upstream_url, "audio_cache_key_prefix": prefix, **settings}
+    return create_app(load_settings(env={}, overrides=overrides), redis_url=redis_url)
+
+
+def payload(text: str) -> dict[str, str]:
+    return {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm"}
+
+
+async def timed(session: aiohttp.ClientSession, url: str, text: str) -> tuple[float, float]:
+    """(time to first byte, total time) of one request, in seconds."""
+    started = time.perf_counter()
+    async with session.post(url + SPEECH, json=payload(text)) as response:
+        first = await response.content.readany()
+        ttfb = time.perf_counter() - started
+        rest = await response.read()
+    total = time.perf_counter() - started
+    assert response.status == 200 and len(first) + len(rest) == AUDIO_BYTES, response.status
+    return ttfb, total
+
+
+async def part1(upstream_url: str, proxy_url: str, runs: int, seconds: float) -> list[str]:
+    samples: dict[str, list[tuple[float, float]]] = {"direct": [], "proxy miss": [], "hit": []}
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as session:
+        for i in range(runs):
+            if time.monotonic() > deadline:
+                break
+            text = f"Run {i} {uuid.uuid4().hex}: your room is ready."
+            samples["direct"].append(await timed(session, upstream_url, text))
+            samples["proxy miss"].append(await timed(session, proxy_url, text))
+            await asyncio.sleep(0.05)  # the fill stores right after the last byte
+            samples["hit"].append(await timed(session, proxy_url, text))
+    base_ttfb = statistics.median(t for t, _ in samples["direct"])
+    base_total = statistics.median(t for _, t in samples["direct"])
+    lines = [
+        f"Miss timing: 1 s of audio in {CHUNKS} chunks, median of {len(samples['direct'])} runs",
+        f"{'path':<22}{'TTFB ms':>10}{'total ms':>10}{'TTFB/direct':>13}{'total/direct':>14}",
+    ]
+    for name, label in (
+        ("direct", "direct to upstream"),
+        ("proxy miss", "proxy, miss"),
+        ("hit", "proxy, hit"),
+    ):
+        ttfb = statistics.median(t for t, _ in samples[name])
+        total = statistics.median(t for _, t in samples[name])
+        lines.append(
+            f"{label:<22}{ttfb * 1000:>10.1f}{total * 1000:>10.1f}"
+            f"{ttfb / base_ttfb:>13.3f}{total / base_total:>14.3f}"
+        )
+    return lines
+
+
+async def burst(urls: list[str], n: int, text: str) -> tuple[float, list[float], set[bytes]]:
+    """(wall time, each request's time to first byte, distinct bodies) of one burst."""
+
+    async def one(session: aiohttp.ClientSession, url: str) -> tuple[float, bytes]:
+        started = time.perf_counter()
+        async with session.post(url + SPEECH, json=payload(text)) as response:
+            assert response.status == 200, response.status
+            first = await response.content.readany()
+            ttfb = time.perf_counter() - started
+            return ttfb, first + await response.read()
+
+    started = time.perf_counter()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        results = await asyncio.gather(*(one(session, urls[i % len(urls)]) for i in range(n)))
+    wall = time.perf_counter() - started
+    return wall, [t for t, _ in results], {body for _, body in results}
+
+
+async def part2(
+    upstream: Upstream, upstream_url: str, redis_url: str, n: int, rounds: int, seconds: float
+) -> list[str]:
+    lines = [
+        f"{n} concurrent identical misses split over 2 replicas; median of {rounds} rounds",
+        f"{'mode':<30}{'upstream calls':>15}{'TTFB p50 ms':>12}{'wall ms':>9}{'bodies':>8}",
+    ]
+    modes: list[tuple[str, dict[str, Any] | None]] = [
+        ("2 replicas, coalescing on", {}),
+        ("2 replicas, in-process only", {"coalescing_enabled": False}),
+        ("no proxy (direct)", None),
+    ]
+    for label, settings in modes:
+        calls, walls, ttfbs, distinct = [], [], [], 0
+        deadline = time.monotonic() + seconds
+        async with _replicas(upstream_url, redis_url, settings) as urls:
+            for r in range(rounds):
+                if time.monotonic() > deadline:
+                    break
+                before = upstream.calls
+                wall, firsts, bodies = await burst(urls, n, f"Round {r} {uuid.uuid4().hex}: bye")
+                calls.append(upstream.calls - before)
+                walls.append(wall)
+                ttfbs += firsts
+                distinct = max(distinct, len(bodies))
+        lines.append(
+            f"{label:<30}{statistics.median(calls):>15.0f}{statistics.median(ttfbs) * 1000:>12.1f}"
+            f"{statistics.median(walls) * 1000:>9.1f}{distinct:>8}"
+        )
+    return lines
+
+
+@asynccontextmanager
+async def _replicas(
+    upstream_url: str, redis_url: str, settings: dict[str, Any] | None
+) -> AsyncIterator[list[str]]:
+    if settings is None:
+        yield [upstream_url]
+        return
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    async with (
+        site(proxy_app(upstream_url, redis_url, prefix, **settings)) as a,
+        site(proxy_app(upstream_url, redis_url, prefix, **settings)) as b,
+    ):
+        yield [a, b]
+
+
+async def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    valkey = EmbeddedValkey(port=free_port())
+    valkey.start()
+    try:
+        upstream = Upstream(latency=args.latency)
+        app = web.Application()
+        app.router.add_post(SPEECH, upstream.speech)
+        async with site(app) as upstream_url:
+            prefix = f"bench{uuid.uuid4().hex[:8]}"
+            async with site(proxy_app(upstream_url, valkey.url, prefix)) as proxy_url:
+                table1 = await part1(upstream_url, proxy_url, args.runs, args.seconds)
+            table2 = await part2(
+                upstream, upstream_url, valkey.url, args.n, args.rounds, args.seconds
+            )
+    finally:
+        valkey.stop()
+    print("\n".join(table1))
+    print()
+    print("\n".join(table2))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=7, help="timed misses per path (≤ 50)")
+    parser.add_argument("--n", type=int, default=50, help="concurrent identical misses")
+    parser.add_argument("--rounds", type=int, default=3, help="bursts per mode (≤ 10)")
+    parser.add_argument("--latency", type=float, default=0.1, help="upstream time to first byte")
+    parser.add_argument("--seconds", type=float, default=20.0, help="time bound of each part")
+    args = parser.parse_args()
+    args.runs = max(1, min(args.runs, 50))
+    args.rounds = max(1, min(args.rounds, 10))
+    args.n = max(2, min(args.n, 500))
+    return args
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
