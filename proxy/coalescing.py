@@ -146,9 +146,9 @@ class ClusterFlights:
         keys = self.keys(key)
         previous = self._leading.get(key.hex)
         if previous is not None:
-            await asyncio.wait(
-                [asyncio.ensure_future(previous.wait())], timeout=self.settings.lock_seconds
-            )
+            waiting = asyncio.ensure_future(previous.wait())
+            await asyncio.wait([waiting], timeout=self.settings.lock_seconds)
+            waiting.cancel()
         for _ in range(_MAX_TAKEOVERS + 1):
             token = secrets.token_hex(8)
             try:
@@ -160,6 +160,7 @@ class ClusterFlights:
                 await lead(fill)
                 return
             if won:
+                fill.origin = "upstream"  # perhaps after following a leader that vanished
                 released = self._leading[key.hex] = asyncio.Event()
                 try:
                     await self._lead(fill, key, keys, token, lead, recheck)
@@ -308,9 +309,6 @@ class ClusterFlights:
         except (RedisError, OSError) as exc:
             _redis_failed("follow", exc)
             return _Outcome.FAIL_OPEN
-        if fill.origin != "cluster":
-            fill.origin = "cluster"
-            METRICS.coalesced.labels("cluster").inc()
         reader = _StreamReader(fill)
         quiet_since = loop.time()
         while True:
@@ -340,7 +338,11 @@ class ClusterFlights:
                 await _give_up(fill, "leader_lost", "lost the connection to the cache store")
                 return _Outcome.DONE
             quiet_since = loop.time()
-            if await reader.apply(_records(reply)):
+            settled = await reader.apply(_records(reply))
+            if fill.origin != "cluster":  # counted once a leader's record arrives
+                fill.origin = "cluster"
+                METRICS.coalesced.labels("cluster").inc()
+            if settled:
                 return _Outcome.DONE
 
 
