@@ -1,0 +1,129 @@
+"""Text to 16-bit mono PCM with espeak-ng, from the ``espeakng-loader`` wheel, over ctypes.
+
+espeak-ng keeps global state between utterances (its flutter phase, noise generator and
+more), so two syntheses of the same text in one process differ by a few samples. Each
+synthesis therefore runs in a fresh child process, which makes the output a pure function
+of (text, voice, speed) — the demo upstream promises same request, same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import multiprocessing
+from multiprocessing.connection import Connection
+
+SAMPLE_RATE = 22050  # espeak-ng's native rate, returned by espeak_Initialize
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_POS_CHARACTER = 1
+_ESPEAK_CHARS_UTF8 = 1
+_ESPEAK_RATE = 1
+_MIN_WPM, _MAX_WPM, _DEFAULT_WPM = 80, 450, 175
+
+_Callback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+)
+
+
+class UnknownVoice(ValueError):
+    """espeak-ng has no voice of that name."""
+
+    def __init__(self, voice: str) -> None:
+        super().__init__(f"unknown voice {voice!r}; use an espeak-ng voice name such as en, es, fr")
+        self.voice = voice
+
+    def __reduce__(self) -> tuple[type[UnknownVoice], tuple[str]]:
+        return (UnknownVoice, (self.voice,))  # crosses the process boundary intact
+
+
+def words_per_minute(speed: float) -> int:
+    """OpenAI's speed (1.0 = normal) as espeak-ng's rate, within what espeak accepts."""
+    return max(_MIN_WPM, min(_MAX_WPM, round(_DEFAULT_WPM * speed)))
+
+
+def synthesize_in_this_process(text: str, voice: str, speed: float) -> bytes:
+    """Load espeak-ng, speak ``text`` once, return raw little-endian int16 PCM.
+
+    Meant to run in a fresh process (see the module docstring).
+    """
+    import espeakng_loader
+
+    lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+        ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+    ]  # fmt: skip
+    data = espeakng_loader.get_data_path().encode()
+    if lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0) <= 0:
+        raise RuntimeError("espeak_Initialize failed")
+    samples = bytearray()
+
+    def collect(wav: ctypes._Pointer[ctypes.c_short], count: int, events: int) -> int:
+        if wav and count > 0:
+            samples.extend(ctypes.string_at(wav, count * 2))
+        return 0
+
+    callback = _Callback(collect)  # kept referenced until synthesis ends
+    lib.espeak_SetSynthCallback(callback)
+    if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+        raise UnknownVoice(voice)
+    lib.espeak_SetParameter(_ESPEAK_RATE, words_per_minute(speed), 0)
+    encoded = text.encode("utf-8")
+    flags = _ESPEAK_CHARS_UTF8
+    if lib.espeak_Synth(encoded, len(encoded) + 1, 0, _POS_CHARACTER, 0, flags, None, None):
+        raise RuntimeError("espeak_Synth failed")
+    lib.espeak_Synchronize()
+    del callback
+    return bytes(samples)
+
+
+def _child(conn: Connection, text: str, voice: str, speed: float) -> None:
+    try:
+        conn.send(("ok", synthesize_in_this_process(text, voice, speed)))
+    except UnknownVoice as exc:
+        conn.send(("unknown_voice", exc.voice))
+    except Exception as exc:
+        conn.send(("error", str(exc)))
+    finally:
+        conn.close()
+
+
+def synthesize_in_a_fresh_process(text: str, voice: str, speed: float) -> bytes:
+    """One utterance in a process forked from a clean fork server (blocking)."""
+    context = multiprocessing.get_context("forkserver")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(sender, text, voice, speed), daemon=True)
+    process.start()
+    sender.close()
+    try:
+        kind, value = receiver.recv()
+    except EOFError:
+        raise RuntimeError("the espeak-ng worker died") from None
+    finally:
+        receiver.close()
+        process.join()
+    if kind == "unknown_voice":
+        raise UnknownVoice(value)
+    if kind != "ok":
+        raise RuntimeError(f"espeak-ng failed: {value}")
+    return bytes(value)
+
+
+class Espeak:
+    """Deterministic speech: each utterance in a fresh worker process."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, workers: int = 2) -> None:
+        self._slots = asyncio.Semaphore(workers)
+
+    async def synthesize(self, text: str, voice: str, speed: float = 1.0) -> bytes:
+        """Raw int16 PCM at ``sample_rate``; UnknownVoice for a voice espeak-ng lacks."""
+        async with self._slots:
+            return await asyncio.to_thread(synthesize_in_a_fresh_process, text, voice, speed)
+
+    def close(self) -> None:
+        """Nothing to release: every worker process has already exited."""
