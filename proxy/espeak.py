@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import multiprocessing
-from multiprocessing.connection import Connection
+import os
 
 SAMPLE_RATE = 22050  # espeak-ng's native rate, returned by espeak_Initialize
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -31,9 +30,6 @@ class UnknownVoice(ValueError):
     def __init__(self, voice: str) -> None:
         super().__init__(f"unknown voice {voice!r}; use an espeak-ng voice name such as en, es, fr")
         self.voice = voice
-
-    def __reduce__(self) -> tuple[type[UnknownVoice], tuple[str]]:
-        return (UnknownVoice, (self.voice,))  # crosses the process boundary intact
 
 
 def words_per_minute(speed: float) -> int:
@@ -80,36 +76,41 @@ def synthesize_in_this_process(text: str, voice: str, speed: float) -> bytes:
     return bytes(samples)
 
 
-def _child(conn: Connection, text: str, voice: str, speed: float) -> None:
-    try:
-        conn.send(("ok", synthesize_in_this_process(text, voice, speed)))
-    except UnknownVoice as exc:
-        conn.send(("unknown_voice", exc.voice))
-    except Exception as exc:
-        conn.send(("error", str(exc)))
-    finally:
-        conn.close()
-
-
 def synthesize_in_a_fresh_process(text: str, voice: str, speed: float) -> bytes:
-    """One utterance in a process forked from a clean fork server (blocking)."""
-    context = multiprocessing.get_context("forkserver")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(sender, text, voice, speed), daemon=True)
-    process.start()
-    sender.close()
-    try:
-        kind, value = receiver.recv()
-    except EOFError:
-        raise RuntimeError("the espeak-ng worker died") from None
-    finally:
-        receiver.close()
-        process.join()
-    if kind == "unknown_voice":
-        raise UnknownVoice(value)
-    if kind != "ok":
-        raise RuntimeError(f"espeak-ng failed: {value}")
-    return bytes(value)
+    """One utterance in a forked child that loads espeak-ng afresh (blocking).
+
+    A plain fork is used rather than multiprocessing, whose children re-import the main
+    module: this costs about 10 ms instead of 200. The parent never loads the library.
+    """
+    readable, writable = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: speak, send, exit without running any parent cleanup
+        status = 0
+        try:
+            os.close(readable)
+            try:
+                payload = b"o" + synthesize_in_this_process(text, voice, speed)
+            except UnknownVoice:
+                payload = b"v"
+            except Exception as exc:
+                payload = b"e" + str(exc).encode()
+            with os.fdopen(writable, "wb") as out:
+                out.write(payload)
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(writable)
+    with os.fdopen(readable, "rb") as source:
+        payload = source.read()
+    os.waitpid(pid, 0)
+    kind, value = payload[:1], payload[1:]
+    if kind == b"v":
+        raise UnknownVoice(voice)
+    if kind != b"o":
+        reason = value.decode(errors="replace") or "the worker died"
+        raise RuntimeError(f"espeak-ng failed: {reason}")
+    return value
 
 
 class Espeak:

@@ -110,3 +110,32 @@ async def test_serve_on_the_embedded_store_end_to_end(upstream: Any, tmp_path: P
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     # The embedded server went with the proxy.
     assert not (tmp_path / "valkey.sock").exists()
+
+
+async def test_demo_speaks_through_the_proxy_end_to_end() -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "demo", "--port", str(port), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    body = {
+        "model": "tts-1",
+        "input": "Bienvenido al hotel",
+        "voice": "es",
+        "response_format": "wav",
+    }
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _wait_ready(session, base, proc)
+            async with session.post(base + "/v1/audio/speech", json=body) as r:
+                first = await r.read()
+                assert r.headers["Cache-Status"] == "tts-cache; fwd=miss; stored"
+            assert first[:4] == b"RIFF" and len(first) > 20_000  # real speech
+            await asyncio.sleep(0.05)
+            async with session.post(base + "/v1/audio/speech", json=body) as r:
+                assert r.headers["X-Cache"] == "HIT"
+                assert await r.read() == first
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
