@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Any
 
 from .packing import Codec, Packed, pack
 
@@ -70,3 +71,29 @@ async def encode(
     paid = advisor.pays(packed.original_size, packed.stored_size)
     advisor.learn(media_type, paid)
     return Encoded(packed if paid else pack(audio), tried=True)
+
+
+def compression_stats(
+    *,
+    enabled: bool,
+    threshold_kb: float,
+    level: int,
+    compressed_entries: int,
+    compressed_bytes: int,
+    compressed_original_bytes: int,
+) -> dict[str, Any]:
+    """The seed's ``compression`` block of the stats, from the maintained counters."""
+    mb = 1024 * 1024
+    saved = compressed_original_bytes - compressed_bytes
+    return {
+        "enabled": enabled,
+        "threshold_kb": threshold_kb,
+        "compression_level": level,
+        "compressed_entries": compressed_entries,
+        "compressed_size_mb": round(compressed_bytes / mb, 3),
+        "original_size_mb": round(compressed_original_bytes / mb, 3),
+        "space_saved_mb": round(saved / mb, 3),
+        "compression_ratio": round(compressed_original_bytes / compressed_bytes, 3)
+        if compressed_bytes
+        else 0.0,
+    }

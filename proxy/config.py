@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from .packing import HAVE_ZSTD
 from .redis_client import RedisUrlError, check_url
 from .routes import RouteRule, RuleError, build_rules
 
@@ -87,7 +88,9 @@ class Settings:
     audio_cache_compression_threshold_kb: float = field(default=100.0, metadata=_meta(lo=0))
     audio_cache_compression_level: int = field(default=6, metadata=_meta(lo=1, hi=9))
     # What we add on top of the seed.
-    audio_cache_compression_codec: str = field(default="zlib", metadata=_meta(choices=("zlib",)))
+    audio_cache_compression_codec: str = field(
+        default="zlib", metadata=_meta(choices=("zlib", "zstd"))
+    )
     audio_cache_compression_min_saving_percent: float = field(
         default=5.0, metadata=_meta(lo=0, hi=100)
     )
@@ -359,6 +362,11 @@ def load_settings(
 
 
 def _check_consistency(s: Settings) -> None:
+    if s.audio_cache_compression_codec == "zstd" and not HAVE_ZSTD:
+        raise ConfigError(
+            "audio_cache_compression_codec: zstd needs the 'zstandard' package "
+            "(pip install 'tts-cache-proxy[zstd]'), or use zlib"
+        )
     if s.audio_cache_target_size_percent >= s.audio_cache_cleanup_threshold_percent:
         raise ConfigError(
             "audio_cache_target_size_percent: must be below audio_cache_cleanup_threshold_percent"
