@@ -1,0 +1,231 @@
+"""Compression on real speech: ratio and speed per codec and level, event-loop stalls, hits.
+
+Usage::
+
+    python -m bench.compression [--seconds-per-case 0.3] [--hit-seconds 3]
+
+The corpus is espeak-ng speech from the demo upstream's engine (Spanish and English hotel
+sentences, 22050 Hz 16-bit mono WAV), plus random bytes standing in for MP3/Opus/AAC, which
+are already compressed (no encoder ships in a wheel; random bytes are their upper bound).
+
+Four tables:
+
+1. ratio (original / stored) and compress / decompress MB/s (of original audio) per codec
+   and level, each case repeated for ``--seconds-per-case``;
+2. the worst stall of the event loop (lag of a 1 ms ticker) while 1 MB of speech is
+   compressed and decompressed inline versus in a worker thread, as the store does above
+   ``THREAD_THRESHOLD_BYTES``;
+3. time to compress / decompress by body size, which places that threshold;
+4. hits per second through the store from a real Valkey (embedded) for a 137 KB entry
+   stored compressed versus plain, 16 concurrent readers, same process, same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from proxy.compression import THREAD_THRESHOLD_BYTES, CompressionAdvisor
+from proxy.demo_upstream import wav_file
+from proxy.embedded import EmbeddedValkey, free_port
+from proxy.espeak import SAMPLE_RATE, synthesize_in_a_fresh_process
+from proxy.keys import CacheKey
+from proxy.packing import HAVE_ZSTD, Codec, pack, unpack
+from proxy.redis_client import open_redis
+from proxy.store import AudioCacheService, EntryLabels
+
+SENTENCES = [
+    ("es", "Bienvenido al hotel. Su habitación está en la tercera planta."),
+    ("es", "El desayuno se sirve de siete a diez de la mañana en el comedor principal."),
+    ("es", "Lo siento, no he entendido su petición. ¿Puede repetirla, por favor?"),
+    ("es", "Tenemos habitaciones dobles disponibles esta noche desde ciento veinte euros."),
+    ("en", "Welcome to the hotel. Your room is on the third floor, next to the lift."),
+    ("en", "Breakfast is served from seven to ten in the main dining room."),
+    ("en", "The pool and the spa are open every day until nine in the evening."),
+    ("en", "Checkout is at noon. Would you like us to call you a taxi to the airport?"),
+]
+MB = 1024 * 1024
+
+
+def speech_corpus() -> list[bytes]:
+    """One WAV file per sentence, synthesized by the demo upstream's engine."""
+    return [
+        wav_file(synthesize_in_a_fresh_process(text, voice, 1.0), SAMPLE_RATE)
+        for voice, text in SENTENCES
+    ]
+
+
+def rate(fn: Callable[[], Any], nbytes: int, seconds: float) -> float:
+    """MB/s of ``nbytes`` processed per call, repeated for about ``seconds``."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds or calls >= 10_000:
+            return nbytes * calls / elapsed / MB
+
+
+def codec_table(corpus: list[bytes], seconds: float) -> list[str]:
+    codecs = [Codec.ZLIB] + ([Codec.ZSTD] if HAVE_ZSTD else [])
+    rows = [f"{'body':<10} {'codec':<6} {'level':>5} {'ratio':>6} {'saved':>6} "
+            f"{'comp MB/s':>10} {'decomp MB/s':>12}"]  # fmt: skip
+    samples = {"wav": corpus, "pcm": [w[44:] for w in corpus], "random": [os.urandom(137_000)]}
+    for body_name, bodies in samples.items():
+        total = sum(map(len, bodies))
+        for codec in codecs:
+            for level in (1, 3, 6, 9):
+                packed = [pack(b, codec, level) for b in bodies]
+                stored = sum(p.stored_size for p in packed)
+                comp = rate(
+                    lambda c=codec, lv=level, bs=bodies: [pack(b, c, lv) for b in bs],
+                    total,
+                    seconds,
+                )
+                decomp = rate(lambda ps=packed: [unpack(p.data) for p in ps], total, seconds)
+                rows.append(
+                    f"{body_name:<10} {codec.name.lower():<6} {level:>5} {total / stored:>6.2f} "
+                    f"{1 - stored / total:>6.1%} {comp:>10.1f} {decomp:>12.1f}"
+                )
+    return rows
+
+
+async def worst_lag(work: Callable[[], Any], *, threaded: bool) -> tuple[float, float]:
+    """(worst ticker lag ms, wall ms) while ``work`` runs inline or in a thread."""
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        while not stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append((time.perf_counter() - before - 0.001) * 1000)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0.02)
+    lags.clear()
+    start = time.perf_counter()
+    if threaded:
+        await asyncio.to_thread(work)
+    else:
+        work()
+        await asyncio.sleep(0)
+    wall = (time.perf_counter() - start) * 1000
+    await asyncio.sleep(0.005)
+    stop.set()
+    await task
+    return max(lags, default=0.0), wall
+
+
+async def stall_table(corpus: list[bytes]) -> list[str]:
+    big = b"".join(corpus)
+    while len(big) < MB:
+        big += b"".join(corpus)
+    big = big[:MB]
+    packed = pack(big, Codec.ZLIB, 6)
+    rows = [f"{'1 MB speech, zlib-6':<24} {'where':<8} {'worst loop lag ms':>18} {'wall ms':>8}"]
+    for name, work in (
+        ("compress", lambda: pack(big, Codec.ZLIB, 6)),
+        ("decompress", lambda: unpack(packed.data)),
+    ):
+        for threaded in (False, True):
+            lag, wall = await worst_lag(work, threaded=threaded)
+            where = "thread" if threaded else "inline"
+            rows.append(f"{name:<24} {where:<8} {lag:>18.2f} {wall:>8.2f}")
+    return rows
+
+
+def size_table(corpus: list[bytes]) -> list[str]:
+    speech = b"".join(corpus) * 4
+    rows = [f"{'size KB':>8} {'zlib-6 comp ms':>15} {'decomp ms':>10}"]
+    for kb in (16, 32, 64, 128, 256, 1024):
+        body = speech[: kb * 1024]
+        packed = pack(body, Codec.ZLIB, 6)
+        comp = len(body) / rate(lambda b=body: pack(b, Codec.ZLIB, 6), len(body), 0.1) / MB
+        dec = len(body) / rate(lambda p=packed: unpack(p.data), len(body), 0.1) / MB
+        rows.append(f"{kb:>8} {comp * 1000:>15.2f} {dec * 1000:>10.2f}")
+    rows.append(f"(the store moves both to a thread from {THREAD_THRESHOLD_BYTES // 1024} KB)")
+    return rows
+
+
+async def hits_per_second(service: AudioCacheService, key: CacheKey, seconds: float) -> float:
+    count = 0
+    deadline = time.perf_counter() + seconds
+
+    async def reader() -> None:
+        nonlocal count
+        while time.perf_counter() < deadline and count < 1_000_000:
+            found = await service.fetch(key)
+            assert found is not None
+            count += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(reader() for _ in range(16)))
+    return count / (time.perf_counter() - start)
+
+
+async def hit_table(corpus: list[bytes], seconds: float) -> list[str]:
+    audio = b"".join(corpus)[: 137 * 1024]
+    server = EmbeddedValkey(port=free_port())
+    server.start()
+    redis = open_redis(server.url)
+    try:
+        key = CacheKey("ab" * 32)
+        rows = [f"{'137 KB entry':<18} {'stored KB':>10} {'hits/s':>9} {'vs plain':>9}"]
+        results: list[tuple[str, int, float]] = []
+        for name, codec, enabled in (
+            ("plain", Codec.ZLIB, False),
+            ("zlib-6", Codec.ZLIB, True),
+            ("zstd-3", Codec.ZSTD, True),
+        ):
+            if codec is Codec.ZSTD and not HAVE_ZSTD:
+                continue
+            service = AudioCacheService(
+                redis,
+                prefix=f"b{uuid.uuid4().hex[:8]}",
+                advisor=CompressionAdvisor(enabled, 0, 0.05),
+                codec=codec,
+                compression_level=6 if codec is Codec.ZLIB else 3,
+            )
+            result = await service.put(
+                key, audio, media_type="audio/wav", ttl_seconds=600, labels=EntryLabels()
+            )
+            await hits_per_second(service, key, 0.3)  # warm up
+            results.append((name, result.stored_size, await hits_per_second(service, key, seconds)))
+        plain = results[0][2]
+        for name, stored, hps in results:
+            rows.append(f"{name:<18} {stored / 1024:>10.1f} {hps:>9.0f} {hps / plain:>8.2f}x")
+        return rows
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+async def main(args: argparse.Namespace) -> None:
+    corpus = speech_corpus()
+    seconds = sum(len(w) - 44 for w in corpus) / 2 / SAMPLE_RATE
+    print(f"corpus: {len(corpus)} sentences, {sum(map(len, corpus)) / 1024:.0f} KB, "
+          f"{seconds:.1f} s of speech\n")  # fmt: skip
+    for table in (
+        codec_table(corpus, args.seconds_per_case),
+        await stall_table(corpus),
+        size_table(corpus),
+        await hit_table(corpus, args.hit_seconds),
+    ):
+        print("\n".join(table) + "\n")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds-per-case", type=float, default=0.3)
+    parser.add_argument("--hit-seconds", type=float, default=3.0)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
