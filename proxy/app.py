@@ -13,6 +13,7 @@ from prometheus_async.aio.web import server_stats
 from redis.exceptions import RedisError
 
 from . import admin_cleanup
+from .access_log import access_log, echo_request_id
 from .breaker import CircuitBreaker
 from .cleanup import CLEANER, Cleaner, CleanupRunner
 from .compression import CompressionAdvisor
@@ -92,6 +93,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     )
     await upstream.start()
     service = build_service(settings, redis)
+    METRICS.cache_max_bytes.set(settings.max_size_bytes)
     app[REDIS] = redis
     app[SERVICE] = service
     app[PROCESSOR] = AudioProcessor(
@@ -177,9 +179,10 @@ async def _audio_by_key(request: web.Request) -> web.StreamResponse:
 def create_app(settings: Settings, *, redis_url: str) -> web.Application:
     """The proxy as an aiohttp application, talking to Redis at ``redis_url``."""
     app = web.Application(
-        middlewares=[json_errors],
+        middlewares=[access_log(enabled=settings.access_log), json_errors],
         client_max_size=int(settings.max_request_body_kb * 1024),
     )
+    app.on_response_prepare.append(echo_request_id)
     app[SETTINGS] = settings
     app[REDIS_URL] = redis_url
     app[DRAINING] = []

@@ -134,6 +134,11 @@ class Settings:
         default="INFO", metadata=_meta(choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     )
     log_format: str = field(default="text", metadata=_meta(choices=("text", "json")))
+    # One line per request (request id, route, result, status, bytes, duration).
+    access_log: bool = True
+    # Price per million characters for tts_proxy_estimated_cost_saved_total; keys
+    # "<route>:<voice>", "<route>" or "default" (most specific wins).
+    cost_per_million_characters: Mapping[str, float] = field(default_factory=dict)
     # Graceful shutdown (SIGTERM): /readyz answers 503 for shutdown_delay_seconds while
     # requests are still served (load balancers notice), then the listener closes and
     # in-flight requests and fills get shutdown_drain_seconds to finish.
@@ -278,6 +283,17 @@ def _coerce(name: str, value: Any) -> Any:
             factor = _number("audio_cache_cleanup_age_weight", v, float)
             out[_content_type_name(name, k)] = factor
         return out
+    if name == "cost_per_million_characters":
+        if not isinstance(value, Mapping):
+            raise ConfigError(
+                f"{name}: expected a mapping of route, route:voice or default to a price"
+            )
+        prices: dict[str, float] = {}
+        for k, v in value.items():
+            if isinstance(v, bool) or not isinstance(v, int | float) or v < 0:
+                raise ConfigError(f"{name}.{k}: expected a price of at least 0, got {v!r}")
+            prices[str(k)] = float(v)
+        return prices
     if name == "audio_cache_content_type_rules":
         return tuple(_content_type_rule(i, item) for i, item in enumerate(value or []))
     raise ConfigError(f"{name}: cannot be set this way")  # pragma: no cover

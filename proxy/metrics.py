@@ -34,6 +34,7 @@ class Metrics:
     fail_open: Counter
     redis_circuit_open: Gauge
     not_stored: Counter
+    cache_max_bytes: Gauge
 
 
 def _build() -> Metrics:
@@ -111,6 +112,9 @@ def _build() -> Metrics:
         ),
         not_stored=Counter(
             "tts_proxy_not_stored_total", "Cacheable answers not stored, by reason", ["reason"]
+        ),
+        cache_max_bytes=Gauge(
+            "tts_proxy_cache_max_bytes", "The configured size limit (audio_cache_max_size_mb)"
         ),
     )
 

@@ -16,6 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from redis.exceptions import RedisError
 
+from .access_log import ROUTE, TEXT
 from .coalescing import ClusterFlights, FlightSettings
 from .config import CONTENT_TYPE_NAME, Settings
 from .fill import Fill, FillRegistry
@@ -23,6 +24,7 @@ from .http_cache import http_date, make_etag, plan_response
 from .keys import CacheKey, cache_key, upstream_identity
 from .metrics import METRICS
 from .policy import Directive, refusal_after_body, refusal_before_body, request_directive
+from .pricing import cost_of, price_per_million
 from .routes import InvalidSpeechRequest, RouteRule, SpeechRequest, find_rule
 from .store import AudioCacheService, CachedAudio, EntryLabels, replayable_headers
 from .upstream import HOP_BY_HOP, UnsafePath, UpstreamClient, UpstreamError, strip_hop_by_hop
@@ -103,6 +105,8 @@ class AudioProcessor:
             return json_error(400, exc.message, field=exc.field)
         if speech is None:
             return await self.pass_through(request, body, result="bypass", detail="uncacheable")
+        request[ROUTE] = rule.name
+        request[TEXT] = speech.text
         directive = request_directive({k.lower(): v for k, v in request.headers.items()})
         if directive is Directive.BYPASS:
             return await self.pass_through(request, body, result="bypass", detail="no-store")
@@ -149,7 +153,7 @@ class AudioProcessor:
                 METRICS.fail_open.inc()
                 cached = None
             if cached is not None:
-                METRICS.characters_saved.labels(rule.name).inc(len(speech.text))
+                self._count_saving(rule.name, speech)
                 response = await self.serve_cached(request, cached, status=f"{CACHE_NAME}; hit")
                 METRICS.requests.labels(rule.name, "hit").observe(time.perf_counter() - started)
                 return response
@@ -178,8 +182,18 @@ class AudioProcessor:
         fwd = "request" if directive is Directive.REFRESH else "miss"
         response = await self.serve_fill(request, fill, key, fwd=fwd, leader=leader)
         result = "miss" if leader and fill.origin == "upstream" else "coalesced"
+        if result == "coalesced" and fill.status == 200:
+            self._count_saving(rule.name, speech)
         METRICS.requests.labels(rule.name, result).observe(time.perf_counter() - started)
         return response
+
+    def _count_saving(self, route: str, speech: SpeechRequest) -> None:
+        """A request answered without an upstream call saves its characters' price."""
+        characters = len(speech.text)
+        METRICS.characters_saved.labels(route).inc(characters)
+        price = price_per_million(self.settings.cost_per_million_characters, route, speech.voice)
+        if price:
+            METRICS.cost_saved.labels(route).inc(cost_of(characters, price))
 
     # -- misses ----------------------------------------------------------------------
 

@@ -1,0 +1,104 @@
+"""One log line per request: request id, route, cache result, status, bytes, duration.
+
+The request id is the client's ``X-Request-ID`` when it looks like one (so a trace can be
+followed across services), otherwise a fresh one; it is returned on every answer. The text
+of the speech is personal data as often as not: it is logged only at DEBUG level.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("proxy.access")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# What the processor tells the log line about a request.
+ROUTE = web.RequestKey("tts_route", str)
+TEXT = web.RequestKey("tts_text", str)
+REQUEST_ID = web.RequestKey("request_id", str)
+# A request id we echo must not smuggle anything into logs or headers.
+_SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def request_id_from(header: str | None) -> str:
+    """The client's request id when it is sane, else a new one."""
+    if header is not None and _SANE_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
+
+
+def cache_result(status: int, headers: Any) -> str:
+    """hit, miss, coalesced, bypass, error or other, from what the proxy answered."""
+    x_cache = headers.get("X-Cache")
+    if x_cache == "HIT":
+        return "hit"
+    if x_cache == "MISS":
+        return "coalesced" if "collapsed" in headers.get("Cache-Status", "") else "miss"
+    if x_cache == "BYPASS":
+        return "bypass"
+    return "error" if status >= 400 else "other"
+
+
+def access_fields(
+    request: web.Request, response: web.StreamResponse, request_id: str, seconds: float
+) -> dict[str, Any]:
+    """The structured fields of one request's line."""
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "method": request.method,
+        "path": request.path,
+        "route": request.get(ROUTE, ""),
+        "result": cache_result(response.status, response.headers),
+        "status": response.status,
+        # As on the wire (headers and chunk framing included), like nginx's $bytes_sent.
+        "bytes_sent": response.body_length,
+        "content_length": response.content_length,
+        "duration_ms": round(seconds * 1000, 2),
+        "remote": request.remote or "",
+    }
+    if log.isEnabledFor(logging.DEBUG) and TEXT in request:
+        fields["text"] = request[TEXT]
+    return fields
+
+
+def _line(fields: dict[str, Any]) -> str:
+    route = f" route={fields['route']}" if fields["route"] else ""
+    text = f" text={fields['text']!r}" if "text" in fields else ""
+    return (
+        f"{fields['method']} {fields['path']} {fields['status']} {fields['result']}{route} "
+        f"bytes={fields['bytes_sent']} {fields['duration_ms']}ms id={fields['request_id']}{text}"
+    )
+
+
+async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every answer, streamed ones included, carries the id."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers[REQUEST_ID_HEADER] = request_id
+
+
+def access_log(*, enabled: bool) -> Any:
+    """The middleware: tag each request with an id and, when ``enabled``, log one line
+    when it is done."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+        request[REQUEST_ID] = request_id
+        response = await handler(request)
+        if enabled and log.isEnabledFor(logging.INFO):
+            fields = access_fields(request, response, request_id, time.perf_counter() - started)
+            log.info(_line(fields), extra={"fields": fields})
+        return response
+
+    return middleware
