@@ -95,8 +95,17 @@ async def _serve_forever(runners: Sequence[web.AppRunner]) -> None:
 async def _start(
     app: web.Application, host: str, port: int, *, drain_seconds: float = 25.0
 ) -> web.AppRunner:
+    from .app import SETTINGS
+
+    # aiohttp closes a connection that has not completed a request this long after it
+    # opened or after its last answer: the bound on slow-loris clients sending headers.
+    idle = app[SETTINGS].client_idle_timeout_seconds if SETTINGS in app else 75.0
     runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=drain_seconds
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=drain_seconds,
+        keepalive_timeout=idle,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=False)

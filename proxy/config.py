@@ -130,6 +130,11 @@ class Settings:
     upstream_api_key_header: str = "Authorization"
     upstream_api_key_format: str = "Bearer {key}"
     max_request_body_kb: float = field(default=1024.0, metadata=_meta(lo=1))
+    # Slow clients: a connection that has not sent a whole request (headers) this long after
+    # opening or after its last answer is closed; a request body must arrive within
+    # client_body_timeout_seconds (408 otherwise).
+    client_idle_timeout_seconds: float = field(default=15.0, metadata=_meta(lo=0.1))
+    client_body_timeout_seconds: float = field(default=10.0, metadata=_meta(lo=0.1))
     log_level: str = field(
         default="INFO", metadata=_meta(choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     )

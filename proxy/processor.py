@@ -7,6 +7,7 @@ passed through untouched.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -93,7 +94,12 @@ class AudioProcessor:
         if matched is None or not self.settings.audio_cache_enabled:
             return await self.pass_through(request, None, result="bypass")
         rule, path_params = matched
-        body = await request.read()
+        limit = self.settings.client_body_timeout_seconds
+        try:
+            body = await asyncio.wait_for(request.read(), limit)
+        except TimeoutError:
+            message = f"the request body did not arrive within {limit} s"
+            return json_error(408, message, field="body")
         try:
             speech = rule.describe(
                 path_params=path_params,
