@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -174,3 +181,47 @@ def make_proxy(
 
 def service_of(client: TestClient[web.Request, web.Application]) -> AudioCacheService:
     return client.app[SERVICE]
+
+
+async def wait_ready(session: aiohttp.ClientSession, base: str, proc: Any) -> None:
+    """Until ``base``/readyz answers 200; fails at once if the process exits."""
+    for _ in range(200):
+        if proc.returncode is not None:
+            err = await proc.stderr.read() if proc.stderr else b""
+            raise AssertionError(f"proxy exited: {err!r}")
+        try:
+            async with session.get(base + "/readyz") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("proxy did not become ready")
+
+
+@contextlib.asynccontextmanager
+async def serve_process(
+    *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[str, Any]]:
+    """A real ``tts-cache-proxy serve`` process on a free port: (base URL, process).
+    Stopped with SIGTERM on exit."""
+    port = free_port()
+    # A file, not a pipe: a busy proxy's log lines would fill a pipe nobody reads.
+    with tempfile.TemporaryFile() as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy.cli", "serve", "--port", str(port), *args,
+            env={**os.environ, **(env or {})}, stderr=log,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        try:
+            async with aiohttp.ClientSession() as session:
+                try:
+                    await wait_ready(session, base, proc)
+                except AssertionError:
+                    log.seek(0)
+                    raise AssertionError(f"proxy not ready: {log.read()[-2000:]!r}") from None
+            yield base, proc
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(proc.wait(), 30)

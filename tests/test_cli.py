@@ -15,6 +15,8 @@ import redis
 
 from proxy.embedded import EmbeddedValkey, free_port
 
+from .conftest import wait_ready
+
 CLI = [sys.executable, "-m", "proxy.cli"]
 SPEECH = {"model": "tts-1", "input": "Hello there", "voice": "en", "response_format": "wav"}
 
@@ -70,20 +72,6 @@ def test_embedded_store_with_a_data_dir_keeps_the_cache(tmp_path: Path) -> None:
         assert redis.Redis.from_url(store.url).get("k") == b"v"
 
 
-async def _wait_ready(session: aiohttp.ClientSession, base: str, proc: Any) -> None:
-    for _ in range(200):
-        if proc.returncode is not None:
-            raise AssertionError(f"proxy exited: {await proc.stderr.read()}")
-        try:
-            async with session.get(base + "/readyz") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("proxy did not become ready")
-
-
 async def test_serve_on_the_embedded_store_end_to_end(upstream: Any, tmp_path: Path) -> None:
     fake, url = upstream
     port = free_port()
@@ -95,7 +83,7 @@ async def test_serve_on_the_embedded_store_end_to_end(upstream: Any, tmp_path: P
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
-            await _wait_ready(session, base, proc)
+            await wait_ready(session, base, proc)
             async with session.post(base + "/v1/audio/speech", json=SPEECH) as r:
                 first = await r.read()
                 assert r.headers["Cache-Status"] == "tts-cache; fwd=miss; stored"
@@ -127,7 +115,7 @@ async def test_demo_speaks_through_the_proxy_end_to_end() -> None:
     }
     try:
         async with aiohttp.ClientSession() as session:
-            await _wait_ready(session, base, proc)
+            await wait_ready(session, base, proc)
             async with session.post(base + "/v1/audio/speech", json=body) as r:
                 first = await r.read()
                 assert r.headers["Cache-Status"] == "tts-cache; fwd=miss; stored"

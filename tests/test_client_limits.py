@@ -4,47 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from proxy.embedded import free_port
+from .conftest import serve_process
 
 
 @pytest.fixture
 async def served(upstream: Any, redis_url: str) -> AsyncIterator[tuple[Any, int]]:
     fake, url = upstream
-    port = free_port()
     env = {
-        **os.environ,
         "CLIENT_IDLE_TIMEOUT_SECONDS": "0.5",
         "CLIENT_BODY_TIMEOUT_SECONDS": "0.5",
-        "AUDIO_CACHE_KEY_PREFIX": f"cl{port}",
+        "AUDIO_CACHE_KEY_PREFIX": f"cl{uuid.uuid4().hex[:8]}",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy.cli", "serve", "--upstream", url, "--port", str(port),
-        "--redis-url", redis_url, env=env, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(100):
-                try:
-                    async with session.get(f"http://127.0.0.1:{port}/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        yield fake, port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 30)
+    async with serve_process("--upstream", url, "--redis-url", redis_url, env=env) as (base, _):
+        yield fake, int(base.rsplit(":", 1)[1])
 
 
 async def _read_all(reader: asyncio.StreamReader, within: float) -> bytes:

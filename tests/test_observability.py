@@ -9,10 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
-import signal
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,10 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.access_log import cache_result, request_id_from
 from proxy.cli import JsonFormatter
-from proxy.embedded import free_port
 from proxy.pricing import cost_of, price_per_million
 
-from .conftest import fake_wav, service_of
+from .conftest import fake_wav, serve_process, service_of
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "tts-cache-proxy.json"
@@ -165,35 +161,18 @@ async def test_two_replicas_report_the_same_size(
     _, url = upstream
     prefix = f"o{uuid.uuid4().hex[:8]}"
     first = await make_proxy(url, prefix=prefix)
-    port = free_port()
-    env = {**os.environ, "AUDIO_CACHE_KEY_PREFIX": prefix, "ACCESS_LOG": "false"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy.cli", "serve", "--upstream", url, "--port", str(port),
-        "--redis-url", redis_url, env=env, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        async with aiohttp.ClientSession() as session:
-            base = f"http://127.0.0.1:{port}"
-            for _ in range(100):
-                try:
-                    async with session.get(base + "/readyz") as r:
-                        if r.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            for i in range(3):  # written by the other process
-                async with session.post(base + "/v1/audio/speech", json=speech(f"uno {i}")) as r:
-                    await r.read()
-            for i in range(2):  # written by this one
-                await (await first.post("/v1/audio/speech", json=speech(f"dos {i}"))).read()
-            await asyncio.sleep(0.1)
-            async with session.get(base + "/metrics") as r:
-                theirs = samples(await r.text())
+    env = {"AUDIO_CACHE_KEY_PREFIX": prefix, "ACCESS_LOG": "false"}
+    args = ("--upstream", url, "--redis-url", redis_url)
+    async with serve_process(*args, env=env) as (base, _), aiohttp.ClientSession() as session:
+        for i in range(3):  # written by the other process
+            async with session.post(base + "/v1/audio/speech", json=speech(f"uno {i}")) as r:
+                await r.read()
+        for i in range(2):  # written by this one
+            await (await first.post("/v1/audio/speech", json=speech(f"dos {i}"))).read()
+        await asyncio.sleep(0.1)
+        async with session.get(base + "/metrics") as r:
+            theirs = samples(await r.text())
         ours = samples(await scrape_text(first))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 30)
     for gauge in ("audio_cache_size_entries", "audio_cache_memory_bytes"):
         assert value(ours, gauge) == value(theirs, gauge) > 0
     assert value(ours, "audio_cache_size_entries") == 5
