@@ -1,23 +1,31 @@
 """``POST /admin/audio-cache/cleanup``: run the size-based cleanup now and say what it did.
 
 Query: ``force=true`` cleans even below the threshold; ``target_percent=N`` (0 <= N < 100)
-overrides ``audio_cache_target_size_percent`` for this run.
+overrides ``audio_cache_target_size_percent`` for this run; ``tenant=ID`` enforces that
+tenant's quota now instead (cleans its entries down to the target share of its quota).
+Who may call it is :mod:`proxy.admin_auth`'s business, as for every /admin route.
 """
 
 from __future__ import annotations
 
-import hmac
-
 from aiohttp import web
 
-from .cleanup import run_cleanup
+from .cleanup import CLEANER, run_cleanup
 from .processor import json_error
+from .state import SETTINGS, home
+from .tenants import TENANT_ID
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
+_PARAMS = ("force", "target_percent", "tenant")
 
 
 def _parse(request: web.Request) -> tuple[bool, float | None] | web.Response:
+    for name in request.query:
+        if name not in _PARAMS:
+            return json_error(
+                400, f"unknown query parameter {name!r}; allowed: {list(_PARAMS)}", field=name
+            )
     raw_force = request.query.get("force", "false").strip().lower()
     if raw_force not in _TRUE + _FALSE:
         return json_error(400, f"force: expected true or false, got {raw_force!r}", field="force")
@@ -37,21 +45,29 @@ def _parse(request: web.Request) -> tuple[bool, float | None] | web.Response:
     return raw_force in _TRUE, target
 
 
-def setup(app: web.Application, *, admin_token: str | None = None) -> None:
-    """Register the cleanup route (before any catch-all route). With ``admin_token`` set,
-    callers must send ``Authorization: Bearer <token>``."""
+async def cleanup(request: web.Request) -> web.Response:
+    parsed = _parse(request)
+    if isinstance(parsed, web.Response):
+        return parsed
+    force, target = parsed
+    app = home(request.app)
+    tenant = request.query.get("tenant")
+    if tenant is not None:
+        if not TENANT_ID.match(tenant):
+            return json_error(400, f"tenant must match {TENANT_ID.pattern}", field="tenant")
+        quota = app[SETTINGS].tenancy.quota_bytes(tenant)
+        if quota is None:
+            return json_error(400, f"tenant {tenant!r} has no quota_mb", field="tenant")
+        cleaner = app[CLEANER]
+        report = await cleaner.clean(
+            target_bytes=cleaner.quota_target(quota), tenant=tenant, trigger="admin"
+        )
+    else:
+        report = await run_cleanup(app, force=force, target_percent=target)
+    status = 409 if report.result == "locked" else 200
+    return web.json_response(report.to_json(), status=status)
 
-    async def cleanup(request: web.Request) -> web.Response:
-        if admin_token is not None:
-            sent = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(sent.encode(), f"Bearer {admin_token}".encode()):
-                return json_error(401, "admin token required: Authorization: Bearer <token>")
-        parsed = _parse(request)
-        if isinstance(parsed, web.Response):
-            return parsed
-        force, target = parsed
-        report = await run_cleanup(request.app, force=force, target_percent=target)
-        status = 409 if report.result == "locked" else 200
-        return web.json_response(report.to_json(), status=status)
 
+def setup(app: web.Application) -> None:
+    """Register the cleanup route (before any catch-all route)."""
     app.router.add_post("/admin/audio-cache/cleanup", cleanup)

@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_async.aio.web import server_stats
 from redis.exceptions import RedisError
 
-from . import admin_cleanup
+from . import admin
 from .access_log import access_log, echo_request_id
+from .admin_auth import admin_guard
 from .breaker import CircuitBreaker
 from .cleanup import CLEANER, Cleaner, CleanupRunner
 from .compression import CompressionAdvisor
@@ -21,19 +23,25 @@ from .config import Settings
 from .maintenance import Maintenance, refresh_gauges
 from .metrics import METRICS
 from .packing import Codec
+from .prefetch import Prefetcher
+from .prefetch_items import ItemError, load_file
 from .processor import AudioProcessor, json_error
 from .redis_client import open_redis
+from .state import DRAINING, HOME, PREFETCHER, PROCESSOR, REDIS, REDIS_URL, SERVICE, SETTINGS
 from .store import AudioCacheService
 from .upstream import UpstreamClient, UpstreamSettings
 
 log = logging.getLogger(__name__)
 
-SETTINGS = web.AppKey("settings", Settings)
-REDIS_URL = web.AppKey("redis_url", str)
-REDIS: web.AppKey[Any] = web.AppKey("redis")
-SERVICE = web.AppKey("service", AudioCacheService)
-PROCESSOR = web.AppKey("processor", AudioProcessor)
-DRAINING = web.AppKey("draining", list)
+__all__ = [
+    "DRAINING",
+    "PROCESSOR",
+    "REDIS",
+    "SERVICE",
+    "SETTINGS",
+    "create_admin_app",
+    "create_app",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -106,12 +114,25 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     )
     maintenance.start()
     app[CLEANER] = Cleaner.from_settings(service, settings)
-    cleanup = CleanupRunner(app[CLEANER], check_seconds=settings.audio_cache_sweep_interval_seconds)
+    cleanup = CleanupRunner(
+        app[CLEANER],
+        check_seconds=settings.audio_cache_sweep_interval_seconds,
+        quota_for=settings.tenancy.quota_bytes,
+    )
     cleanup.start()
+    prefetcher = app[PREFETCHER] = Prefetcher(
+        app[PROCESSOR],
+        concurrency=settings.prefetch_concurrency,
+        keep_warm_interval_seconds=settings.prefetch_keep_warm_interval_seconds,
+        keep_warm_margin_seconds=settings.prefetch_keep_warm_margin_seconds,
+    )
+    prefetcher.start()
+    _prefetch_at_startup(settings, prefetcher)
     try:
         yield
     finally:
         start_draining(app)
+        await prefetcher.stop()
         # Stream fills whose readers left still finish (and are stored), within the drain.
         remaining = app[DRAINING][0] - time.monotonic()
         await app[PROCESSOR].fills.drain(seconds=max(remaining, 0.0))
@@ -119,6 +140,21 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await maintenance.stop()
         await upstream.close()
         await redis.aclose()
+
+
+def _prefetch_at_startup(settings: Settings, prefetcher: Prefetcher) -> None:
+    """The ``prefetch_file`` list, warmed in the background (validated at config load)."""
+    if settings.prefetch_file is None:
+        return
+    try:
+        items = load_file(
+            settings.prefetch_file, settings.rules, limit=settings.prefetch_max_requests
+        )
+    except ItemError as exc:  # the file changed since the settings were loaded
+        log.error("prefetch_file: %s", exc)
+        return
+    job = prefetcher.submit(items, source="startup")
+    log.info("prefetching %d requests from %s (job %s)", job.total, settings.prefetch_file, job.id)
 
 
 def start_draining(app: web.Application) -> None:
@@ -177,9 +213,14 @@ async def _audio_by_key(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(settings: Settings, *, redis_url: str) -> web.Application:
-    """The proxy as an aiohttp application, talking to Redis at ``redis_url``."""
+    """The proxy as an aiohttp application, talking to Redis at ``redis_url``. The admin
+    routes are on it unless ``admin_port`` is set (then see :func:`create_admin_app`)."""
+    separate_admin = settings.admin_port is not None
+    middlewares: list[Middleware] = [access_log(enabled=settings.access_log), json_errors]
+    if not separate_admin:
+        middlewares += [admin_guard(settings.admin_token), admin.admin_errors]
     app = web.Application(
-        middlewares=[access_log(enabled=settings.access_log), json_errors],
+        middlewares=middlewares,
         client_max_size=int(settings.max_request_body_kb * 1024),
     )
     app.on_response_prepare.append(echo_request_id)
@@ -190,7 +231,29 @@ def create_app(settings: Settings, *, redis_url: str) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
-    admin_cleanup.setup(app, admin_token=settings.admin_token)
+    if separate_admin:
+        admin.fence(app)
+    else:
+        admin.setup(app)
     app.router.add_get(settings.audio_path_prefix + "/{key}", _audio_by_key)  # and HEAD
     app.router.add_route("*", "/{tail:.*}", _speech)
+    return app
+
+
+def create_admin_app(proxy: web.Application) -> web.Application:
+    """The admin routes alone, for a separate listener (``admin_port``), working on the
+    state of ``proxy`` (which must be started first)."""
+    settings = proxy[SETTINGS]
+    app = web.Application(
+        middlewares=[
+            access_log(enabled=settings.access_log),
+            json_errors,
+            admin_guard(settings.admin_token, every_path=True),
+            admin.admin_errors,
+        ],
+        client_max_size=int(settings.max_request_body_kb * 1024),
+    )
+    app.on_response_prepare.append(echo_request_id)
+    app[HOME] = proxy
+    admin.setup(app)
     return app

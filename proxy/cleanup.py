@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -156,6 +156,8 @@ class Cleaner:
         self.weights = weights or ScoreWeights()
         self.batch = batch
         self.lock = CleanupLock(service.redis, f"{service.keyspace.prefix}:cleanup:lock", lock_ms)
+        # Runs of every replica, for the stats: counts and the last report.
+        self.history_key = f"{service.keyspace.prefix}:cleanup:history"
         self._renew_every = lock_ms / 3000
 
     @classmethod
@@ -219,6 +221,8 @@ class Cleaner:
                 await self.lock.release()
         report = self._report(result, trigger, started, before, after, removed, freed, target_bytes)
         report = CleanupReport(**{**asdict(report), "tenant": tenant})
+        with contextlib.suppress(RedisError, OSError):
+            await self._record(report)
         METRICS.cleanup_total.labels(result).inc()
         METRICS.cleanup_freed_bytes.inc(freed)
         METRICS.cleanup_entries_removed.inc(removed)
@@ -233,6 +237,40 @@ class Cleaner:
                 report.size_after_bytes,
             )
         return report
+
+    async def _record(self, report: CleanupReport) -> None:
+        pipe = self.service.redis.pipeline(transaction=False)
+        pipe.hincrby(self.history_key, "runs", 1)
+        pipe.hincrby(self.history_key, f"runs:{report.result}", 1)
+        pipe.hincrby(self.history_key, "entries_removed", report.entries_removed)
+        pipe.hincrby(self.history_key, "bytes_freed", report.bytes_freed)
+        last = {**report.to_json(), "finished_at_ms": int(time.time() * 1000)}
+        pipe.hset(self.history_key, "last", json.dumps(last, separators=(",", ":")))
+        await pipe.execute()
+
+    async def history(self) -> dict[str, Any]:
+        """Cleanup runs on every replica (lifetime counts) and the last run's report."""
+        raw = await self.service.redis.hgetall(self.history_key)
+        fields = {k.decode(): v.decode() for k, v in raw.items()}
+        last = json.loads(fields["last"]) if "last" in fields else None
+        return {
+            "runs": int(fields.get("runs", 0)),
+            "runs_by_result": {
+                name.partition(":")[2]: int(value)
+                for name, value in fields.items()
+                if name.startswith("runs:")
+            },
+            "entries_removed": int(fields.get("entries_removed", 0)),
+            "bytes_freed": int(fields.get("bytes_freed", 0)),
+            "last_run": last,
+        }
+
+    def quota_target(self, quota_bytes: int) -> int:
+        """A tenant's quota is kept like the whole cache: cleaned down to the target %."""
+        return percent_of(quota_bytes, self.target_percent)
+
+    def quota_threshold(self, quota_bytes: int) -> int:
+        return percent_of(quota_bytes, self.threshold_percent)
 
     @staticmethod
     def _bytes(totals: Any, tenant: str | None) -> int:
@@ -375,9 +413,17 @@ class CleanupRunner:
     """The background task: wakes on writes (``size_changed``) or every ``check_seconds``,
     and cleans when the stored bytes reach the threshold. Never on the request path."""
 
-    def __init__(self, cleaner: Cleaner, *, check_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        cleaner: Cleaner,
+        *,
+        check_seconds: float = 1.0,
+        quota_for: Callable[[str], int | None] | None = None,
+    ) -> None:
         self.cleaner = cleaner
         self.check_seconds = check_seconds
+        # A tenant's size quota in bytes (None: no quota), enforced on each counter refresh.
+        self.quota_for = quota_for
         self.reports: list[CleanupReport] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -398,6 +444,22 @@ class CleanupRunner:
         self.reports = [*self.reports[-9:], report]
         return report
 
+    async def check_quotas(self, totals: Any) -> list[CleanupReport]:
+        """Clean each tenant at or above the threshold of its quota, down to the target."""
+        if self.quota_for is None:
+            return []
+        reports = []
+        for tenant, counters in totals.grouped("tenant").items():
+            quota = self.quota_for(tenant)
+            if quota is None or counters.get("bytes", 0) < self.cleaner.quota_threshold(quota):
+                continue
+            report = await self.cleaner.clean(
+                target_bytes=self.cleaner.quota_target(quota), tenant=tenant, trigger="quota"
+            )
+            self.reports = [*self.reports[-9:], report]
+            reports.append(report)
+        return reports
+
     async def _loop(self) -> None:
         service = self.cleaner.service
         last_refresh = time.monotonic()
@@ -408,7 +470,7 @@ class CleanupRunner:
             try:
                 # Other replicas' writes show up only in the shared counters.
                 if time.monotonic() - last_refresh >= self.check_seconds:
-                    await service.totals()
+                    await self.check_quotas(await service.totals())
                     last_refresh = time.monotonic()
                 report = await self.check()
             except (RedisError, OSError) as exc:

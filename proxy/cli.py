@@ -113,6 +113,25 @@ async def _start(
     return runner
 
 
+async def _start_proxy(
+    app: web.Application, settings: Settings, host: str, port: int
+) -> list[web.AppRunner]:
+    """The proxy, and the admin listener when ``admin_port`` is set (started after it)."""
+    from .app import create_admin_app
+
+    drain = settings.shutdown_drain_seconds
+    runners = [await _start(app, host, port, drain_seconds=drain)]
+    if settings.admin_port is not None:
+        admin_host = settings.admin_host or host
+        runners.append(
+            await _start(
+                create_admin_app(app), admin_host, settings.admin_port, drain_seconds=drain
+            )
+        )
+        log.info("admin API on http://%s:%d/admin", admin_host, settings.admin_port)
+    return runners
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
@@ -132,14 +151,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         async def main() -> None:
             supervisor = asyncio.create_task(embedded.supervise()) if embedded else None
-            runner = await _start(
-                app, settings.host, settings.port, drain_seconds=settings.shutdown_drain_seconds
-            )
+            runners = await _start_proxy(app, settings, settings.host, settings.port)
             log.info(
                 "tts-cache-proxy listening on http://%s:%d -> %s",
                 settings.host, settings.port, settings.upstream_url,
             )  # fmt: skip
-            await _serve_forever([runner])
+            await _serve_forever(runners)
             if supervisor is not None:
                 supervisor.cancel()
 
@@ -161,8 +178,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         async def main() -> None:
             upstream = await _start(create_demo_upstream_app(), "127.0.0.1", upstream_port)
-            proxy = await _start(
-                create_app(settings, redis_url=store.url), settings.host, settings.port
+            proxy = await _start_proxy(
+                create_app(settings, redis_url=store.url), settings, settings.host, settings.port
             )
             print(
                 f"demo: proxy on http://{settings.host}:{settings.port} -> espeak-ng demo "
@@ -174,7 +191,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 '"response_format":"wav"}\'',
                 flush=True,
             )
-            await _serve_forever([upstream, proxy])
+            await _serve_forever([upstream, *proxy])
 
         asyncio.run(main())
     return 0

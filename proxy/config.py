@@ -19,6 +19,7 @@ import yaml
 from .packing import HAVE_ZSTD
 from .redis_client import RedisUrlError, check_url
 from .routes import RouteRule, RuleError, build_rules
+from .tenants import PolicyError, TenantPolicy, Tenants, parse_policies, parse_policy
 
 SEED_CONTENT_TYPE_TTLS: dict[str, int] = {
     "welcome_message": 7 * 86400,
@@ -151,6 +152,21 @@ class Settings:
     shutdown_drain_seconds: float = field(default=25.0, metadata=_meta(lo=0, hi=3600))
     # False: /readyz stays 200 ("degraded") while Redis is down, since requests fail open.
     readiness_requires_redis: bool = True
+    # Admin API: a separate listener when admin_port is set (then /admin is not served on
+    # the proxy's port at all).
+    admin_port: int | None = field(default=None, metadata=_meta(lo=1, hi=65535))
+    admin_host: str | None = None
+    # Tenants: named by a request header, else by a hash of the client's API key header.
+    tenant_header: str | None = None
+    tenant_api_key_header: str | None = None
+    tenants: Mapping[str, TenantPolicy] = field(default_factory=dict)
+    tenant_default_policy: TenantPolicy = field(default_factory=TenantPolicy)
+    # Prefetch: background synthesis of listed requests, with bounded concurrency.
+    prefetch_file: str | None = None
+    prefetch_concurrency: int = field(default=4, metadata=_meta(lo=1, hi=64))
+    prefetch_max_requests: int = field(default=1000, metadata=_meta(lo=1, hi=100_000))
+    prefetch_keep_warm_interval_seconds: float = field(default=60.0, metadata=_meta(lo=0.05))
+    prefetch_keep_warm_margin_seconds: float = field(default=3600.0, metadata=_meta(lo=0))
     # Secrets: environment only.
     upstream_api_key: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
@@ -178,6 +194,16 @@ class Settings:
             return self.audio_cache_content_type_ttls[content_type]
         return self.audio_cache_ttl_seconds
 
+    @property
+    def tenancy(self) -> Tenants:
+        """Who a request belongs to and the policies that apply."""
+        return Tenants(
+            header=self.tenant_header,
+            api_key_header=self.tenant_api_key_header,
+            policies=self.tenants,
+            default=self.tenant_default_policy,
+        )
+
     def classify(self, text: str) -> str | None:
         """The content type the YAML rules give this text, if any."""
         for rule in self.audio_cache_content_type_rules:
@@ -196,6 +222,10 @@ class Settings:
                 value = [
                     {"pattern": r.pattern.pattern, "content_type": r.content_type} for r in value
                 ]
+            elif f.name == "tenants":
+                value = {name: policy.to_json() for name, policy in value.items()}
+            elif isinstance(value, TenantPolicy):
+                value = value.to_json()
             elif isinstance(value, tuple):
                 value = list(value)
             elif isinstance(value, Mapping):
@@ -249,8 +279,10 @@ def _coerce(name: str, value: Any) -> Any:
             value = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{name}: not valid YAML/JSON: {_yaml_problem(exc)}") from None
-    if f.type in ("str | None",) and value in (None, ""):
+    if f.type in ("str | None", "int | None") and value in (None, ""):
         return None
+    if f.type == "int | None":
+        return _number(name, value, int)
     if f.type == "bool":
         return _bool(name, value)
     if f.type == "int":
@@ -299,6 +331,11 @@ def _coerce(name: str, value: Any) -> Any:
                 raise ConfigError(f"{name}.{k}: expected a price of at least 0, got {v!r}")
             prices[str(k)] = float(v)
         return prices
+    if name in ("tenants", "tenant_default_policy"):
+        try:
+            return parse_policies(value) if name == "tenants" else parse_policy(value, name)
+        except PolicyError as exc:
+            raise ConfigError(str(exc)) from None
     if name == "audio_cache_content_type_rules":
         return tuple(_content_type_rule(i, item) for i, item in enumerate(value or []))
     raise ConfigError(f"{name}: cannot be set this way")  # pragma: no cover
@@ -412,5 +449,18 @@ def _check_consistency(s: Settings) -> None:
         raise ConfigError(
             f"audio_path_prefix: expected a path like /audio, got {s.audio_path_prefix!r}"
         )
+    for name in ("tenant_header", "tenant_api_key_header"):
+        value = getattr(s, name)
+        if value is not None and not re.match(r"^[A-Za-z0-9-]{1,64}$", value):
+            raise ConfigError(f"{name}: expected an HTTP header name, got {value!r}")
+    if s.admin_port is not None and s.admin_port == s.port:
+        raise ConfigError("admin_port: must differ from port (or be null to serve /admin on it)")
+    if s.prefetch_file is not None:
+        from .prefetch_items import ItemError, load_file
+
+        try:
+            load_file(s.prefetch_file, s.rules, limit=s.prefetch_max_requests)
+        except ItemError as exc:
+            raise ConfigError(f"prefetch_file: {exc}") from None
     if not re.match(r"^[A-Za-z0-9_.-]{1,32}$", s.audio_cache_key_prefix):
         raise ConfigError("audio_cache_key_prefix: 1-32 characters of A-Z a-z 0-9 _ . -")

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +29,7 @@ from .policy import Directive, refusal_after_body, refusal_before_body, request_
 from .pricing import cost_of, price_per_million
 from .routes import InvalidSpeechRequest, RouteRule, SpeechRequest, find_rule
 from .store import AudioCacheService, CachedAudio, EntryLabels, replayable_headers
+from .tenants import BadTenant
 from .upstream import HOP_BY_HOP, UnsafePath, UpstreamClient, UpstreamError, strip_hop_by_hop
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,26 @@ def json_error(
         error["field"] = field
     error.update(extra)
     return web.json_response({"error": error}, status=status)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """The request a miss sends upstream."""
+
+    method: str
+    path: str  # raw path below the upstream's base
+    query: str
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Warmed:
+    """What warming one request did: ``present`` (left alone), ``stored``, or why not."""
+
+    key: CacheKey
+    result: str
+    upstream_called: bool
 
 
 class AudioProcessor:
@@ -81,6 +103,7 @@ class AudioProcessor:
         )
         self.audio_path_prefix = audio_path_prefix.rstrip("/")
         self._class_header = settings.audio_cache_content_type_header.lower()
+        self.tenants = settings.tenancy
 
     # -- entry point -----------------------------------------------------------------
 
@@ -113,7 +136,8 @@ class AudioProcessor:
             return await self.pass_through(request, body, result="bypass", detail="uncacheable")
         request[ROUTE] = rule.name
         request[TEXT] = speech.text
-        directive = request_directive({k.lower(): v for k, v in request.headers.items()})
+        lowered = {k.lower(): v for k, v in request.headers.items()}
+        directive = request_directive(lowered)
         if directive is Directive.BYPASS:
             return await self.pass_through(request, body, result="bypass", detail="no-store")
         content_class = request.headers.get(self._class_header)
@@ -124,11 +148,46 @@ class AudioProcessor:
                 f"{CONTENT_TYPE_NAME.pattern}",
                 field=f"header:{self.settings.audio_cache_content_type_header}",
             )
-        key = self.key_for(speech)
-        response = await self._serve_speech(
-            request, rule, speech, key, body, directive, content_class, started
+        try:
+            tenant = self.tenants.identify(lowered)
+        except BadTenant as exc:
+            return json_error(400, exc.message, field=exc.field)
+        if not self.tenants.policy(tenant).enabled:
+            return await self.pass_through(request, body, result="bypass", detail="tenant-disabled")
+        key = self.key_for(speech, self.tenants.namespace(tenant))
+        outgoing = Outgoing(
+            # A HEAD miss fetches the whole audio: it is stored, and later GETs hit.
+            method="GET" if request.method == "HEAD" else request.method,
+            path=request.rel_url.raw_path,
+            query=request.rel_url.raw_query_string,
+            headers=self.upstream.outgoing_headers(request.headers, identity=True),
+            body=body,
         )
-        return response
+        labels = self.labels_for(speech, rule, content_class, tenant)
+        return await self._serve_speech(
+            request, rule, speech, key, outgoing, labels, directive, started
+        )
+
+    def labels_for(
+        self, speech: SpeechRequest, rule: RouteRule, content_class: str | None, tenant: str
+    ) -> EntryLabels:
+        return EntryLabels(
+            content_class=content_class or self.settings.classify(speech.text) or "default",
+            route=rule.name,
+            voice=speech.voice,
+            model=speech.model,
+            tenant=tenant,
+        )
+
+    def ttl_for(self, labels: EntryLabels) -> int:
+        """The entry's TTL: the tenant's policy over the cache's table and default."""
+        s = self.settings
+        return self.tenants.ttl_for(
+            labels.tenant,
+            labels.content_class,
+            s.audio_cache_content_type_ttls,
+            s.audio_cache_ttl_seconds,
+        )
 
     def key_for(self, speech: SpeechRequest, namespace: str = "") -> CacheKey:
         return cache_key(
@@ -145,9 +204,9 @@ class AudioProcessor:
         rule: RouteRule,
         speech: SpeechRequest,
         key: CacheKey,
-        body: bytes,
+        outgoing: Outgoing,
+        labels: EntryLabels,
         directive: Directive,
-        content_class: str | None,
         started: float,
     ) -> web.StreamResponse:
         if directive is Directive.USE:
@@ -163,26 +222,7 @@ class AudioProcessor:
                 response = await self.serve_cached(request, cached, status=f"{CACHE_NAME}; hit")
                 METRICS.requests.labels(rule.name, "hit").observe(time.perf_counter() - started)
                 return response
-        labels = EntryLabels(
-            content_class=content_class or self.settings.classify(speech.text) or "default",
-            route=rule.name,
-            voice=speech.voice,
-            model=speech.model,
-        )
-        ttl = self.settings.ttl_for(labels.content_class)
-
-        async def lead(fill: Fill) -> None:
-            await self._run_fill(fill, request, body, key, labels, ttl, started)
-
-        async def runner(fill: Fill) -> None:
-            if self.flights is None:
-                await lead(fill)
-                return
-            # A refresh must reach the upstream, so it never settles for a stored answer.
-            recheck = self.service.fetch if directive is Directive.USE else None
-            await self.flights.run(fill, key, lead, recheck=recheck)
-
-        fill, leader = self.fills.join_or_start(key.hex, runner)
+        fill, leader = self.start_fill(key, outgoing, labels, directive, started)
         if not leader:
             METRICS.coalesced.labels("process").inc()
         fwd = "request" if directive is Directive.REFRESH else "miss"
@@ -192,6 +232,59 @@ class AudioProcessor:
             self._count_saving(rule.name, speech)
         METRICS.requests.labels(rule.name, result).observe(time.perf_counter() - started)
         return response
+
+    def start_fill(
+        self,
+        key: CacheKey,
+        outgoing: Outgoing,
+        labels: EntryLabels,
+        directive: Directive,
+        started: float,
+    ) -> tuple[Fill, bool]:
+        """Join the fill in flight for ``key`` (False), or start one (True): identical
+        misses, in this process or on any replica, make one upstream call."""
+        ttl = self.ttl_for(labels)
+
+        async def lead(fill: Fill) -> None:
+            await self._run_fill(fill, outgoing, key, labels, ttl, started)
+
+        async def runner(fill: Fill) -> None:
+            if self.flights is None:
+                await lead(fill)
+                return
+            # A refresh must reach the upstream, so it never settles for a stored answer.
+            recheck = self.service.fetch if directive is Directive.USE else None
+            await self.flights.run(fill, key, lead, recheck=recheck)
+
+        return self.fills.join_or_start(key.hex, runner)
+
+    async def warm(
+        self,
+        speech: SpeechRequest,
+        rule: RouteRule,
+        outgoing: Outgoing,
+        *,
+        content_class: str | None,
+        tenant: str,
+        refresh: bool = False,
+    ) -> Warmed:
+        """Have one request in the cache (prefetch): left alone when present (its TTL and
+        hits untouched), else filled exactly as a client's miss would be, so it coalesces
+        with identical misses. ``refresh`` re-synthesizes it even when present."""
+        key = self.key_for(speech, self.tenants.namespace(tenant))
+        if not self.tenants.policy(tenant).enabled:
+            return Warmed(key, "tenant_disabled", False)
+        if not refresh and await self.service.ttl_ms(key) > 0:
+            return Warmed(key, "present", False)
+        labels = self.labels_for(speech, rule, content_class, tenant)
+        directive = Directive.REFRESH if refresh else Directive.USE
+        fill, leader = self.start_fill(key, outgoing, labels, directive, time.perf_counter())
+        with fill.reader():  # a client joining and leaving must not cancel this fill
+            await fill.wait_done()
+        called = leader and fill.origin == "upstream"
+        if fill.stored:
+            return Warmed(key, "stored", called)
+        return Warmed(key, fill.refusal or "not_stored", called)
 
     def _count_saving(self, route: str, speech: SpeechRequest) -> None:
         """A request answered without an upstream call saves its characters' price."""
@@ -206,20 +299,16 @@ class AudioProcessor:
     async def _run_fill(
         self,
         fill: Fill,
-        request: web.Request,
-        body: bytes,
+        outgoing: Outgoing,
         key: CacheKey,
         labels: EntryLabels,
         ttl: int,
         started: float,
     ) -> None:
-        headers = self.upstream.outgoing_headers(request.headers, identity=True)
-        # A HEAD miss fetches the whole audio: it is stored, and later GETs hit.
-        method = "GET" if request.method == "HEAD" else request.method
         t0 = time.perf_counter()
         try:
             upstream = await self.upstream.request(
-                method, request.rel_url.raw_path, request.rel_url.raw_query_string, headers, body
+                outgoing.method, outgoing.path, outgoing.query, outgoing.headers, outgoing.body
             )
         except UpstreamError as exc:
             METRICS.upstream_errors.labels(exc.kind).inc()

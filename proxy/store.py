@@ -153,11 +153,15 @@ local hits = 0
 if tonumber(ARGV[3]) > 0 then redis.call('HINCRBY', KEYS[1], 'misses', ARGV[3]) end
 for i = 4, #ARGV, 2 do
   local entry = shard .. 'e:' .. ARGV[i]
-  local cls = redis.call('HGET', entry, 'cls')
+  local meta = redis.call('HMGET', entry, 'cls', 'tn')
+  local cls, tn = meta[1], meta[2]
   if cls then
     redis.call('HINCRBY', entry, 'n', ARGV[i + 1])
     redis.call('HSET', entry, 'la', now)
     redis.call('HINCRBY', KEYS[1], 'class:' .. cls .. ':hits', ARGV[i + 1])
+    if tn and tn ~= '' then
+      redis.call('HINCRBY', KEYS[1], 'tenant:' .. tn .. ':hits', ARGV[i + 1])
+    end
     hits = hits + tonumber(ARGV[i + 1])
   end
 end
@@ -221,7 +225,7 @@ for i = 1, #current, 2 do
   if name == 'entries' or name == 'bytes' or name == 'original_bytes'
      or string.sub(name, 1, 11) == 'compressed_'
      or (string.sub(name, 1, 6) == 'class:' and string.sub(name, -5) ~= ':hits')
-     or string.sub(name, 1, 7) == 'tenant:' then
+     or (string.sub(name, 1, 7) == 'tenant:' and string.sub(name, -5) ~= ':hits') then
     before[name] = tonumber(current[i + 1])
     redis.call('HDEL', KEYS[1], name)
   end
@@ -430,6 +434,10 @@ class AudioCacheService:
         self._repair = redis.register_script(_REPAIR)
         self._pending_hits: dict[str, int] = {}
         self._pending_misses: dict[int, int] = defaultdict(int)
+        # This replica's own lookups since it started (the shared counters are lifetime).
+        self.started_ms = _now_ms()
+        self.session_hits = 0
+        self.session_misses = 0
         # Stored bytes as last read from Redis plus what this replica wrote since.
         self.approx_bytes = 0
         self.size_changed = asyncio.Event()
@@ -465,9 +473,11 @@ class AudioCacheService:
         found = await self.fetch(key)
         if found is None:
             self._pending_misses[shard_of(key)] += 1
+            self.session_misses += 1
             METRICS.operations.labels("get", "miss").inc()
         else:
             self._pending_hits[key.hex] = self._pending_hits.get(key.hex, 0) + 1
+            self.session_hits += 1
             METRICS.operations.labels("get", "hit").inc()
         return found
 
@@ -602,6 +612,12 @@ class AudioCacheService:
     async def purge(self, *, limit: int = 1000, **selector: str) -> tuple[int, int]:
         """Delete every entry matching all given selectors (voice=, model=, tenant=,
         class=, route=); with none, every entry. Runs in batches of ``limit`` per shard."""
+        return await self.purge_matching(selector, limit=limit)
+
+    async def purge_matching(
+        self, selector: Mapping[str, str], *, limit: int = 1000
+    ) -> tuple[int, int]:
+        """:meth:`purge` with the selectors as a mapping."""
         for dimension in selector:
             if dimension not in SELECTOR_DIMENSIONS:
                 raise ValueError(f"unknown selector {dimension!r}")
