@@ -1,0 +1,255 @@
+"""Prefetch: request descriptions (pure), then jobs, keep-warm and the start-up list."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.app import PROCESSOR
+from proxy.config import ConfigError, load_settings
+from proxy.descriptions import BadDescription, describe
+from proxy.keys import CacheKey
+from proxy.prefetch import needs_rewarm
+from proxy.routes import build_rules
+
+from .conftest import service_of
+from .streaming_upstream import StreamingUpstream, serve
+
+TOKEN = "s3cret-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+RULES = build_rules(["openai", "elevenlabs", "get"])
+PARAMS = {"model": "tts-1", "voice": "es", "response_format": "wav"}
+
+
+# -- pure ------------------------------------------------------------------------------
+
+
+def test_text_and_params_describe_the_same_request_as_a_body() -> None:
+    by_body = describe(RULES, {"route": "openai", "body": {**PARAMS, "input": "Hola"}})
+    by_text = describe(RULES, {"route": "openai", "text": "Hola", "params": PARAMS})
+    as_text = describe(RULES, {"route": "openai", "body": json.dumps({**PARAMS, "input": "Hola"})})
+    assert by_body.speech == by_text.speech == as_text.speech
+    assert (by_body.method, by_body.path, by_body.query) == ("POST", "/v1/audio/speech", "")
+    assert json.loads(by_text.body) == {**PARAMS, "input": "Hola"}
+
+
+def test_query_form_and_path_routes() -> None:
+    coqui = describe(RULES, {"route": "coqui", "text": "Hola", "params": {"speaker_id": "p1"}})
+    assert coqui.method == "GET" and coqui.body == b""
+    assert (
+        coqui.speech
+        == describe(RULES, {"route": "coqui", "query": "speaker_id=p1&text=Hola"}).speech
+    )
+    form = describe(RULES, {"route": "marytts-form", "text": "Hola", "params": {"VOICE": "v"}})
+    assert form.headers["content-type"] == "application/x-www-form-urlencoded"
+    assert form.speech.voice == "v"
+    eleven = describe(
+        RULES, {"route": "elevenlabs", "path_params": {"voice_id": "a b"}, "text": "Hola"}
+    )
+    assert eleven.path == "/v1/text-to-speech/a%20b" and eleven.speech.voice == "a b"
+    assert (
+        eleven.speech
+        == describe(
+            RULES,
+            {"route": "elevenlabs", "path": "/v1/text-to-speech/a%20b", "body": {"text": "Hola"}},
+        ).speech
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({}, "route"),
+        ({"route": "nope"}, "route"),
+        ({"route": "openai", "body": 3}, "body"),
+        ({"route": "openai", "body": {"voice": "es"}}, "json:input"),
+        ({"route": "openai", "params": {}}, "text"),
+        ({"route": "openai", "text": "x", "body": {}}, "text"),
+        ({"route": "openai", "text": "x", "params": []}, "params"),
+        ({"route": "openai", "text": "x", "headers": {"a": 1}}, "headers"),
+        ({"route": "openai", "body": {"input": "x", "stream_format": "sse"}}, "body"),
+        ({"route": "elevenlabs", "text": "x"}, "path_params"),
+        ({"route": "elevenlabs", "text": "x", "path": "/v1/audio/speech"}, "path"),
+        ({"route": "coqui", "text": "x", "body": {}}, "body"),
+        ({"route": "coqui", "text": "x", "query": "a=1"}, "text"),
+        ({"route": "coqui", "query": {"text": ["a", {}]}}, "query"),
+        ({"route": "openai", "text": "x", "colour": 1}, "colour"),
+    ],
+)
+def test_bad_descriptions_name_the_field(raw: dict[str, Any], field: str) -> None:
+    with pytest.raises(BadDescription) as err:
+        describe(RULES, raw)
+    assert err.value.field == field
+
+
+def test_rewarm_rule() -> None:
+    assert needs_rewarm(-2, 86400, 3600)  # gone
+    assert needs_rewarm(3_599_000, 86400, 3600) and not needs_rewarm(3_601_000, 86400, 3600)
+    # A TTL shorter than the margin is re-warmed at half-life, not on every check.
+    assert not needs_rewarm(1_500, 2, 3600) and needs_rewarm(900, 2, 3600)
+
+
+def test_prefetch_file_is_checked_at_start_up(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- {route: openai, text: Hola, colour: red}\n")
+    with pytest.raises(ConfigError, match=r"prefetch_file: requests\[0\]\.colour"):
+        load_settings(env={}, overrides={"prefetch_file": str(bad)})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(env={}, overrides={"prefetch_file": str(tmp_path / "missing.yaml")})
+
+
+# -- through the proxy -----------------------------------------------------------------
+
+
+async def job_done(client: Any, job: str, seconds: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        response = await client.get(f"/admin/audio-cache/prefetch/{job}", headers=AUTH)
+        assert response.status == 200
+        body: dict[str, Any] = await response.json()
+        if body["state"] == "done":
+            return body
+        await asyncio.sleep(0.02)
+    raise AssertionError("prefetch job did not finish in time")
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+def item(text: str, **extra: Any) -> dict[str, Any]:
+    return {"route": "openai", "text": text, "params": PARAMS, **extra}
+
+
+async def test_prefetch_20_phrases_calls_upstream_once_per_missing_one(
+    upstream: Any, make_proxy: Any
+) -> None:
+    fake, url = upstream
+    client = await make_proxy(url, env={"ADMIN_TOKEN": TOKEN})
+    service = service_of(client)
+    phrases = [f"Frase número {i}" for i in range(20)]
+    present: dict[str, int] = {}
+    for text in phrases[:5]:  # five are cached already, by clients
+        response = await client.post("/v1/audio/speech", json={**PARAMS, "input": text})
+        await response.read()
+        await asyncio.sleep(0.01)
+        key = CacheKey(response.headers["X-Audio-Cache-Key"])
+        info = await service.info(key)
+        assert info is not None
+        present[key.hex] = info.expires_ms
+    assert fake.calls["openai"] == 5
+    await asyncio.sleep(0.02)  # so a rewrite would show as a later expiry
+
+    requests = [item(t, content_type="common_responses") for t in phrases]
+    response = await client.post(
+        "/admin/audio-cache/prefetch", json={"requests": requests}, headers=AUTH
+    )
+    assert response.status == 202
+    started = await response.json()
+    assert started["total"] == 20 and response.headers["Location"] == started["status_url"]
+    job = await job_done(client, started["job"])
+    assert job["results"] == {"present": 5, "stored": 15} and job["errors"] == []
+    assert job["upstream_calls"] == 15 and job["done"] == 20
+    assert fake.calls["openai"] == 20  # once per missing phrase
+    for text in phrases:  # every one is a hit now
+        response = await client.post("/v1/audio/speech", json={**PARAMS, "input": text})
+        await response.read()
+        assert response.headers["X-Cache"] == "HIT", text
+        info = await service.info(CacheKey(response.headers["X-Audio-Cache-Key"]))
+        assert info is not None
+        if info.key in present:  # skipped, not rewritten: TTL not extended
+            assert info.expires_ms == present[info.key]
+        else:
+            assert info.content_class == "common_responses"
+    assert fake.calls["openai"] == 20
+
+
+async def test_prefetch_coalesces_with_itself_and_with_clients(make_proxy: Any) -> None:
+    upstream = StreamingUpstream(mode="hang")  # first chunk, then waits for `release`
+    async with serve(upstream) as url:
+        client = await make_proxy(url, env={"ADMIN_TOKEN": TOKEN}, prefetch_concurrency=8)
+        requests = [item("Repetida")] * 4
+        response = await client.post(
+            "/admin/audio-cache/prefetch", json={"requests": requests}, headers=AUTH
+        )
+        job_id = (await response.json())["job"]
+        await wait_until(lambda: upstream.calls > 0)
+        # A client asking for the same sentence meanwhile rides on the prefetch's fill.
+        answer = asyncio.create_task(
+            client.post("/v1/audio/speech", json={**PARAMS, "input": "Repetida"})
+        )
+        await asyncio.sleep(0.1)
+        upstream.release.set()
+        reply = await answer
+        assert await reply.read() == upstream.audio("Repetida")
+        assert "collapsed" in reply.headers["Cache-Status"]
+        job = await job_done(client, job_id)
+        assert job["done"] == 4 and job["upstream_calls"] == 1
+        assert upstream.calls == 1
+
+
+async def test_keep_warm_entries_are_rewarmed_before_they_expire(
+    upstream: Any, make_proxy: Any
+) -> None:
+    fake, url = upstream
+    client = await make_proxy(
+        url,
+        env={"ADMIN_TOKEN": TOKEN},
+        audio_cache_content_type_ttls={"welcome_message": 2},
+        prefetch_keep_warm_interval_seconds=0.1,
+        prefetch_keep_warm_margin_seconds=1,
+    )
+    service = service_of(client)
+    requests = [
+        item("Bienvenido", content_type="welcome_message", keep_warm=True),
+        item("Hasta pronto", content_type="welcome_message"),
+    ]
+    response = await client.post(
+        "/admin/audio-cache/prefetch", json={"requests": requests}, headers=AUTH
+    )
+    await job_done(client, (await response.json())["job"])
+    warm = describe(RULES, item("Bienvenido"))
+    cold = describe(RULES, item("Hasta pronto"))
+    processor_key = client.app[PROCESSOR].key_for
+    warm_key, cold_key = processor_key(warm.speech), processor_key(cold.speech)
+    deadline = time.monotonic() + 3.0  # beyond the 2 s TTL
+    while time.monotonic() < deadline:
+        assert await service.ttl_ms(warm_key) > 0  # never gone
+        await asyncio.sleep(0.05)
+    assert await service.ttl_ms(cold_key) < 0  # the other one expired
+    assert fake.calls["openai"] >= 3  # two at first, then at least one re-warm
+    stats = await (await client.get("/admin/audio-cache/stats", headers=AUTH)).json()
+    assert stats["prefetch"]["keep_warm_entries"] == 1
+
+
+async def test_start_up_list_is_prefetched(upstream: Any, make_proxy: Any, tmp_path: Path) -> None:
+    fake, url = upstream
+    path = tmp_path / "prefetch.yaml"
+    path.write_text(
+        "- {route: openai, text: Bienvenido al hotel, params: {model: tts-1, voice: es},"
+        " content_type: welcome_message}\n"
+        "- route: coqui\n  query: {text: Buenas noches, speaker_id: p1}\n"
+        "- route: elevenlabs\n  path_params: {voice_id: v1}\n  body: {text: Hola, model_id: m}\n"
+    )
+    client = await make_proxy(url, prefetch_file=str(path))
+    service = service_of(client)
+    entries = 0
+    for _ in range(250):  # at most ~5 s
+        entries = (await service.totals())["entries"]
+        if entries == 3:
+            break
+        await asyncio.sleep(0.02)
+    assert entries == 3
+    assert (fake.calls["openai"], fake.calls["coqui"], fake.calls["elevenlabs"]) == (1, 1, 1)
+    response = await client.get("/api/tts?text=Buenas%20noches&speaker_id=p1")
+    assert response.headers["X-Cache"] == "HIT"
