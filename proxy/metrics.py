@@ -35,6 +35,7 @@ class Metrics:
     redis_circuit_open: Gauge
     not_stored: Counter
     cache_max_bytes: Gauge
+    prefetched: Counter
 
 
 def _build() -> Metrics:
@@ -115,6 +116,11 @@ def _build() -> Metrics:
         ),
         cache_max_bytes=Gauge(
             "tts_proxy_cache_max_bytes", "The configured size limit (audio_cache_max_size_mb)"
+        ),
+        prefetched=Counter(
+            "tts_proxy_prefetch_requests_total",
+            "Prefetched requests by source (job, keep_warm) and result (stored, present, ...)",
+            ["source", "result"],
         ),
     )
 

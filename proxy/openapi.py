@@ -7,9 +7,12 @@ runs schemathesis against it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
+
+from .state import PROCESSOR, home
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _REFUSED = {
@@ -35,20 +38,22 @@ def _query(name: str, description: str, schema: dict[str, Any] | None = None) ->
     }
 
 
-_LOOKUP = [
-    _query(
-        "key",
-        "The 64-hex cache key (the X-Audio-Cache-Key response header). Or describe the "
-        "request with the parameters below.",
-        {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-    ),
-    _query("route", "Route rule name (openai, elevenlabs, marytts, coqui, ... )"),
-    _query("body", "The request body a client would send, as text (JSON, or form fields)"),
-    _query("query", "The query string a client would send (GET-style routes)"),
-    _query("path", "The request path, for routes with path parameters"),
-    _query("headers", "JSON object of request headers that change the audio"),
-    _query("tenant", "Tenant whose namespace the entry is in", _TENANT),
-]
+def _lookup(route: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        _query(
+            "key",
+            "The 64-hex cache key (the X-Audio-Cache-Key response header). Or describe the "
+            "request with the parameters below.",
+            {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        ),
+        _query("route", "Route rule name (openai, elevenlabs, marytts, coqui, ... )", route),
+        _query("body", "The request body a client would send, as text (JSON, or form fields)"),
+        _query("query", "The query string a client would send (GET-style routes)"),
+        _query("path", "The request path, for routes with path parameters"),
+        _query("headers", "JSON object of request headers that change the audio"),
+        _query("tenant", "Tenant whose namespace the entry is in", _TENANT),
+    ]
+
 
 _COUNT = {
     "type": "object",
@@ -61,27 +66,35 @@ _COUNT = {
     },
 }
 
-_DESCRIPTION = {
-    "type": "object",
-    "required": ["route"],
-    "additionalProperties": False,
-    "properties": {
-        "route": {"type": "string", "description": "Route rule name"},
-        "body": {
-            "description": "The body a client would send (JSON object, or its text)",
-            "oneOf": [{"type": "object"}, {"type": "string"}],
+
+def _description(route: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["route"],
+        "anyOf": [{"required": ["text"]}, {"required": ["body"]}, {"required": ["query"]}],
+        "additionalProperties": False,
+        "properties": {
+            "route": {**route, "description": "Route rule name"},
+            "body": {
+                "description": "The body a client would send (JSON object, or its text)",
+                "oneOf": [{"type": "object"}, {"type": "string"}],
+            },
+            "query": {"oneOf": [{"type": "object"}, {"type": "string"}]},
+            "path": {"type": "string"},
+            "path_params": {"type": "object", "additionalProperties": {"type": "string"}},
+            "text": {
+                "type": "string",
+                "minLength": 1,
+                "description": "The text; with params instead of body",
+            },
+            "params": {"type": "object"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "content_type": {"type": "string", "pattern": "^[a-z0-9_][a-z0-9_.-]{0,63}$"},
+            "tenant": _TENANT,
+            "keep_warm": {"type": "boolean"},
         },
-        "query": {"oneOf": [{"type": "object"}, {"type": "string"}]},
-        "path": {"type": "string"},
-        "path_params": {"type": "object", "additionalProperties": {"type": "string"}},
-        "text": {"type": "string", "description": "The text; with params instead of body"},
-        "params": {"type": "object"},
-        "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-        "content_type": {"type": "string", "pattern": "^[a-z0-9_][a-z0-9_.-]{0,63}$"},
-        "tenant": _TENANT,
-        "keep_warm": {"type": "boolean"},
-    },
-}
+    }
+
 
 _JOB = {
     "type": "object",
@@ -160,7 +173,10 @@ _STATS = {
 }
 
 
-def _paths() -> dict[str, Any]:
+def _paths(routes: Sequence[str]) -> dict[str, Any]:
+    route: dict[str, Any] = {"type": "string"}
+    if routes:
+        route["enum"] = list(routes)
     return {
         "/admin/audio-cache/stats": {
             "get": {
@@ -182,7 +198,7 @@ def _paths() -> dict[str, Any]:
             "get": {
                 "summary": "One entry's metadata; its TTL, hits and recency stay untouched",
                 "operationId": "getEntry",
-                "parameters": _LOOKUP,
+                "parameters": _lookup(route),
                 "responses": {
                     "200": _json(_ENTRY, "The entry's metadata"),
                     "404": _ERROR,
@@ -192,7 +208,7 @@ def _paths() -> dict[str, Any]:
             "delete": {
                 "summary": "Delete one entry",
                 "operationId": "deleteEntry",
-                "parameters": _LOOKUP,
+                "parameters": _lookup(route),
                 "responses": {"200": _json(_COUNT, "Deleted"), "404": _ERROR, **_REFUSED},
             },
         },
@@ -246,7 +262,7 @@ def _paths() -> dict[str, Any]:
                                     "requests": {
                                         "type": "array",
                                         "minItems": 1,
-                                        "items": _DESCRIPTION,
+                                        "items": _description(route),
                                     }
                                 },
                             }
@@ -300,8 +316,9 @@ def _error_response(description: str) -> dict[str, Any]:
     return _json({"$ref": "#/components/schemas/Error"}, description)
 
 
-def document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of every /admin route."""
+def document(routes: Sequence[str] = ()) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every /admin route; ``routes``: the route rule names
+    this proxy knows (listed as the allowed values where a route is named)."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -311,7 +328,7 @@ def document() -> dict[str, Any]:
             "lookups, cleanup and prefetch.",
         },
         "security": [{"bearer": []}],
-        "paths": _paths(),
+        "paths": _paths(routes),
         "components": {
             "securitySchemes": {
                 "bearer": {
@@ -348,8 +365,6 @@ def document() -> dict[str, Any]:
     }
 
 
-_DOCUMENT = document()
-
-
 async def serve(request: web.Request) -> web.Response:
-    return web.json_response(_DOCUMENT)
+    rules = home(request.app)[PROCESSOR].rules
+    return web.json_response(document([rule.name for rule in rules]))

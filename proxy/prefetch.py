@@ -22,6 +22,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from .maintenance import cancel_and_wait, every
+from .metrics import METRICS
 from .prefetch_items import PrefetchItem
 from .processor import AudioProcessor, Outgoing, Warmed
 
@@ -123,6 +124,7 @@ class Prefetcher:
     async def _one(self, job: PrefetchJob, index: int, item: PrefetchItem) -> None:
         warmed = await self.warm(item)
         job.record(index, warmed)
+        METRICS.prefetched.labels("job", warmed.result).inc()
         room = len(self.keep_warm) < KEEP_WARM_LIMIT or warmed.key.hex in self.keep_warm
         if item.keep_warm and warmed.result in ("present", "stored") and room:
             self.keep_warm[warmed.key.hex] = item
@@ -184,6 +186,7 @@ class Prefetcher:
             ttl = self.processor.ttl_for(labels)
             if needs_rewarm(ttl_left, ttl, self.keep_warm_margin_seconds):
                 warmed = await self.warm(item, refresh=ttl_left > 0)
+                METRICS.prefetched.labels("keep_warm", warmed.result).inc()
                 rewarmed += int(warmed.result == "stored")
                 if warmed.result not in ("present", "stored"):
                     log.warning("keep-warm of %s failed: %s", hex_key[:12], warmed.result)
