@@ -487,3 +487,35 @@ async def test_redis_down_is_503_not_500(upstream: Any, aiohttp_client: Any) -> 
     for method, path in ROUTES[:5]:
         status, body = await call(client, method, path, headers=AUTH)
         assert status == 503, (method, path, body)
+
+
+def test_start_up_warns_when_no_admin_token_is_configured(caplog: pytest.LogCaptureFixture) -> None:
+    overrides = {"upstream_url": "http://127.0.0.1:9"}
+    with caplog.at_level("WARNING", logger="proxy.admin_auth"):
+        create_app(load_settings(env=WITH_TOKEN, overrides=overrides), redis_url="redis://x:1")
+        assert not caplog.records
+        create_app(load_settings(env={}, overrides=overrides), redis_url="redis://x:1")
+    assert [r.getMessage() for r in caplog.records] == [
+        "no admin token configured (ADMIN_TOKEN / ADMIN_TOKEN_FILE): "
+        "the admin API answers loopback clients only"
+    ]
+
+
+async def test_cleanup_route_enforces_a_tenant_quota(upstream: Any, make_proxy: Any) -> None:
+    _, url = upstream
+    client = await make_proxy(
+        url, env=WITH_TOKEN, tenant_header="X-Tenant",
+        tenants={"acme": {"quota_mb": 10 / 1024}},  # 10 KB; answers are ~4 KB
+        audio_cache_sweep_interval_seconds=30,  # the background check stays out of the way
+    )  # fmt: skip
+    acme = [await speak(client, f"acme {i}", headers={"X-Tenant": "acme"}) for i in range(3)]
+    other = await speak(client, "globex", headers={"X-Tenant": "globex"})
+    status, report = await call(
+        client, "POST", "/admin/audio-cache/cleanup?tenant=acme", headers=AUTH
+    )
+    assert status == 200 and (report["tenant"], report["result"]) == ("acme", "ok")
+    assert report["target_bytes"] == int(0.8 * 10 * 1024)
+    service = service_of(client)
+    assert (await service.totals())["tenant:acme:bytes"] <= report["target_bytes"]
+    assert sum([await service.info(CacheKey(k)) is None for k in acme]) == 1  # 12 -> 8 KB
+    assert await service.info(CacheKey(other)) is not None

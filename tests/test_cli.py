@@ -127,3 +127,42 @@ async def test_demo_speaks_through_the_proxy_end_to_end() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_serve_with_a_separate_admin_port_and_a_token_file(
+    upstream: Any, redis_url: str, tmp_path: Path
+) -> None:
+    _, url = upstream
+    port, admin_port = free_port(), free_port()
+    secret = tmp_path / "admin-token"
+    secret.write_text("from-a-mounted-secret\n")
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--upstream", url, "--port", str(port), "--redis-url", redis_url,
+        env={**os.environ, "ADMIN_PORT": str(admin_port), "ADMIN_TOKEN_FILE": str(secret),
+             "AUDIO_CACHE_KEY_PREFIX": f"cli{admin_port}"},
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    base, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+    auth = {"Authorization": "Bearer from-a-mounted-secret"}
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, base, proc)
+            async with session.post(base + "/v1/audio/speech", json=SPEECH) as r:
+                await r.read()
+            async with session.get(base + "/admin/audio-cache/stats", headers=auth) as r:
+                assert r.status == 404  # not on the proxy's port
+            async with session.get(admin + "/admin/audio-cache/stats") as r:
+                assert r.status == 401
+            for _ in range(100):
+                async with session.get(admin + "/admin/audio-cache/stats", headers=auth) as r:
+                    assert r.status == 200
+                    if (await r.json())["entries"] == 1:
+                        break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the entry never showed in the stats")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    assert proc.stderr is not None
+    assert b"admin API answers loopback clients only" not in await proc.stderr.read()
