@@ -334,3 +334,22 @@ async def test_counters_survive_a_proxy_restart(upstream: Any, make_proxy: Any) 
     response = await second.post("/v1/audio/speech", json=speech("adios 1"))
     assert response.headers["X-Cache"] == "HIT"
     assert fake.calls["openai"] == 4
+
+
+async def test_hits_per_tenant_are_counted_and_survive_repair(make_service: MakeService) -> None:
+    service = await make_service()
+    k = key("t1")
+    await service.put(
+        k,
+        os.urandom(AUDIO),
+        media_type="audio/wav",
+        ttl_seconds=60,
+        labels=EntryLabels(tenant="acme"),
+    )
+    for _ in range(3):
+        assert await service.get(k) is not None
+    await service.flush_counters()
+    assert (await service.totals())["tenant:acme:hits"] == 3
+    await service.repair()
+    totals = await service.totals()
+    assert (totals["tenant:acme:hits"], totals["tenant:acme:entries"]) == (3, 1)
