@@ -53,8 +53,10 @@ def build_stats(
     classes = totals.grouped("class")
     tenancy: Tenants = settings.tenancy
     tenants: dict[str, Any] = {}
-    for name, counters in sorted(totals.grouped("tenant").items()):
-        if not any(counters.values()):
+    grouped = totals.grouped("tenant")
+    for name in sorted(set(grouped) | set(settings.tenants)):
+        counters = grouped.get(name, {})
+        if not any(counters.values()) and name not in settings.tenants:
             continue
         policy = tenancy.policy(name)
         quota = policy.quota_bytes

@@ -272,6 +272,8 @@ class AudioProcessor:
         hits untouched), else filled exactly as a client's miss would be, so it coalesces
         with identical misses. ``refresh`` re-synthesizes it even when present."""
         key = self.key_for(speech, self.tenants.namespace(tenant))
+        if not self.settings.audio_cache_enabled:
+            return Warmed(key, "cache_disabled", False)
         if not self.tenants.policy(tenant).enabled:
             return Warmed(key, "tenant_disabled", False)
         if not refresh and await self.service.ttl_ms(key) > 0:

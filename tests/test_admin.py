@@ -193,8 +193,9 @@ async def test_separate_admin_port(upstream: Any, redis_url: str, aiohttp_client
 async def test_stats_from_counters(upstream: Any, make_proxy: Any) -> None:
     _, url = upstream
     client = await make_proxy(
-        url, env=WITH_TOKEN, tenant_header="X-Tenant", audio_cache_max_size_mb=1
-    )
+        url, env=WITH_TOKEN, tenant_header="X-Tenant", audio_cache_max_size_mb=1,
+        tenants={"globex": {"quota_mb": 2, "namespace": "shared"}},
+    )  # fmt: skip
     await speak(client, "Bienvenido", headers={"X-Audio-Cache-Content-Type": "welcome_message"})
     await speak(client, "Habitaciones", headers={"X-Tenant": "acme"})
     await speak(client, "Bienvenido", headers={"X-Audio-Cache-Content-Type": "welcome_message"})
@@ -216,6 +217,10 @@ async def test_stats_from_counters(upstream: Any, make_proxy: Any) -> None:
     assert stats["content_types"]["default"]["hits"] == 1
     assert (stats["tenants"]["acme"]["entries"], stats["tenants"]["acme"]["hits"]) == (1, 1)
     assert stats["tenants"]["acme"]["namespace"] == "isolated"
+    assert stats["tenants"]["globex"] == {
+        "entries": 0, "bytes": 0, "hits": 0, "quota_bytes": 2 * 1024 * 1024,
+        "percent_of_quota": 0.0, "namespace": "shared", "enabled": True, "configured": True,
+    }  # fmt: skip
     cleanup = stats["cleanup"]
     assert (cleanup["threshold_percent"], cleanup["target_percent"]) == (95, 80)
     assert cleanup["runs"] == 0 and cleanup["last_run"] is None

@@ -253,3 +253,20 @@ async def test_start_up_list_is_prefetched(upstream: Any, make_proxy: Any, tmp_p
     assert (fake.calls["openai"], fake.calls["coqui"], fake.calls["elevenlabs"]) == (1, 1, 1)
     response = await client.get("/api/tts?text=Buenas%20noches&speaker_id=p1")
     assert response.headers["X-Cache"] == "HIT"
+
+
+async def test_prefetch_writes_nothing_when_caching_is_off(upstream: Any, make_proxy: Any) -> None:
+    fake, url = upstream
+    client = await make_proxy(
+        url, env={"ADMIN_TOKEN": TOKEN}, audio_cache_enabled=False, tenant_header="X-Tenant",
+        tenants={"acme": {"enabled": False}},
+    )  # fmt: skip
+    response = await client.post(
+        "/admin/audio-cache/prefetch", json={"requests": [item("Hola")]}, headers=AUTH
+    )
+    job = await job_done(client, (await response.json())["job"])
+    assert (
+        job["results"] == {"cache_disabled": 1} and job["errors"][0]["reason"] == "cache_disabled"
+    )
+    assert fake.calls["openai"] == 0
+    assert (await service_of(client).totals())["entries"] == 0
