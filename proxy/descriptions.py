@@ -48,7 +48,7 @@ def _where(prefix: str, name: str) -> str:
 
 def _as_text(value: Any, field: str) -> str:
     if not isinstance(value, str):
-        raise BadDescription(field, f"{field}: expected a string, got {type(value).__name__}")
+        raise BadDescription(field, f"expected a string, got {type(value).__name__}")
     return value
 
 
@@ -64,10 +64,10 @@ def _encode_pairs(value: Any, field: str) -> str:
             items = item if isinstance(item, list) else [item]
             for one in items:
                 if isinstance(one, bool) or not isinstance(one, str | int | float):
-                    raise BadDescription(field, f"{field}.{name}: expected a string or number")
+                    raise BadDescription(f"{field}.{name}", "expected a string or a number")
                 pairs.append((str(name), str(one)))
         return urlencode(pairs)
-    raise BadDescription(field, f"{field}: expected a string or a mapping")
+    raise BadDescription(field, "expected a string or a mapping")
 
 
 def _path(rule: RouteRule, raw: Mapping[str, Any], prefix: str) -> str:
@@ -92,9 +92,7 @@ def _path(rule: RouteRule, raw: Mapping[str, Any], prefix: str) -> str:
     for name in names:
         value = params.get(name)
         if not isinstance(value, str) or not value:
-            raise BadDescription(
-                f"{field}.{name}", f"{field}.{name}: a non-empty string is required"
-            )
+            raise BadDescription(f"{field}.{name}", "a non-empty string is required")
         out = out.replace("{" + name + "}", quote(value, safe=""))
     return out
 
@@ -107,10 +105,10 @@ def _body_and_query(rule: RouteRule, raw: Mapping[str, Any], prefix: str) -> tup
     if text is None and params is None:
         return _encode_pairs(query, _where(prefix, "query")), body
     if text is None:
-        raise BadDescription(_where(prefix, "text"), "text: required when params are given")
+        raise BadDescription(_where(prefix, "text"), "required when params are given")
     _as_text(text, _where(prefix, "text"))
     if params is not None and not isinstance(params, Mapping):
-        raise BadDescription(_where(prefix, "params"), "params: expected a mapping")
+        raise BadDescription(_where(prefix, "params"), "expected a mapping")
     fields = {**(params or {}), rule.text.name: text}
     source = rule.text.source
     if source == "json" and body is None:
@@ -136,10 +134,10 @@ def describe(rules: Sequence[RouteRule], raw: Mapping[str, Any], *, prefix: str 
     route = raw.get("route")
     by_name = {r.name: r for r in rules}
     if route is None:
-        raise BadDescription(_where(prefix, "route"), f"route: required, one of {sorted(by_name)}")
+        raise BadDescription(_where(prefix, "route"), f"required, one of {sorted(by_name)}")
     if not isinstance(route, str) or route not in by_name:
         raise BadDescription(
-            _where(prefix, "route"), f"route: unknown route {route!r}; routes: {sorted(by_name)}"
+            _where(prefix, "route"), f"unknown route {route!r}; routes: {sorted(by_name)}"
         )
     rule = by_name[route]
     path = _path(rule, raw, prefix)
@@ -148,7 +146,9 @@ def describe(rules: Sequence[RouteRule], raw: Mapping[str, Any], *, prefix: str 
     if not isinstance(headers_raw, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in headers_raw.items()
     ):
-        raise BadDescription(_where(prefix, "headers"), "headers: expected a mapping of strings")
+        raise BadDescription(
+            _where(prefix, "headers"), "expected a mapping of header names to strings"
+        )
     headers = {k.lower(): v for k, v in headers_raw.items()}
     form = rule.text.source == "form"
     if rule.method == "GET":
@@ -166,7 +166,7 @@ def describe(rules: Sequence[RouteRule], raw: Mapping[str, Any], *, prefix: str 
         headers["content-type"] = "application/json"
     else:
         raise BadDescription(
-            _where(prefix, "body"), f"body: route {rule.name!r} needs a JSON object (or text)"
+            _where(prefix, "body"), f"route {rule.name!r} needs a JSON object (or its text)"
         )
     matched = find_rule([rule], rule.method, unquote(path))
     path_params = matched[1] if matched else {}

@@ -90,4 +90,4 @@ def load_file(path: str | Path, rules: Sequence[RouteRule], *, limit: int) -> li
         raise ItemError(str(path), f"not valid YAML: {str(exc).splitlines()[0]}") from None
     if isinstance(document, Mapping) and set(document) == {"requests"}:
         document = document["requests"]
-    return parse_items(document, rules, limit=limit)
+    return parse_items(document, rules, limit=limit, where=Path(path).name)

@@ -78,7 +78,7 @@ def test_query_form_and_path_routes() -> None:
         ({"route": "elevenlabs", "text": "x", "path": "/v1/audio/speech"}, "path"),
         ({"route": "coqui", "text": "x", "body": {}}, "body"),
         ({"route": "coqui", "text": "x", "query": "a=1"}, "text"),
-        ({"route": "coqui", "query": {"text": ["a", {}]}}, "query"),
+        ({"route": "coqui", "query": {"text": ["a", {}]}}, "query.text"),
         ({"route": "openai", "text": "x", "colour": 1}, "colour"),
     ],
 )
@@ -98,7 +98,7 @@ def test_rewarm_rule() -> None:
 def test_prefetch_file_is_checked_at_start_up(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("- {route: openai, text: Hola, colour: red}\n")
-    with pytest.raises(ConfigError, match=r"prefetch_file: requests\[0\]\.colour"):
+    with pytest.raises(ConfigError, match=r"prefetch_file: bad.yaml\[0\]\.colour"):
         load_settings(env={}, overrides={"prefetch_file": str(bad)})
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(env={}, overrides={"prefetch_file": str(tmp_path / "missing.yaml")})
