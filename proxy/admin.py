@@ -247,12 +247,10 @@ async def prefetch_status(request: web.Request) -> web.Response:
     job_id = request.match_info["job"]
     if len(job_id) != _JOB_ID_LENGTH or not all(c in "0123456789abcdef" for c in job_id):
         return json_error(400, "job: 16 lowercase hex characters", field="job")
-    job = home(request.app)[PREFETCHER].jobs.get(job_id)
-    if job is None:
-        return json_error(
-            404, "no such prefetch job on this replica (jobs are kept in memory)", field="job"
-        )
-    return web.json_response(job.to_json())
+    progress = await home(request.app)[PREFETCHER].progress(job_id)
+    if progress is None:
+        return json_error(404, "no such prefetch job (jobs are kept for a day)", field="job")
+    return web.json_response(progress)
 
 
 # -- registration ------------------------------------------------------------------------

@@ -288,8 +288,7 @@ def _paths(routes: Sequence[str]) -> dict[str, Any]:
         },
         "/admin/audio-cache/prefetch/{job}": {
             "get": {
-                "summary": "Progress of a prefetch job (kept in the memory of the replica "
-                "that accepted it)",
+                "summary": "Progress of a prefetch job (kept for a day, on every replica)",
                 "operationId": "prefetchStatus",
                 "parameters": [
                     {

@@ -5,12 +5,14 @@ A job takes a list of items (from ``POST /admin/audio-cache/prefetch`` or the st
 prefetch and a client's identical miss make one upstream call between them. Entries
 already cached are skipped without touching them (their TTL and hits stay as they are).
 One semaphore bounds the upstream calls of every job together. Items marked ``keep_warm``
-are re-synthesized before they expire. Job progress lives in this replica's memory.
+are re-synthesized before they expire. Job progress is kept in memory and copied to
+Redis for a day, so every replica can report it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -29,6 +31,8 @@ from .processor import AudioProcessor, Outgoing, Warmed
 log = logging.getLogger(__name__)
 
 JOBS_KEPT = 100
+JOB_TTL_SECONDS = 86400
+PUBLISH_EVERY_SECONDS = 0.25
 KEEP_WARM_LIMIT = 10_000
 _ERRORS_KEPT = 50
 
@@ -98,6 +102,7 @@ class Prefetcher:
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.Task[None] | None = None
+        self._published: dict[str, float] = {}
 
     def submit(self, items: Sequence[PrefetchItem], *, source: str = "admin") -> PrefetchJob:
         """Start a job in the background; its progress is ``self.jobs[job.id]``."""
@@ -115,10 +120,13 @@ class Prefetcher:
         return sum(1 for job in self.jobs.values() if job.finished_ms is None)
 
     async def _run(self, job: PrefetchJob, items: Sequence[PrefetchItem]) -> None:
+        await self._publish(job, force=True)
         try:
             await asyncio.gather(*(self._one(job, i, item) for i, item in enumerate(items)))
         finally:
             job.finished_ms = int(time.time() * 1000)
+            await self._publish(job, force=True)
+            self._published.pop(job.id, None)
             log.info("prefetch job %s (%s) done: %s", job.id, job.source, dict(job.results))
 
     async def _one(self, job: PrefetchJob, index: int, item: PrefetchItem) -> None:
@@ -128,6 +136,36 @@ class Prefetcher:
         room = len(self.keep_warm) < KEEP_WARM_LIMIT or warmed.key.hex in self.keep_warm
         if item.keep_warm and warmed.result in ("present", "stored") and room:
             self.keep_warm[warmed.key.hex] = item
+        await self._publish(job)
+
+    def _job_key(self, job_id: str) -> str:
+        return f"{self.processor.service.keyspace.prefix}:prefetch:job:{job_id}"
+
+    async def _publish(self, job: PrefetchJob, *, force: bool = False) -> None:
+        """Copy the job's progress to Redis (at most every 0.25 s), so any replica behind a
+        load balancer can answer for it."""
+        now = time.monotonic()
+        if not force and now - self._published.get(job.id, 0.0) < PUBLISH_EVERY_SECONDS:
+            return
+        self._published[job.id] = now
+        document = {**job.to_json(), "updated_ms": int(time.time() * 1000)}
+        try:
+            await self.processor.service.redis.set(
+                self._job_key(job.id), json.dumps(document), ex=JOB_TTL_SECONDS
+            )
+        except (RedisError, OSError) as exc:
+            log.debug("prefetch job %s: progress not published: %s", job.id, exc)
+
+    async def progress(self, job_id: str) -> dict[str, Any] | None:
+        """A job's progress: this replica's own, else as published by the one running it."""
+        job = self.jobs.get(job_id)
+        if job is not None:
+            return job.to_json()
+        raw = await self.processor.service.redis.get(self._job_key(job_id))
+        if raw is None:
+            return None
+        document: dict[str, Any] = json.loads(raw)
+        return document
 
     async def warm(self, item: PrefetchItem, *, refresh: bool = False) -> Warmed:
         """One item through the request path's fill, within the concurrency bound."""

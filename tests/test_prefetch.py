@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -270,3 +271,22 @@ async def test_prefetch_writes_nothing_when_caching_is_off(upstream: Any, make_p
     )
     assert fake.calls["openai"] == 0
     assert (await service_of(client).totals())["entries"] == 0
+
+
+async def test_any_replica_reports_a_jobs_progress(upstream: Any, make_proxy: Any) -> None:
+    fake, url = upstream
+    prefix = f"r{uuid.uuid4().hex[:10]}"
+    first = await make_proxy(url, prefix=prefix, env={"ADMIN_TOKEN": TOKEN})
+    second = await make_proxy(url, prefix=prefix, env={"ADMIN_TOKEN": TOKEN})
+    response = await first.post(
+        "/admin/audio-cache/prefetch",
+        json={"requests": [item(f"Réplica {i}") for i in range(5)]},
+        headers=AUTH,
+    )
+    job_id = (await response.json())["job"]
+    await job_done(first, job_id)
+    job = await job_done(second, job_id)  # the other replica answers from Redis
+    assert job["results"] == {"stored": 5} and job["upstream_calls"] == 5
+    assert fake.calls["openai"] == 5
+    missing = await second.get("/admin/audio-cache/prefetch/0123456789abcdef", headers=AUTH)
+    assert missing.status == 404
