@@ -102,7 +102,7 @@ _JOB = {
     "properties": {
         "job": {"type": "string"},
         "source": {"type": "string"},
-        "state": {"type": "string", "enum": ["running", "done"]},
+        "state": {"type": "string", "enum": ["running", "done", "stopped"]},
         "total": {"type": "integer"},
         "done": {"type": "integer"},
         "results": {"type": "object", "additionalProperties": {"type": "integer"}},

@@ -62,6 +62,13 @@ class PrefetchJob:
     def done(self) -> int:
         return sum(self.results.values())
 
+    @property
+    def state(self) -> str:
+        """running, done, or stopped (the replica shut down before the end)."""
+        if self.finished_ms is None:
+            return "running"
+        return "done" if self.done == self.total else "stopped"
+
     def record(self, index: int, warmed: Warmed) -> None:
         self.results[warmed.result] += 1
         self.upstream_calls += int(warmed.upstream_called)
@@ -72,7 +79,7 @@ class PrefetchJob:
         return {
             "job": self.id,
             "source": self.source,
-            "state": "done" if self.finished_ms is not None else "running",
+            "state": self.state,
             "total": self.total,
             "done": self.done,
             "results": dict(self.results),

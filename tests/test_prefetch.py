@@ -16,7 +16,8 @@ from proxy.app import PROCESSOR
 from proxy.config import ConfigError, load_settings
 from proxy.descriptions import BadDescription, describe
 from proxy.keys import CacheKey
-from proxy.prefetch import needs_rewarm
+from proxy.prefetch import PrefetchJob, needs_rewarm
+from proxy.processor import Warmed
 from proxy.routes import build_rules
 
 from .conftest import service_of
@@ -290,3 +291,16 @@ async def test_any_replica_reports_a_jobs_progress(upstream: Any, make_proxy: An
     assert fake.calls["openai"] == 5
     missing = await second.get("/admin/audio-cache/prefetch/0123456789abcdef", headers=AUTH)
     assert missing.status == 404
+
+
+def test_job_states() -> None:
+    job = PrefetchJob(id="0" * 16, source="admin", total=2)
+    assert job.state == "running"
+    job.record(0, Warmed(CacheKey("a" * 64), "stored", True))
+    job.finished_ms = 1
+    assert job.state == "stopped"  # shut down before the second item
+    job.record(1, Warmed(CacheKey("b" * 64), "truncated", True))
+    assert job.state == "done" and job.to_json()["errors"] == [
+        {"index": 1, "key": "b" * 64, "reason": "truncated"}
+    ]
+    assert job.upstream_calls == 2
