@@ -282,6 +282,7 @@ def _paths(routes: Sequence[str]) -> dict[str, Any]:
                         },
                         "The job was started",
                     ),
+                    "413": _ERROR,
                     **_REFUSED,
                 },
             }

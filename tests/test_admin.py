@@ -525,3 +525,17 @@ async def test_cleanup_route_enforces_a_tenant_quota(upstream: Any, make_proxy: 
     assert (await service.totals())["tenant:acme:bytes"] <= report["target_bytes"]
     assert sum([await service.info(CacheKey(k)) is None for k in acme]) == 1  # 12 -> 8 KB
     assert await service.info(CacheKey(other)) is not None
+
+
+async def test_oversized_prefetch_bodies_are_a_413(upstream: Any, make_proxy: Any) -> None:
+    _, url = upstream
+    client = await make_proxy(url, env=WITH_TOKEN, max_request_body_kb=4, prefetch_max_requests=2)
+    big = {"requests": [{"route": "openai", "text": "x" * 8000}]}
+    status, body = await call(client, "POST", "/admin/audio-cache/prefetch", json=big, headers=AUTH)
+    assert status == 413 and body["error"]["field"] == "body"
+    many = {"requests": [{"route": "openai", "text": f"t{i}"} for i in range(3)]}
+    status, body = await call(
+        client, "POST", "/admin/audio-cache/prefetch", json=many, headers=AUTH
+    )
+    assert status == 400 and body["error"]["field"] == "requests"
+    assert "prefetch_max_requests" in body["error"]["message"]
