@@ -138,7 +138,7 @@ def run_examples(
 
     @settings(
         max_examples=examples,
-        deadline=None,
+        deadline=5000,  # ms per example; each request also has a 10 s timeout
         database=None,
         derandomize=True,
         suppress_health_check=list(HealthCheck),
