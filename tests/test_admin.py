@@ -200,7 +200,7 @@ async def test_stats_from_counters(upstream: Any, make_proxy: Any) -> None:
     await speak(client, "Habitaciones", headers={"X-Tenant": "acme"})
     await speak(client, "Bienvenido", headers={"X-Audio-Cache-Content-Type": "welcome_message"})
     await speak(client, "Habitaciones", headers={"X-Tenant": "acme"})
-    await asyncio.sleep(0.15)  # batched hit counts are flushed every 0.05 s in tests
+    await service_of(client).flush_counters()  # hit counts are batched off the hit path
     status, stats = await call(client, "GET", "/admin/audio-cache/stats", headers=AUTH)
     assert status == 200
     assert stats["entries"] == 2
@@ -327,7 +327,7 @@ async def test_lookup_leaves_ttl_hits_and_recency_alone(upstream: Any, make_prox
     key = await speak(client, "Nuestro horario de check-in")
     await speak(client, "Nuestro horario de check-in")  # one hit
     service = service_of(client)
-    await asyncio.sleep(0.15)  # hit count and last access flushed
+    await service.flush_counters()  # hit count and last access written
     before = await service.info(CacheKey(key))
     assert before is not None and before.hits == 1
     ttl_before = await service.redis.pttl(service.keyspace.entry(CacheKey(key)))
@@ -340,7 +340,7 @@ async def test_lookup_leaves_ttl_hits_and_recency_alone(upstream: Any, make_prox
     assert body["size"] < body["stored_size"] < body["size"] + 100 and body["codec"] == "none"
     assert body["content_type"] == "default" and body["route"] == "openai"
     assert 0 < body["ttl_seconds"] <= 86400
-    await asyncio.sleep(0.15)
+    await service.flush_counters()
     after = await service.info(CacheKey(key))
     assert after is not None
     assert (after.hits, after.last_access_ms, after.expires_ms) == (
@@ -349,9 +349,10 @@ async def test_lookup_leaves_ttl_hits_and_recency_alone(upstream: Any, make_prox
     assert await service.redis.pttl(service.keyspace.entry(CacheKey(key))) <= ttl_before
     # A real hit does move them (so the assertions above can fail).
     await speak(client, "Nuestro horario de check-in")
-    await asyncio.sleep(0.15)
+    await service.flush_counters()
     moved = await service.info(CacheKey(key))
     assert moved is not None and moved.hits == 2
+    assert moved.last_access_ms > before.last_access_ms
 
 
 async def test_entry_by_request_description(upstream: Any, make_proxy: Any) -> None:

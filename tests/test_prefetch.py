@@ -190,7 +190,9 @@ async def test_prefetch_coalesces_with_itself_and_with_clients(make_proxy: Any) 
         answer = asyncio.create_task(
             client.post("/v1/audio/speech", json={**PARAMS, "input": "Repetida"})
         )
-        await asyncio.sleep(0.1)
+        fills = client.app[PROCESSOR].fills
+        # Four prefetch items of the same sentence and the client: one fill, five readers.
+        await wait_until(lambda: any(fill.readers >= 5 for fill in fills.active()))
         upstream.release.set()
         reply = await answer
         assert await reply.read() == upstream.audio("Repetida")
