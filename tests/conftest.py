@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from proxy.app import SERVICE, create_app
 from proxy.config import load_settings
 from proxy.embedded import EmbeddedValkey, free_port
+from proxy.keys import CacheKey
 from proxy.store import AudioCacheService
 
 
@@ -225,3 +226,16 @@ async def serve_process(
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(proc.wait(), 30)
+
+
+async def until_stored(client: TestClient[web.Request, web.Application], response: Any) -> None:
+    """After a miss said ``stored``: wait (bounded) until the entry is in Redis, since the
+    write follows the last byte sent to the client."""
+    if "stored" not in response.headers.get("Cache-Status", ""):
+        return
+    key = CacheKey(response.headers["X-Audio-Cache-Key"])
+    for _ in range(200):  # at most ~2 s
+        if await service_of(client).ttl_ms(key) > 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"entry {key.hex[:12]} was never stored")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from typing import Any
@@ -17,11 +16,13 @@ from proxy.app import create_admin_app, create_app
 from proxy.config import load_settings
 from proxy.keys import CacheKey
 
-from .conftest import service_of
+from .conftest import service_of, until_stored
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 WITH_TOKEN = {"ADMIN_TOKEN": TOKEN}
+# Hit counts flushed only when a test says so: a background flush in flight would race it.
+EXPLICIT_FLUSH = {**WITH_TOKEN, "AUDIO_CACHE_STATS_FLUSH_SECONDS": "3600"}
 SPEECH = {"model": "tts-1", "input": "Bienvenido al hotel", "voice": "es", "response_format": "wav"}
 ZERO_KEY = "0" * 64
 
@@ -50,7 +51,7 @@ async def speak(client: Any, text: str, **fields: Any) -> str:
     )
     assert response.status == 200, await response.text()
     await response.read()
-    await asyncio.sleep(0.01)  # stored right after the last byte
+    await until_stored(client, response)
     return str(response.headers["X-Audio-Cache-Key"])
 
 
@@ -193,7 +194,7 @@ async def test_separate_admin_port(upstream: Any, redis_url: str, aiohttp_client
 async def test_stats_from_counters(upstream: Any, make_proxy: Any) -> None:
     _, url = upstream
     client = await make_proxy(
-        url, env=WITH_TOKEN, tenant_header="X-Tenant", audio_cache_max_size_mb=1,
+        url, env=EXPLICIT_FLUSH, tenant_header="X-Tenant", audio_cache_max_size_mb=1,
         tenants={"globex": {"quota_mb": 2, "namespace": "shared"}},
     )  # fmt: skip
     await speak(client, "Bienvenido", headers={"X-Audio-Cache-Content-Type": "welcome_message"})
@@ -299,7 +300,7 @@ async def test_purge_by_selector_removes_only_matches(
                      "route": "openai"}  # fmt: skip
     response = await client.get("/api/tts?text=cinco&speaker_id=es&language_id=es")
     await response.read()
-    await asyncio.sleep(0.01)
+    await until_stored(client, response)
     keys[response.headers["X-Audio-Cache-Key"]] = {
         "voice": "es", "model": "es", "tenant": "", "content_type": "default", "route": "coqui"
     }  # fmt: skip
@@ -323,7 +324,7 @@ async def test_purge_by_selector_removes_only_matches(
 
 async def test_lookup_leaves_ttl_hits_and_recency_alone(upstream: Any, make_proxy: Any) -> None:
     _, url = upstream
-    client = await make_proxy(url, env=WITH_TOKEN)
+    client = await make_proxy(url, env=EXPLICIT_FLUSH)
     key = await speak(client, "Nuestro horario de check-in")
     await speak(client, "Nuestro horario de check-in")  # one hit
     service = service_of(client)
@@ -377,7 +378,7 @@ async def test_entry_by_request_description(upstream: Any, make_proxy: Any) -> N
     # GET-style routes are described by their query; ElevenLabs' by its path.
     coqui = await client.get("/api/tts?text=Adios&speaker_id=p1")
     await coqui.read()
-    await asyncio.sleep(0.01)
+    await until_stored(client, coqui)
     status, body = await call(
         client, "GET", "/admin/audio-cache/entry",
         params={"route": "coqui", "query": "speaker_id=p1&text=Adios"}, headers=AUTH,
@@ -385,7 +386,7 @@ async def test_entry_by_request_description(upstream: Any, make_proxy: Any) -> N
     assert (status, body["key"]) == (200, coqui.headers["X-Audio-Cache-Key"])
     eleven = await client.post("/v1/text-to-speech/v42", json={"text": "Hola", "model_id": "m"})
     await eleven.read()
-    await asyncio.sleep(0.01)
+    await until_stored(client, eleven)
     status, body = await call(
         client, "GET", "/admin/audio-cache/entry",
         params={"route": "elevenlabs", "path": "/v1/text-to-speech/v42",

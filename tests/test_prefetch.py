@@ -20,7 +20,7 @@ from proxy.prefetch import PrefetchJob, needs_rewarm
 from proxy.processor import Warmed
 from proxy.routes import build_rules
 
-from .conftest import service_of
+from .conftest import service_of, until_stored
 from .streaming_upstream import StreamingUpstream, serve
 
 TOKEN = "s3cret-admin-token"
@@ -144,7 +144,7 @@ async def test_prefetch_20_phrases_calls_upstream_once_per_missing_one(
     for text in phrases[:5]:  # five are cached already, by clients
         response = await client.post("/v1/audio/speech", json={**PARAMS, "input": text})
         await response.read()
-        await asyncio.sleep(0.01)
+        await until_stored(client, response)
         key = CacheKey(response.headers["X-Audio-Cache-Key"])
         info = await service.info(key)
         assert info is not None

@@ -20,7 +20,7 @@ from proxy.tenants import (
     parse_policies,
 )
 
-from .conftest import service_of
+from .conftest import service_of, until_stored
 
 SPEECH = {
     "model": "tts-1",
@@ -119,7 +119,7 @@ async def speak(client: Any, tenant: str | None, text: str = SPEECH["input"]) ->
         "/v1/audio/speech", json={**SPEECH, "input": text}, headers=headers
     )
     await response.read()
-    await asyncio.sleep(0.01)
+    await until_stored(client, response)
     return response
 
 
@@ -158,7 +158,7 @@ async def test_api_key_hash_names_the_tenant(upstream: Any, make_proxy: Any) -> 
             "/v1/audio/speech", json=SPEECH, headers={"Authorization": key}
         )
         await response.read()
-        await asyncio.sleep(0.01)
+        await until_stored(client, response)
     assert fake.calls["openai"] == 2
     totals = await service_of(client).totals()
     assert totals[f"tenant:{api_key_tenant('Bearer sk-a')}:entries"] == 1
@@ -197,7 +197,7 @@ async def test_tenant_ttl_overrides(upstream: Any, make_proxy: Any) -> None:
             headers["X-Audio-Cache-Content-Type"] = content_type
         r = await client.post("/v1/audio/speech", json={**SPEECH, "input": text}, headers=headers)
         await r.read()
-        await asyncio.sleep(0.01)
+        await until_stored(client, r)
         return await service.ttl_ms(CacheKey(r.headers["X-Audio-Cache-Key"])) / 1000
 
     assert 110 < await ttl_of("acme", "room_options", "a") <= 120
