@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 log = logging.getLogger("proxy.access")
 
@@ -49,11 +49,11 @@ def cache_result(status: int, headers: Any) -> str:
 
 
 def access_fields(
-    request: web.Request, response: web.StreamResponse, request_id: str, seconds: float
+    request: web.BaseRequest, response: web.StreamResponse, seconds: float
 ) -> dict[str, Any]:
-    """The structured fields of one request's line."""
+    """The structured fields of one request's line, once its answer has been sent."""
     fields: dict[str, Any] = {
-        "request_id": request_id,
+        "request_id": request.get(REQUEST_ID, ""),
         "method": request.method,
         "path": request.path,
         "route": request.get(ROUTE, ""),
@@ -79,6 +79,27 @@ def _line(fields: dict[str, Any]) -> str:
     )
 
 
+class AccessLine(AbstractAccessLogger):
+    """aiohttp's access-log hook, called once the answer is sent (so sizes are final)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        # Checked per line, not once at start-up (aiohttp's ``enabled``): levels can change.
+        if self.logger.isEnabledFor(logging.INFO):
+            fields = access_fields(request, response, time)
+            self.logger.info(_line(fields), extra={"fields": fields})
+
+
+def runner_options(*, access_log: bool, idle_timeout: float) -> dict[str, Any]:
+    """Keyword arguments for the ``web.AppRunner`` (or test server) serving the proxy."""
+    return {
+        "access_log_class": AccessLine,
+        "access_log": log if access_log else None,
+        # aiohttp closes a connection that has not completed a request this long after it
+        # opened or after its last answer: the bound on slow-loris clients sending headers.
+        "keepalive_timeout": idle_timeout,
+    }
+
+
 async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: every answer, streamed ones included, carries the id."""
     request_id = request.get(REQUEST_ID)
@@ -86,19 +107,8 @@ async def echo_request_id(request: web.Request, response: web.StreamResponse) ->
         response.headers[REQUEST_ID_HEADER] = request_id
 
 
-def access_log(*, enabled: bool) -> Any:
-    """The middleware: tag each request with an id and, when ``enabled``, log one line
-    when it is done."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        started = time.perf_counter()
-        request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
-        request[REQUEST_ID] = request_id
-        response = await handler(request)
-        if enabled and log.isEnabledFor(logging.INFO):
-            fields = access_fields(request, response, request_id, time.perf_counter() - started)
-            log.info(_line(fields), extra={"fields": fields})
-        return response
-
-    return middleware
+@web.middleware
+async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tag each request with the client's id or a new one (see ``echo_request_id``)."""
+    request[REQUEST_ID] = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+    return await handler(request)

@@ -14,7 +14,7 @@ from prometheus_async.aio.web import server_stats
 from redis.exceptions import RedisError
 
 from . import admin
-from .access_log import access_log, echo_request_id
+from .access_log import echo_request_id, request_ids
 from .admin_auth import admin_guard
 from .breaker import CircuitBreaker
 from .cleanup import CLEANER, Cleaner, CleanupRunner
@@ -216,7 +216,7 @@ def create_app(settings: Settings, *, redis_url: str) -> web.Application:
     """The proxy as an aiohttp application, talking to Redis at ``redis_url``. The admin
     routes are on it unless ``admin_port`` is set (then see :func:`create_admin_app`)."""
     separate_admin = settings.admin_port is not None
-    middlewares: list[Middleware] = [access_log(enabled=settings.access_log), json_errors]
+    middlewares: list[Middleware] = [request_ids, json_errors]
     if not separate_admin:
         middlewares += [admin_guard(settings.admin_token), admin.admin_errors]
     app = web.Application(
@@ -246,7 +246,7 @@ def create_admin_app(proxy: web.Application) -> web.Application:
     settings = proxy[SETTINGS]
     app = web.Application(
         middlewares=[
-            access_log(enabled=settings.access_log),
+            request_ids,
             json_errors,
             admin_guard(settings.admin_token, every_path=True),
             admin.admin_errors,

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from .access_log import runner_options
 from .config import ConfigError, Settings, load_settings
 from .embedded import EmbeddedStoreError, EmbeddedValkey, free_port
 
@@ -95,18 +96,16 @@ async def _serve_forever(runners: Sequence[web.AppRunner]) -> None:
 async def _start(
     app: web.Application, host: str, port: int, *, drain_seconds: float = 25.0
 ) -> web.AppRunner:
-    from .app import SETTINGS
+    from .state import HOME, SETTINGS
 
-    # aiohttp closes a connection that has not completed a request this long after it
-    # opened or after its last answer: the bound on slow-loris clients sending headers.
-    idle = app[SETTINGS].client_idle_timeout_seconds if SETTINGS in app else 75.0
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=drain_seconds,
-        keepalive_timeout=idle,
-    )
+    proxy = app.get(HOME, app)  # the admin listener shares the proxy's settings
+    options: dict[str, Any] = {"access_log": None}
+    if SETTINGS in proxy:
+        settings = proxy[SETTINGS]
+        options = runner_options(
+            access_log=settings.access_log, idle_timeout=settings.client_idle_timeout_seconds
+        )
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=drain_seconds, **options)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=False)
     await site.start()

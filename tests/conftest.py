@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from proxy.access_log import runner_options
 from proxy.app import SERVICE, create_app
 from proxy.config import load_settings
 from proxy.embedded import EmbeddedValkey, free_port
@@ -173,8 +174,15 @@ def make_proxy(
             "audio_cache_key_prefix": prefix or f"t{uuid.uuid4().hex[:10]}",
             **settings,
         }
-        app = create_app(load_settings(env=env, overrides=overrides), redis_url=redis_url)
-        client: TestClient[web.Request, web.Application] = await aiohttp_client(app)
+        loaded = load_settings(env=env, overrides=overrides)
+        app = create_app(loaded, redis_url=redis_url)
+        # Served like `serve` serves it: same access log and connection limits.
+        options = runner_options(
+            access_log=loaded.access_log, idle_timeout=loaded.client_idle_timeout_seconds
+        )
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server(**options)  # (TestServer ignores constructor options)
+        client: TestClient[web.Request, web.Application] = await aiohttp_client(server)
         return client
 
     return make
