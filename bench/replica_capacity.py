@@ -19,98 +19,21 @@ import os
 import statistics
 import subprocess
 import sys
-import textwrap
-import time
+import tempfile
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-
-import aiohttp
 
 from proxy.embedded import EmbeddedValkey, free_port
 
-SPEECH = "/v1/audio/speech"
-PHRASES = 200
-
-
-@dataclass
-class Run:
-    name: str
-    payload: int
-    requests: int
-    seconds: float
-    latencies: list[float]
-
-    @property
-    def rate(self) -> float:
-        return self.requests / self.seconds
-
-    def percentile(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
-UPSTREAM = textwrap.dedent(
-    """
-    import sys
-    from aiohttp import web
-    size = int(sys.argv[2])
-    async def speech(request):
-        body = await request.json()
-        audio = (body["input"].encode() * (size // len(body["input"]) + 1))[:size]
-        return web.Response(body=b"RIFF" + audio, content_type="audio/wav")
-    app = web.Application()
-    app.router.add_post("/v1/audio/speech", speech)
-    web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
-    """
-)
-
-
-async def _wait_ready(url: str, within: float = 15.0) -> None:
-    deadline = time.monotonic() + within
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.post(url + SPEECH, json=_body(0)) as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
-
-
-def _body(i: int) -> dict[str, str]:
-    return {"model": "tts-1", "voice": "alloy", "input": f"Phrase number {i} for the guests."}
-
-
-async def _load(url: str, *, requests: int, seconds: float, concurrency: int) -> Run:
-    latencies: list[float] = []
-    deadline = time.monotonic() + seconds
-    counter = iter(range(requests))
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def worker() -> None:
-            for i in counter:
-                if time.monotonic() > deadline:
-                    return
-                started = time.perf_counter()
-                async with session.post(url + SPEECH, json=_body(i % PHRASES)) as r:
-                    await r.read()
-                    assert r.status == 200
-                latencies.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return Run("", 0, len(latencies), elapsed, latencies)
+from .loopback import BARE_SERVER, PHRASES, Run, python_load, speech_of_size, wait_ready
 
 
 async def measure(payload: int, args: argparse.Namespace, store_url: str) -> list[Run]:
     upstream_port, proxy_port = free_port(), free_port()
+    audio = Path(tempfile.mkdtemp(prefix="replica-capacity-")) / "speech.wav"
+    audio.write_bytes(speech_of_size(payload))
     upstream = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", UPSTREAM, str(upstream_port), str(payload),
+        sys.executable, "-c", BARE_SERVER, str(upstream_port), str(audio),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     env = {**os.environ, "AUDIO_CACHE_KEY_PREFIX": f"b{uuid.uuid4().hex[:8]}",
@@ -124,12 +47,12 @@ async def measure(payload: int, args: argparse.Namespace, store_url: str) -> lis
     runs = []
     try:
         bare, cached = f"http://127.0.0.1:{upstream_port}", f"http://127.0.0.1:{proxy_port}"
-        await _wait_ready(bare)
-        await _wait_ready(cached)
+        await wait_ready(bare)
+        await wait_ready(cached)
         # Warm: every phrase once through the proxy (misses), then the measured hits.
-        await _load(cached, requests=PHRASES, seconds=30, concurrency=8)
+        await python_load(cached, requests=PHRASES, seconds=30, concurrency=8)
         for name, url in (("bare aiohttp (baseline)", bare), ("proxy, cache hits", cached)):
-            run = await _load(
+            run = await python_load(
                 url, requests=args.requests, seconds=args.seconds, concurrency=args.concurrency
             )
             run.name, run.payload = name, payload

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -20,15 +21,17 @@ from .breaker import CircuitBreaker
 from .cleanup import CLEANER, Cleaner, CleanupRunner
 from .compression import CompressionAdvisor
 from .config import Settings
-from .maintenance import Maintenance, refresh_gauges
+from .hot_tier import HotTier
+from .invalidation import InvalidationListener
+from .maintenance import Maintenance, cancel_and_wait, refresh_gauges
 from .metrics import METRICS
 from .packing import Codec
 from .prefetch import Prefetcher
 from .prefetch_items import ItemError, load_file
 from .processor import AudioProcessor, json_error
-from .redis_client import open_redis
+from .redis_client import open_redis, open_subscriber
 from .state import DRAINING, HOME, PREFETCHER, PROCESSOR, REDIS, REDIS_URL, SERVICE, SETTINGS
-from .store import AudioCacheService
+from .store import AudioCacheService, CachedAudio
 from .upstream import UpstreamClient, UpstreamSettings
 
 log = logging.getLogger(__name__)
@@ -78,7 +81,14 @@ def build_service(settings: Settings, redis: Any) -> AudioCacheService:
             failure_threshold=settings.redis_breaker_failures,
             reset_seconds=settings.redis_breaker_reset_seconds,
         ),
+        hot=hot_tier(settings),
     )
+
+
+def hot_tier(settings: Settings) -> HotTier[CachedAudio] | None:
+    """The in-process hot tier, or None when ``audio_cache_hot_tier_mb`` is 0."""
+    max_bytes = int(settings.audio_cache_hot_tier_mb * 1024 * 1024)
+    return HotTier(max_bytes) if max_bytes > 0 else None
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -113,6 +123,17 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         sweep_seconds=settings.audio_cache_sweep_interval_seconds,
     )
     maintenance.start()
+    listener: asyncio.Task[None] | None = None
+    if service.hot is not None:
+        url = app[REDIS_URL]
+        invalidations = InvalidationListener(
+            lambda attempt: open_subscriber(
+                url, attempt, connect_timeout=settings.redis_connect_timeout_seconds
+            ),
+            service.keyspace.channel(),
+            service.hot,
+        )
+        listener = asyncio.create_task(invalidations.run(), name="invalidations")
     app[CLEANER] = Cleaner.from_settings(service, settings)
     cleanup = CleanupRunner(
         app[CLEANER],
@@ -138,6 +159,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await app[PROCESSOR].fills.drain(seconds=max(remaining, 0.0))
         await cleanup.stop()
         await maintenance.stop()
+        if listener is not None:
+            await cancel_and_wait(listener)
         await upstream.close()
         await redis.aclose()
 

@@ -116,6 +116,9 @@ class Settings:
     )
     audio_cache_sweep_interval_seconds: float = field(default=1.0, metadata=_meta(lo=0.05))
     audio_cache_stats_flush_seconds: float = field(default=1.0, metadata=_meta(lo=0.01))
+    # In-process hot tier: decoded audio of the most requested entries, per process (MB;
+    # 0 disables). Kept in step with deletes everywhere through Redis pub/sub.
+    audio_cache_hot_tier_mb: float = field(default=32.0, metadata=_meta(lo=0))
     # Misses: single flight across replicas (a lock and a Redis Stream per key in flight).
     coalescing_enabled: bool = True
     coalescing_wait_seconds: float = field(default=30.0, metadata=_meta(lo=0.05, hi=3600))

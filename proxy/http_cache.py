@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
+from functools import lru_cache
 
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 
@@ -20,7 +21,12 @@ def make_etag(key_hex: str, checksum: int) -> str:
 
 
 def http_date(epoch_ms: int) -> str:
-    return format_datetime(datetime.fromtimestamp(epoch_ms // 1000, UTC), usegmt=True)
+    return _http_date(epoch_ms // 1000)
+
+
+@lru_cache(maxsize=4096)  # an entry's Last-Modified is formatted once, not per hit
+def _http_date(epoch_s: int) -> str:
+    return format_datetime(datetime.fromtimestamp(epoch_s, UTC), usegmt=True)
 
 
 def _parse_date(value: str) -> int | None:

@@ -40,8 +40,22 @@ async def every(seconds: float, job: Callable[[], Awaitable[object]], name: str)
             log.exception("%s failed", name)
 
 
+def report_hot_tier(service: AudioCacheService) -> None:
+    """This process's hot tier: size gauges, and its event counts since the last report
+    (counted in the tier itself, so a hot hit does not pay for a Prometheus update)."""
+    hot = service.hot
+    if hot is None:
+        return
+    METRICS.hot_tier_bytes.set(hot.bytes)
+    METRICS.hot_tier_entries.set(len(hot))
+    METRICS.hot_tier_live.set(1 if hot.live else 0)
+    for event, count in hot.unreported().items():
+        METRICS.hot_tier_events.labels(event).inc(count)
+
+
 async def refresh_gauges(service: AudioCacheService) -> None:
     """The seed's size gauges, from the shared counters in Redis (so replicas agree)."""
+    report_hot_tier(service)
     totals = await service.totals()
     METRICS.size_entries.set(totals["entries"])
     METRICS.memory_bytes.set(totals["bytes"])

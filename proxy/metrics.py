@@ -36,6 +36,10 @@ class Metrics:
     not_stored: Counter
     cache_max_bytes: Gauge
     prefetched: Counter
+    hot_tier_events: Counter
+    hot_tier_bytes: Gauge
+    hot_tier_entries: Gauge
+    hot_tier_live: Gauge
 
 
 def _build() -> Metrics:
@@ -121,6 +125,20 @@ def _build() -> Metrics:
             "tts_proxy_prefetch_requests_total",
             "Prefetched requests by source (job, keep_warm) and result (stored, present, ...)",
             ["source", "result"],
+        ),
+        hot_tier_events=Counter(
+            "tts_proxy_hot_tier_events_total",
+            "Hot tier (in-process) events: hits, admitted, rejected, evicted, invalidated, "
+            "expired, cleared",
+            ["event"],
+        ),
+        hot_tier_bytes=Gauge("tts_proxy_hot_tier_bytes", "Bytes held by this process's hot tier"),
+        hot_tier_entries=Gauge(
+            "tts_proxy_hot_tier_entries", "Entries held by this process's hot tier"
+        ),
+        hot_tier_live=Gauge(
+            "tts_proxy_hot_tier_live",
+            "1 while the hot tier serves (its invalidation channel is up)",
         ),
     )
 

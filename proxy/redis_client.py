@@ -102,3 +102,23 @@ def open_redis(url: str, *, socket_timeout: float = 2.0, connect_timeout: float 
         socket_connect_timeout=connect_timeout,
         max_connections=256,
     )
+
+
+def open_subscriber(url: str, attempt: int = 0, *, connect_timeout: float = 1.0) -> Any:
+    """A plain client for pub/sub at ``url``. On a cluster, one node is enough (PUBLISH
+    reaches every node): startup node number ``attempt`` modulo their count, so each
+    reconnection tries the next one."""
+    if is_cluster_url(url):
+        credentials, _ = _authority(url)
+        username, _, password = credentials.partition(":")
+        nodes = cluster_nodes(url)
+        node = nodes[attempt % len(nodes)]
+        return aioredis.Redis(
+            host=node.host,
+            port=int(node.port),
+            ssl=url.startswith("rediss"),
+            username=unquote(username) or None,
+            password=unquote(password) or None,
+            socket_connect_timeout=connect_timeout,
+        )
+    return aioredis.Redis.from_url(url, socket_connect_timeout=connect_timeout)

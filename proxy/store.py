@@ -10,7 +10,9 @@ Layout (``P`` is the key prefix, ``NN`` one of ``SHARDS`` index shards)::
 
 Every key of a shard shares one hash tag, so each shard lives in one Redis Cluster slot
 and every write is one atomic script. Counters are per shard, so no single key is hot.
-A hit is one HMGET; hit counts and last access are batched off the hit path.
+A hit is one HMGET; hit counts and last access are batched off the hit path. With a hot
+tier (:mod:`proxy.hot_tier`) a hot hit is answered from this process's memory; every script
+that removes or replaces entries publishes their keys on ``P:invalidate`` as it does so.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from typing import Any, TypeVar
 from redis import exceptions as redis_errors
 from redis.exceptions import RedisError
 
-from .breaker import CircuitBreaker
+from .breaker import BreakerState, CircuitBreaker
 from .compression import THREAD_THRESHOLD_BYTES, CompressionAdvisor, encode
+from .hot_tier import HotTier
 from .keys import CacheKey
 from .metrics import METRICS
 from .packing import Codec, CorruptEntry, read_header, unpack
@@ -91,7 +94,7 @@ local function remove(shard, stats, idx, exp, key, reason)
 end
 """
 
-# KEYS: stats idx exp entry; ARGV: shard key ttl_ms expires_ms record field value...
+# KEYS: stats idx exp entry; ARGV: shard key ttl_ms expires_ms record channel field value...
 _PUT = (
     _PRELUDE
     + """
@@ -99,26 +102,29 @@ local shard, key = ARGV[1], ARGV[2]
 local old = forget(shard, KEYS[1], KEYS[2], KEYS[3], key)
 if old then redis.call('HINCRBY', KEYS[1], 'overwritten', 1) end
 redis.call('DEL', KEYS[4])
-redis.call('HSET', KEYS[4], unpack(ARGV, 6))
+redis.call('HSET', KEYS[4], unpack(ARGV, 7))
 redis.call('PEXPIRE', KEYS[4], ARGV[3])
 redis.call('HSET', KEYS[2], key, ARGV[5])
 redis.call('ZADD', KEYS[3], ARGV[4], key)
 local rec = cjson.decode(ARGV[5])
 adjust(KEYS[1], rec, 1)
 for _, s in ipairs(selectors(shard, rec)) do redis.call('SADD', s, key) end
+-- Hot tiers holding the audio this replaces drop it, in the same atomic step.
+redis.call('PUBLISH', ARGV[6], key)
 return redis.call('HGET', KEYS[1], 'bytes')
 """
 )
 
-# KEYS: stats idx exp; ARGV: shard reason key... -> {removed, freed bytes}
+# KEYS: stats idx exp; ARGV: shard reason channel key... -> {removed, freed bytes}
 _REMOVE = (
     _PRELUDE
     + """
-local removed, freed = 0, 0
-for i = 3, #ARGV do
+local removed, freed, gone = 0, 0, {}
+for i = 4, #ARGV do
   local size = remove(ARGV[1], KEYS[1], KEYS[2], KEYS[3], ARGV[i], ARGV[2])
-  if size >= 0 then removed = removed + 1; freed = freed + size end
+  if size >= 0 then removed = removed + 1; freed = freed + size; table.insert(gone, ARGV[i]) end
 end
+if removed > 0 then redis.call('PUBLISH', ARGV[3], table.concat(gone, ' ')) end
 return {removed, freed}
 """
 )
@@ -169,22 +175,25 @@ if hits > 0 then redis.call('HINCRBY', KEYS[1], 'hits', hits) end
 return hits
 """
 
-# KEYS: stats idx exp; ARGV: shard limit selector-set... -> {removed, freed}
+# KEYS: stats idx exp; ARGV: shard limit channel selector-set... -> {removed, freed}
 # With no selector sets, takes any indexed keys (clear).
 _PURGE = (
     _PRELUDE
     + """
 local keys
-if #ARGV > 2 then
-  keys = redis.call('SINTER', unpack(ARGV, 3))
+if #ARGV > 3 then
+  keys = redis.call('SINTER', unpack(ARGV, 4))
 else
   keys = redis.call('HKEYS', KEYS[2])
 end
-local removed, freed, limit = 0, 0, tonumber(ARGV[2])
+local removed, freed, limit, gone = 0, 0, tonumber(ARGV[2]), {}
 for _, key in ipairs(keys) do
   if removed >= limit then break end
   local size = remove(ARGV[1], KEYS[1], KEYS[2], KEYS[3], key, 'purged')
-  if size >= 0 then removed = removed + 1; freed = freed + size end
+  if size >= 0 then removed = removed + 1; freed = freed + size; table.insert(gone, key) end
+end
+if removed > 0 then
+  redis.call('PUBLISH', ARGV[3], #ARGV > 3 and table.concat(gone, ' ') or '*')
 end
 return {removed, freed}
 """
@@ -420,8 +429,10 @@ class AudioCacheService:
         codec: Codec = Codec.ZLIB,
         compression_level: int = 6,
         breaker: CircuitBreaker | None = None,
+        hot: HotTier[CachedAudio] | None = None,
     ) -> None:
         self.redis = redis
+        self.hot = hot
         self.keyspace = Keyspace(prefix)
         self.advisor = advisor or CompressionAdvisor(True, 100 * 1024, 0.05)
         self.codec = codec
@@ -442,6 +453,10 @@ class AudioCacheService:
         self.approx_bytes = 0
         self.size_changed = asyncio.Event()
         self.breaker = breaker or CircuitBreaker()
+        self._channel = self.keyspace.channel()
+        # Labelled metric children bound once: labels() costs a lock and a lookup per call.
+        self._hit = METRICS.operations.labels("get", "hit")
+        self._miss = METRICS.operations.labels("get", "miss")
 
     async def _guarded(self, call: Awaitable[T]) -> T:
         """Run one store call through the circuit breaker: refused at once while it is open."""
@@ -470,15 +485,28 @@ class AudioCacheService:
 
     async def get(self, key: CacheKey) -> CachedAudio | None:
         """The cached audio for ``key``, or None. Counts the hit or miss (batched)."""
-        found = await self.fetch(key)
+        hot = self.hot
+        # The hot tier is used only while invalidations reach it and the store is healthy:
+        # with the breaker open, deletes made elsewhere could go unheard.
+        if hot is not None and hot.live and self.breaker.state is BreakerState.CLOSED:
+            now = _now_ms()
+            found = hot.get(key.hex, now)
+            if found is None:
+                generation = hot.generation
+                found = await self.fetch(key)
+                if found is not None:
+                    hot.offer(key.hex, found, generation, _now_ms())
+        else:
+            found = await self.fetch(key)
         if found is None:
             self._pending_misses[shard_of(key)] += 1
             self.session_misses += 1
-            METRICS.operations.labels("get", "miss").inc()
+            self._miss.inc()
         else:
-            self._pending_hits[key.hex] = self._pending_hits.get(key.hex, 0) + 1
+            pending = self._pending_hits
+            pending[key.hex] = pending.get(key.hex, 0) + 1
             self.session_hits += 1
-            METRICS.operations.labels("get", "hit").inc()
+            self._hit.inc()
         return found
 
     async def fetch(self, key: CacheKey) -> CachedAudio | None:
@@ -579,10 +607,12 @@ class AudioCacheService:
                     ttl_seconds * 1000,
                     expires,
                     record,
+                    self._channel,
                     *fields,
                 ],
             )
         )
+        self._forget_locally([key.hex])
         self.approx_bytes += packed.stored_size
         self.size_changed.set()
         METRICS.operations.labels("set", "stored").inc()
@@ -597,8 +627,10 @@ class AudioCacheService:
         removed = freed = 0
         for n, hexes in by_shard.items():
             r, f = await self._remove(
-                keys=self.keyspace.shard_keys(n), args=[self.keyspace.shard(n), reason, *hexes]
+                keys=self.keyspace.shard_keys(n),
+                args=[self.keyspace.shard(n), reason, self._channel, *hexes],
             )
+            self._forget_locally(hexes)
             removed += int(r)
             freed += int(f)
         self.approx_bytes = max(0, self.approx_bytes - freed)
@@ -627,14 +659,21 @@ class AudioCacheService:
             while True:
                 r, f = await self._purge(
                     keys=self.keyspace.shard_keys(n),
-                    args=[self.keyspace.shard(n), limit, *sets],
+                    args=[self.keyspace.shard(n), limit, self._channel, *sets],
                 )
+                if int(r) and self.hot is not None:
+                    self.hot.clear()  # which keys went is only published; purges are rare
                 removed += int(r)
                 freed += int(f)
                 if int(r) < limit:
                     break
         self.approx_bytes = max(0, self.approx_bytes - freed)
         return removed, freed
+
+    def _forget_locally(self, hexes: Sequence[str]) -> None:
+        """This replica's own hot tier forgets at once (the others hear it published)."""
+        if self.hot is not None:
+            self.hot.invalidate(hexes)
 
     # -- bookkeeping ----------------------------------------------------------------
 

