@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -26,6 +28,8 @@ NO_UPSTREAM = (
     "environment, or pass --upstream URL (e.g. --upstream https://api.openai.com). "
     "To try the proxy with a local speaking server, run `tts-cache-proxy demo`."
 )
+# Set by `serve --workers N` in the environment of the processes it starts.
+WORKER_ENV = "TTS_CACHE_PROXY_WORKER"
 
 
 class JsonFormatter(logging.Formatter):
@@ -66,16 +70,29 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
     return load_settings(getattr(args, "config", None), overrides=overrides)
 
 
-async def _serve_forever(runners: Sequence[web.AppRunner]) -> None:
+async def _serve_forever(
+    runners: Sequence[web.AppRunner], *, parent_pid: int | None = None
+) -> None:
     """Serve until SIGINT/SIGTERM, then shut down gracefully: readiness turns false, the
     proxy keeps serving for ``shutdown_delay_seconds`` (a second signal cuts it short),
-    stops accepting, and lets in-flight requests and fills finish (``shutdown_drain_seconds``)."""
+    stops accepting, and lets in-flight requests and fills finish (``shutdown_drain_seconds``).
+    A worker (``parent_pid`` given) also stops when its parent is gone."""
     from .app import SETTINGS, start_draining
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+    async def orphaned() -> None:
+        while True:  # polled: no event tells a process that its parent died
+            await asyncio.sleep(1.0)
+            if os.getppid() != parent_pid:
+                break
+        log.warning("the parent process is gone: shutting down")
+        stop.set()
+
+    watchdog = asyncio.create_task(orphaned()) if parent_pid is not None else None
     try:
         await stop.wait()
         stop.clear()
@@ -89,12 +106,19 @@ async def _serve_forever(runners: Sequence[web.AppRunner]) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         for runner in reversed(runners):
             await runner.cleanup()
 
 
 async def _start(
-    app: web.Application, host: str, port: int, *, drain_seconds: float = 25.0
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    drain_seconds: float = 25.0,
+    reuse_port: bool = False,
 ) -> web.AppRunner:
     from .state import HOME, SETTINGS
 
@@ -107,24 +131,29 @@ async def _start(
         )
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=drain_seconds, **options)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=False)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
     await site.start()
     return runner
 
 
 async def _start_proxy(
-    app: web.Application, settings: Settings, host: str, port: int
+    app: web.Application, settings: Settings, host: str, port: int, *, reuse_port: bool = False
 ) -> list[web.AppRunner]:
-    """The proxy, and the admin listener when ``admin_port`` is set (started after it)."""
+    """The proxy, and the admin listener when ``admin_port`` is set (started after it).
+    Workers of ``serve --workers`` share both ports (``reuse_port``)."""
     from .app import create_admin_app
 
     drain = settings.shutdown_drain_seconds
-    runners = [await _start(app, host, port, drain_seconds=drain)]
+    runners = [await _start(app, host, port, drain_seconds=drain, reuse_port=reuse_port)]
     if settings.admin_port is not None:
         admin_host = settings.admin_host or host
         runners.append(
             await _start(
-                create_admin_app(app), admin_host, settings.admin_port, drain_seconds=drain
+                create_admin_app(app),
+                admin_host,
+                settings.admin_port,
+                drain_seconds=drain,
+                reuse_port=reuse_port,
             )
         )
         log.info("admin API on http://%s:%d/admin", admin_host, settings.admin_port)
@@ -139,6 +168,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.upstream_url:
         print(f"tts-cache-proxy: {NO_UPSTREAM}", file=sys.stderr)
         return 2
+    workers = getattr(args, "workers", 1) or 1
+    if workers < 1:
+        print("tts-cache-proxy: --workers must be at least 1", file=sys.stderr)
+        return 2
+    parent_pid = int(os.environ.get(WORKER_ENV) or 0) or None
+    is_worker = parent_pid is not None
     embedded: EmbeddedValkey | None = None
     redis_url = settings.redis_url
     if redis_url is None:
@@ -146,16 +181,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         redis_url = embedded.start()
         log.info("embedded valkey-server started at %s", redis_url)
     try:
+        if workers > 1 and not is_worker:
+            return asyncio.run(_run_workers(args, workers, redis_url, settings, embedded))
         app = create_app(settings, redis_url=redis_url)
 
         async def main() -> None:
             supervisor = asyncio.create_task(embedded.supervise()) if embedded else None
-            runners = await _start_proxy(app, settings, settings.host, settings.port)
+            runners = await _start_proxy(
+                app, settings, settings.host, settings.port, reuse_port=is_worker
+            )
             log.info(
                 "tts-cache-proxy listening on http://%s:%d -> %s",
                 settings.host, settings.port, settings.upstream_url,
             )  # fmt: skip
-            await _serve_forever(runners)
+            # Everything loaded so far lives as long as the process: keep it out of the
+            # cyclic collector's full passes, which otherwise rescan it under load.
+            gc.freeze()
+            await _serve_forever(runners, parent_pid=parent_pid)
             if supervisor is not None:
                 supervisor.cancel()
 
@@ -164,6 +206,68 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+async def _run_workers(
+    args: argparse.Namespace,
+    workers: int,
+    redis_url: str,
+    settings: Settings,
+    embedded: EmbeddedValkey | None,
+) -> int:
+    """``serve --workers N``: N processes sharing the port (SO_REUSEPORT) and the store
+    (the embedded one is started once, here). SIGTERM/SIGINT are passed on to every worker
+    (each shuts down gracefully); a worker that dies is started again."""
+    argv = [sys.executable, "-m", "proxy.cli", "serve", "--redis-url", redis_url]
+    for flag, value in (
+        ("--config", args.config),
+        ("--host", args.host),
+        ("--port", args.port),
+        ("--upstream", args.upstream),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    env = {**os.environ, WORKER_ENV: str(os.getpid())}
+
+    async def spawn() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(*argv, env=env)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    supervisor = asyncio.create_task(embedded.supervise()) if embedded else None
+    children = [await spawn() for _ in range(workers)]
+    started = [loop.time()] * workers
+    log.info("tts-cache-proxy: %d workers on %s:%d", workers, settings.host, settings.port)
+    failed = False
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.5)
+        for i, child in enumerate(children):
+            if child.returncode is None or stop.is_set():
+                continue
+            if loop.time() - started[i] < 5:  # fails at start (config, port): give up
+                log.error("worker %d exited at start with %s", child.pid, child.returncode)
+                failed = True
+                stop.set()
+                break
+            log.warning("worker %d exited with %s; starting another", child.pid, child.returncode)
+            children[i], started[i] = await spawn(), loop.time()
+    for child in children:
+        if child.returncode is None:
+            child.send_signal(signal.SIGTERM)
+    budget = settings.shutdown_delay_seconds + settings.shutdown_drain_seconds + 5
+    try:
+        await asyncio.wait_for(asyncio.gather(*(c.wait() for c in children)), budget)
+    except TimeoutError:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+        await asyncio.gather(*(c.wait() for c in children))
+    if supervisor is not None:
+        supervisor.cancel()
+    return 1 if failed or any(c.returncode != 0 for c in children) else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -224,6 +328,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
     serve.add_argument("--upstream", help="TTS API base URL, e.g. https://api.openai.com")
     serve.add_argument("--redis-url", help="redis://, rediss://, unix:// or redis+cluster://")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port (SO_REUSEPORT) and the store; default 1",
+    )
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="embedded Valkey + speaking demo upstream + proxy")
