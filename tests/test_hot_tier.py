@@ -59,7 +59,7 @@ def test_byte_bound_holds_under_a_flood_of_distinct_entries() -> None:
         for _ in range(3):
             ask(tier, f"k{i}", entry)
             assert tier.bytes <= tier.max_bytes
-    assert 0 < len(tier) and tier.bytes == sum(
+    assert len(tier) > 0 and tier.bytes == sum(
         len(r.entry.audio) + ENTRY_OVERHEAD for r in tier._residents.values()
     )
 

@@ -9,21 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from proxy.embedded import EmbeddedValkey
+from proxy.embedded import EmbeddedValkey, free_port
 from proxy.hot_tier import HotTier
 from proxy.keys import CacheKey
 from proxy.store import EntryLabels
 from tests.conftest import ProxyFactory, fake_wav, service_of
-from tests.test_faults import private_valkey, proxy_on  # noqa: F401  (fixture)
+from tests.test_faults import proxy_on
 
 Client = TestClient[web.Request, web.Application]
 SPEECH = {"model": "tts-1", "voice": "alloy", "response_format": "wav"}
 BOUND = 1.0  # seconds: the promise
+
+
+@pytest.fixture
+def own_valkey() -> Iterator[EmbeddedValkey]:
+    """A Valkey of this test's own, to kill and restart."""
+    server = EmbeddedValkey(port=free_port())
+    server.start()
+    yield server
+    server.stop()
 
 
 def hot_of(client: Client) -> HotTier[Any]:
@@ -127,9 +138,7 @@ async def test_the_hot_tier_honours_the_entry_expiry(
     a, b = await replicas(make_proxy, url)
     key = CacheKey("ab" * 32)
     audio = b"RIFF" + b"\x02" * 2000
-    await service_of(a).put(
-        key, audio, media_type="audio/wav", ttl_seconds=1, labels=EntryLabels()
-    )
+    await service_of(a).put(key, audio, media_type="audio/wav", ttl_seconds=1, labels=EntryLabels())
     store = service_of(b)
     for _ in range(3):
         assert (await store.get(key)) is not None
@@ -161,19 +170,19 @@ async def test_disabled_hot_tier(upstream: Any, make_proxy: ProxyFactory) -> Non
 
 
 async def test_serves_nothing_while_redis_is_down_and_comes_back_after(
-    upstream: Any, private_valkey: EmbeddedValkey, aiohttp_client: Any
+    upstream: Any, own_valkey: EmbeddedValkey, aiohttp_client: Any
 ) -> None:
     _, url = upstream
-    client = await proxy_on(aiohttp_client, url, private_valkey.url)
+    client = await proxy_on(aiohttp_client, url, own_valkey.url)
     hot = hot_of(client)
     await until(lambda: hot.live, 5)
     await make_hot(client, "Our pool opens at eight")
-    assert private_valkey.process is not None
-    private_valkey.process.kill()
-    private_valkey.process.wait()
+    assert own_valkey.process is not None
+    own_valkey.process.kill()
+    own_valkey.process.wait()
     await until(lambda: not hot.live and len(hot) == 0, BOUND + 0.5)
-    body, x_cache, _ = await speak(client, "Our pool opens at eight")
+    _, x_cache, _ = await speak(client, "Our pool opens at eight")
     assert x_cache == "MISS"  # from the upstream: nothing cached is trusted meanwhile
-    private_valkey.start()
+    own_valkey.start()
     await until(lambda: hot.live, 10)
     await make_hot(client, "Our pool opens at eight")
