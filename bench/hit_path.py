@@ -11,7 +11,10 @@ sentences, go to:
   upstream of the proxies and nginx): the ceiling of an aiohttp process;
 - ``hot``: one ``tts-cache-proxy serve`` process with the hot tier on (the default);
 - ``redis``: the same with ``audio_cache_hot_tier_mb: 0``, so every hit reads Redis
-  (a Valkey server on loopback TCP);
+  (a Valkey server on loopback TCP) and, above the 100 KB compression threshold,
+  decompresses the entry (speech saves ~1/3 with zlib);
+- ``redis-plain`` (bodies above the threshold only): the same with compression off, to
+  show the Redis path itself;
 - ``nginx``: nginx ``proxy_cache`` keyed on the request body, one worker (when ``nginx``
   is on PATH; its config is generated in a temporary directory).
 
@@ -47,7 +50,8 @@ from proxy.embedded import EmbeddedValkey, free_port
 from .loopback import BARE_SERVER, SPEECH, python_load, speech_body, speech_of_size, wait_ready
 
 OUT = Path(__file__).resolve().parent / "out"
-TARGETS = ("bare", "hot", "redis", "nginx")
+TARGETS = ("bare", "hot", "redis", "redis-plain", "nginx")
+COMPRESSION_THRESHOLD_KB = 100  # the default: larger bodies are stored compressed
 
 NGINX_CONF = """
 worker_processes 1;
@@ -214,11 +218,11 @@ async def measure_size(
     }
     workers = ["--workers", str(args.workers)] if args.workers > 1 else []
 
-    def proxy(name: str, hot_mb: str) -> contextlib.AbstractAsyncContextManager[None]:
+    def proxy(name: str, **env: str) -> contextlib.AbstractAsyncContextManager[None]:
         return process(
             proxy_bin, "serve", "--upstream", upstream, "--redis-url", store_url,
             "--port", str(ports[name]), *workers,
-            env={**base_env, "AUDIO_CACHE_HOT_TIER_MB": hot_mb},
+            env={**base_env, **env},
         )  # fmt: skip
 
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
@@ -228,9 +232,15 @@ async def measure_size(
         await stack.enter_async_context(
             process(sys.executable, "-c", BARE_SERVER, str(ports["bare"]), str(audio))
         )
-        await stack.enter_async_context(proxy("hot", str(args.hot_tier_mb)))
-        await stack.enter_async_context(proxy("redis", "0"))
+        await stack.enter_async_context(proxy("hot", AUDIO_CACHE_HOT_TIER_MB=str(args.hot_tier_mb)))
+        await stack.enter_async_context(proxy("redis", AUDIO_CACHE_HOT_TIER_MB="0"))
         targets = ["bare", "hot", "redis"]
+        if payload_kb > COMPRESSION_THRESHOLD_KB:
+            plain = {"AUDIO_CACHE_HOT_TIER_MB": "0", "AUDIO_CACHE_COMPRESSION_ENABLED": "false"}
+            await stack.enter_async_context(
+                proxy("redis-plain", **plain, AUDIO_CACHE_KEY_PREFIX=prefix + "p")
+            )
+            targets.append("redis-plain")
         if args.nginx:
             conf = tmp / f"nginx-{payload_kb}.conf"
             nginx_dir = tmp / f"nginx-{payload_kb}"
@@ -267,7 +277,7 @@ async def measure_size(
 def table(results: Sequence[Measured]) -> str:
     """The figures and the ratios the issue sets targets for."""
     lines = [
-        f"{'body':>6} {'conns':>5} {'target':<7}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'body':>6} {'conns':>5} {'target':<12}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
         f"{'vs bare':>9}{'p99/bare':>9}{'vs nginx':>9}"
     ]
     groups: dict[tuple[int, int], dict[str, Measured]] = {}
@@ -281,7 +291,7 @@ def table(results: Sequence[Measured]) -> str:
                 continue
             vs_nginx = f"{m.rps / nginx.rps:9.2f}" if nginx is not None else f"{'-':>9}"
             lines.append(
-                f"{kb:>4}KB {conns:>5} {name:<7}{m.rps:>8.0f}{m.p50_ms:>8.2f}{m.p99_ms:>8.2f}"
+                f"{kb:>4}KB {conns:>5} {name:<12}{m.rps:>8.0f}{m.p50_ms:>8.2f}{m.p99_ms:>8.2f}"
                 f"{m.rps / bare.rps:>9.2f}{m.p99_ms / bare.p99_ms:>9.2f}{vs_nginx}"
             )
     return "\n".join(lines)
@@ -303,6 +313,7 @@ def verdict(results: Sequence[Measured]) -> list[str]:
     checks = [
         ("hot tier >= 0.8x bare throughput", worst("hot", "bare"), 0.8, True),
         ("Redis path >= 0.5x bare throughput", worst("redis", "bare"), 0.5, True),
+        ("Redis path, stored plain >= 0.5x bare", worst("redis-plain", "bare"), 0.5, True),
         ("hot p99 <= 1.5x bare p99", worst("hot", "bare", "p99_ms"), 1.5, False),
         ("Redis p99 <= 1.5x bare p99", worst("redis", "bare", "p99_ms"), 1.5, False),
         ("one process (hot) >= 0.3x nginx", worst("hot", "nginx"), 0.3, True),

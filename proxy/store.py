@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from redis import exceptions as redis_errors
 from redis.exceptions import RedisError
 
+from .batching import ReadBatcher
 from .breaker import BreakerState, CircuitBreaker
 from .compression import THREAD_THRESHOLD_BYTES, CompressionAdvisor, encode
 from .hot_tier import HotTier
@@ -454,6 +455,7 @@ class AudioCacheService:
         self.size_changed = asyncio.Event()
         self.breaker = breaker or CircuitBreaker()
         self._channel = self.keyspace.channel()
+        self._reads = ReadBatcher(redis, _ENTRY_FIELDS)
         # Labelled metric children bound once: labels() costs a lock and a lookup per call.
         self._hit = METRICS.operations.labels("get", "hit")
         self._miss = METRICS.operations.labels("get", "miss")
@@ -511,7 +513,7 @@ class AudioCacheService:
 
     async def fetch(self, key: CacheKey) -> CachedAudio | None:
         """Read and verify an entry without counting it."""
-        values = await self._guarded(self.redis.hmget(self.keyspace.entry(key), _ENTRY_FIELDS))
+        values = await self._guarded(self._reads.hmget(self.keyspace.entry(key)))
         body, media_type, headers, created, expires, content_class = values
         if body is None:
             return None
