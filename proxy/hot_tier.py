@@ -164,8 +164,11 @@ class HotTier(Generic[E]):
         self.generation += 1
         dropped = 0
         for key in keys:
-            if key in self._residents:
+            resident = self._residents.get(key)
+            if resident is not None:
                 self._drop(key)
+                # The text is as popular as before: its next read from the store is admitted.
+                self._remember(key, resident.hits)
                 dropped += 1
         self.stats.invalidated += dropped
         return dropped

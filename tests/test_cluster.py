@@ -268,6 +268,24 @@ async def test_delete_on_one_replica_is_seen_by_the_other(
     assert fake.calls["openai"] == 3
 
 
+async def test_hot_tiers_hear_deletes_and_purges_from_every_master(
+    make_proxy: ProxyFactory, upstream: tuple[Any, str]
+) -> None:
+    """Invalidations are published from whichever master ran the script; one subscription
+    per replica, to any node, hears them all."""
+    from tests.test_hot_tier_replicas import hot_of, make_hot, replicas, until
+
+    _, url = upstream
+    a, b = await replicas(make_proxy, url)
+    keys = [await make_hot(b, f"Spa hours {i}") for i in range(6)]  # spread over shards
+    purged = [await make_hot(b, f"Late checkout {i}", voice="nova") for i in range(6)]
+    for key in keys:
+        assert await service_of(a).delete(CacheKey(key))
+    removed, _ = await service_of(a).purge(voice="nova")
+    assert removed == len(purged)
+    await until(lambda: not any(k in hot_of(b) for k in keys + purged), 1.0)
+
+
 async def test_cleanup_frees_space_on_every_master(
     valkey_cluster: ValkeyCluster,  # noqa: F811
 ) -> None:

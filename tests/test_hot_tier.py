@@ -143,6 +143,8 @@ def test_invalidate_and_clear_forget_entries() -> None:
     assert len(tier) == 3
     assert tier.invalidate(["a", "zzz"]) == 1
     assert "a" not in tier and "b" in tier
+    ask(tier, "a", Entry(b"y" * 10))  # as popular as before: back on its next read
+    assert "a" in tier
     tier.clear()
     assert len(tier) == 0 and tier.bytes == 0
 
