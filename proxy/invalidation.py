@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from .hot_tier import HotTier
@@ -82,6 +83,9 @@ class InvalidationListener:
             loop = asyncio.get_running_loop()
             next_ping = 0.0
             while True:
+                if self.subscribed.is_set() and not self.hot.live:
+                    # Silent past the bound: treat it as lost, so the tier starts empty.
+                    raise RedisConnectionError("the invalidation channel went silent")
                 now = loop.time()
                 if now >= next_ping:
                     await pubsub.ping()

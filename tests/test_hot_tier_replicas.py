@@ -8,6 +8,8 @@ it serves nothing while its invalidation channel is down and comes back after Re
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -191,3 +193,21 @@ async def test_serves_nothing_while_redis_is_down_and_comes_back_after(
     own_valkey.start()
     await until(lambda: hot.live, 10)
     await make_hot(client, "Our pool opens at eight")
+
+
+async def test_a_silent_channel_empties_the_tier_until_it_speaks_again(
+    upstream: Any, own_valkey: EmbeddedValkey, aiohttp_client: Any
+) -> None:
+    _, url = upstream
+    client = await proxy_on(aiohttp_client, url, own_valkey.url)
+    hot = hot_of(client)
+    await until(lambda: hot.live, 5)
+    await make_hot(client, "The bar closes at midnight")
+    assert own_valkey.process is not None
+    os.kill(own_valkey.process.pid, signal.SIGSTOP)  # hung, not dead: no error, no answer
+    try:
+        await until(lambda: not hot.live, BOUND + 0.5)
+        await until(lambda: len(hot) == 0, 1.0)
+    finally:
+        os.kill(own_valkey.process.pid, signal.SIGCONT)
+    await until(lambda: hot.live, 10)
