@@ -141,7 +141,9 @@ async def run_soak(
                         report.errors += 1
 
             async def purger() -> None:
+                rounds = 0
                 while time.monotonic() < deadline:
+                    rounds += 1
                     await asyncio.sleep(0.5)
                     text, voice = rng.choice(pool)
                     async with session.post(via, json=_body(text, voice)) as r:
@@ -149,10 +151,10 @@ async def run_soak(
                         key = CacheKey.parse(r.headers.get("X-Audio-Cache-Key", ""))
                     if key is not None:
                         await service.delete(key)
-                    if rng.random() < 0.2:
+                    if rounds % 5 == 0:
                         await service.purge(voice=rng.choice(VOICES))
                     report.purges += 1
-                    if rng.random() < 0.3:
+                    if rounds % 3 == 1:  # from the first round, so even a short run cleans
                         await run_cleanup(proxy_app, force=True, target_percent=50)
                         report.cleanups += 1
 
