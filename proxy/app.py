@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_async.aio.web import server_stats
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from . import admin
@@ -24,7 +26,7 @@ from .config import Settings
 from .hot_tier import HotTier
 from .invalidation import InvalidationListener
 from .maintenance import Maintenance, cancel_and_wait, refresh_gauges
-from .metrics import METRICS
+from .metrics import METRICS, MULTIPROCESS_DIR, multiprocess_exposition
 from .packing import Codec
 from .prefetch import Prefetcher
 from .prefetch_items import ItemError, load_file
@@ -224,6 +226,10 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     # On a Redis error the gauges keep their last value; the error counter tells the story.
     with contextlib.suppress(RedisError, OSError):
         await refresh_gauges(request.app[SERVICE])
+    if MULTIPROCESS_DIR in os.environ:  # serve --workers: every worker's numbers, combined
+        return web.Response(
+            body=multiprocess_exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
     return await server_stats(request)
 
 

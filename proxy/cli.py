@@ -9,8 +9,10 @@ import gc
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +22,7 @@ from aiohttp import web
 from .access_log import runner_options
 from .config import ConfigError, Settings, load_settings
 from .embedded import EmbeddedStoreError, EmbeddedValkey, free_port
+from .metrics import MULTIPROCESS_DIR
 
 log = logging.getLogger("proxy")
 
@@ -228,6 +231,25 @@ async def _run_workers(
         if value is not None:
             argv += [flag, str(value)]
     env = {**os.environ, WORKER_ENV: str(os.getpid())}
+    # One scrape of any worker reports them all (prometheus_client's multiprocess mode).
+    own_metrics_dir = MULTIPROCESS_DIR not in env
+    if own_metrics_dir:
+        env[MULTIPROCESS_DIR] = tempfile.mkdtemp(prefix="tts-cache-metrics-")
+    try:
+        return await _supervise_workers(argv, env, workers, settings, embedded)
+    finally:
+        if own_metrics_dir:
+            shutil.rmtree(env[MULTIPROCESS_DIR], ignore_errors=True)
+
+
+async def _supervise_workers(
+    argv: list[str],
+    env: dict[str, str],
+    workers: int,
+    settings: Settings,
+    embedded: EmbeddedValkey | None,
+) -> int:
+    from prometheus_client import multiprocess
 
     async def spawn() -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(*argv, env=env)
@@ -253,6 +275,7 @@ async def _run_workers(
                 stop.set()
                 break
             log.warning("worker %d exited with %s; starting another", child.pid, child.returncode)
+            multiprocess.mark_process_dead(child.pid, env[MULTIPROCESS_DIR])  # type: ignore[no-untyped-call]
             children[i], started[i] = await spawn(), loop.time()
     for child in children:
         if child.returncode is None:

@@ -1,10 +1,16 @@
-"""Every Prometheus metric of the proxy, defined once. Names audio_cache_* are the seed's."""
+"""Every Prometheus metric of the proxy, defined once. Names audio_cache_* are the seed's.
+
+Under ``serve --workers N`` the processes share a ``PROMETHEUS_MULTIPROC_DIR`` and any of
+them answers a scrape for all: counters are summed, and each gauge says how to combine
+(the shared-truth gauges read from Redis keep the most recent value).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0
@@ -49,8 +55,16 @@ def _build() -> Metrics:
             "Cache operations by operation (get/set) and result (hit/miss/stored/...)",
             ["operation", "result"],
         ),
-        size_entries=Gauge("audio_cache_size_entries", "Entries in the shared cache"),
-        memory_bytes=Gauge("audio_cache_memory_bytes", "Bytes of audio stored (after compression)"),
+        size_entries=Gauge(
+            "audio_cache_size_entries",
+            "Entries in the shared cache",
+            multiprocess_mode="mostrecent",
+        ),
+        memory_bytes=Gauge(
+            "audio_cache_memory_bytes",
+            "Bytes of audio stored (after compression)",
+            multiprocess_mode="mostrecent",
+        ),
         cleanup_total=Counter(
             "audio_cache_cleanup_total", "Size-based cleanup runs by result", ["result"]
         ),
@@ -113,13 +127,17 @@ def _build() -> Metrics:
             "tts_proxy_fail_open_total", "Requests forwarded upstream because the cache failed"
         ),
         redis_circuit_open=Gauge(
-            "tts_proxy_redis_circuit_open", "1 while the store's circuit breaker is open"
+            "tts_proxy_redis_circuit_open",
+            "1 while the store's circuit breaker is open",
+            multiprocess_mode="livemax",
         ),
         not_stored=Counter(
             "tts_proxy_not_stored_total", "Cacheable answers not stored, by reason", ["reason"]
         ),
         cache_max_bytes=Gauge(
-            "tts_proxy_cache_max_bytes", "The configured size limit (audio_cache_max_size_mb)"
+            "tts_proxy_cache_max_bytes",
+            "The configured size limit (audio_cache_max_size_mb)",
+            multiprocess_mode="livemax",
         ),
         prefetched=Counter(
             "tts_proxy_prefetch_requests_total",
@@ -132,15 +150,33 @@ def _build() -> Metrics:
             "expired, cleared",
             ["event"],
         ),
-        hot_tier_bytes=Gauge("tts_proxy_hot_tier_bytes", "Bytes held by this process's hot tier"),
+        hot_tier_bytes=Gauge(
+            "tts_proxy_hot_tier_bytes",
+            "Bytes held by the hot tiers (summed over --workers processes)",
+            multiprocess_mode="livesum",
+        ),
         hot_tier_entries=Gauge(
-            "tts_proxy_hot_tier_entries", "Entries held by this process's hot tier"
+            "tts_proxy_hot_tier_entries",
+            "Entries held by the hot tiers (summed over --workers processes)",
+            multiprocess_mode="livesum",
         ),
         hot_tier_live=Gauge(
             "tts_proxy_hot_tier_live",
-            "1 while the hot tier serves (its invalidation channel is up)",
+            "1 while the hot tier serves (invalidations heard); 0 if any worker's is down",
+            multiprocess_mode="livemin",
         ),
     )
 
 
 METRICS = _build()
+
+
+# The directory prometheus_client's multiprocess mode shares between processes.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_exposition() -> bytes:
+    """The exposition of every process writing to ``PROMETHEUS_MULTIPROC_DIR``."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.embedded import free_port
 from tests.conftest import fake_wav
@@ -90,6 +91,23 @@ async def test_workers_share_port_and_store_and_stop_on_sigterm(
         led = [s for s in seen if "fwd=miss" in s and "collapsed" not in s]
         assert len(led) == 1, seen
         assert all("; hit" in s or "collapsed" in s for s in seen[1:]), seen
+        # Any worker answers a scrape for all of them: every scrape agrees with what the
+        # clients saw, whichever worker served it.
+        hits = sum("; hit" in s for s in seen)
+        for _ in range(6):
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with (
+                aiohttp.ClientSession(connector=connector) as s,
+                s.get(base + "/metrics") as r,
+            ):
+                scraped = {
+                    (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                    for family in text_string_to_metric_families(await r.text())
+                    for sample in family.samples
+                }
+            get_hit = (("operation", "get"), ("result", "hit"))
+            assert scraped[("audio_cache_operations_total", get_hit)] == hits
+            assert scraped[("audio_cache_size_entries", ())] == 1
         parent.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(parent.wait(), 40)
         assert code == 0
