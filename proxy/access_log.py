@@ -44,7 +44,7 @@ def request_id_from(header: str | None) -> str:
 
 
 def cache_result(status: int, headers: Any) -> str:
-    """hit, miss, coalesced, bypass, error or other, from what the proxy answered."""
+    """hit, miss, coalesced, stale, bypass, error or other, from what the proxy answered."""
     x_cache = headers.get("X-Cache")
     if x_cache == "HIT":
         return "hit"
@@ -52,6 +52,8 @@ def cache_result(status: int, headers: Any) -> str:
         return "coalesced" if "collapsed" in headers.get("Cache-Status", "") else "miss"
     if x_cache == "BYPASS":
         return "bypass"
+    if x_cache == "STALE":
+        return "stale"
     return "error" if status >= 400 else "other"
 
 

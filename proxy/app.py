@@ -84,6 +84,7 @@ def build_service(settings: Settings, redis: Any) -> AudioCacheService:
             reset_seconds=settings.redis_breaker_reset_seconds,
         ),
         hot=hot_tier(settings),
+        stale_grace_seconds=settings.stale_if_error_seconds,
     )
 
 

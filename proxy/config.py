@@ -131,6 +131,9 @@ class Settings:
     upstream_connect_timeout_seconds: float = field(default=5.0, metadata=_meta(lo=0.01))
     upstream_read_timeout_seconds: float = field(default=60.0, metadata=_meta(lo=0.01))
     upstream_total_timeout_seconds: float = field(default=300.0, metadata=_meta(lo=0.01))
+    # Stale-if-error: keep entries this long past their TTL and serve them when the upstream
+    # fails (connect error, timeout, 5xx) instead of the error. 0 turns it off.
+    stale_if_error_seconds: int = field(default=0, metadata=_meta(lo=0, hi=30 * 86400))
     upstream_api_key_header: str = "Authorization"
     upstream_api_key_format: str = "Bearer {key}"
     max_request_body_kb: float = field(default=1024.0, metadata=_meta(lo=1))

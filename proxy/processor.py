@@ -255,9 +255,10 @@ class AudioProcessor:
         directive: Directive,
         started: float,
     ) -> web.StreamResponse:
+        stale = None
         if directive is Directive.USE:
             try:
-                cached = await self.service.get(key)
+                cached, stale = await self.service.get_or_stale(key)
             except RedisError as exc:
                 log.warning("cache read failed, going to the upstream: %s", exc)
                 METRICS.redis_errors.labels("get").inc()
@@ -276,8 +277,10 @@ class AudioProcessor:
         if not leader:
             METRICS.coalesced.labels("process").inc()
         fwd = "request" if directive is Directive.REFRESH else "miss"
-        response = await self.serve_fill(request, fill, key, fwd=fwd, leader=leader)
+        response = await self.serve_fill(request, fill, key, fwd=fwd, leader=leader, stale=stale)
         result = "miss" if leader and fill.origin == "upstream" else "coalesced"
+        if response.headers.get("X-Cache") == "STALE":
+            result = "stale"
         if result == "coalesced" and fill.status == 200:
             self._count_saving(rule.name, speech)
         METRICS.requests.labels(rule.name, result).observe(time.perf_counter() - started)
@@ -303,7 +306,7 @@ class AudioProcessor:
                 await lead(fill)
                 return
             # A refresh must reach the upstream, so it never settles for a stored answer.
-            recheck = self.service.fetch if directive is Directive.USE else None
+            recheck = self.service.fetch_fresh if directive is Directive.USE else None
             await self.flights.run(fill, key, lead, recheck=recheck)
 
         return self.fills.join_or_start(key.hex, runner)
@@ -440,11 +443,23 @@ class AudioProcessor:
         fill.settle(stored=result.stored, refusal=None if result.stored else result.reason)
 
     async def serve_fill(
-        self, request: web.Request, fill: Fill, key: CacheKey, *, fwd: str, leader: bool = True
+        self,
+        request: web.Request,
+        fill: Fill,
+        key: CacheKey,
+        *,
+        fwd: str,
+        leader: bool = True,
+        stale: CachedAudio | None = None,
     ) -> web.StreamResponse:
-        """Stream a fill to this client; ranged or conditional requests wait for it to end."""
+        """Stream a fill to this client; ranged or conditional requests wait for it to end.
+        With a ``stale`` copy, an upstream failure is answered with it instead."""
         with fill.reader():  # entered before any await: an abandoned fill counts its readers
             await fill.wait_head()
+            if stale is not None and (fill.status is None or fill.status >= 500):
+                failed = fill.status or (fill.error.status if fill.error else 502)
+                status = f"{CACHE_NAME}; fwd=stale; fwd-status={failed}; detail=stale-if-error"
+                return await self.serve_cached(request, stale, status=status)
             # RFC 9211: a request that rode on another's upstream call was "collapsed".
             collapsed = not leader or fill.origin != "upstream"
             fwd_status = f"{CACHE_NAME}; fwd={fwd}" + ("; collapsed" if collapsed else "")
@@ -555,7 +570,7 @@ class AudioProcessor:
             ("Cache-Control", f"max-age={ttl_s}"),
             ("Accept-Ranges", "bytes"),
             ("Cache-Status", status),
-            ("X-Cache", "HIT" if "; hit" in status else "MISS"),
+            ("X-Cache", "HIT" if "; hit" in status else _x_cache_of(status)),
             ("X-Audio-Cache-Key", cached.key.hex),
             ("Content-Location", f"{self.audio_path_prefix}/{cached.key.hex}"),
         ]
@@ -637,6 +652,11 @@ class AudioProcessor:
         route = "passthrough" if detail is None else "bypass"
         METRICS.requests.labels(route, result).observe(time.perf_counter() - started)
         return response
+
+
+def _x_cache_of(status: str) -> str:
+    """X-Cache for a stored answer that is not a hit."""
+    return "STALE" if "fwd=stale" in status else "MISS"
 
 
 def header_map(headers: Mapping[str, str]) -> dict[str, str]:

@@ -431,9 +431,12 @@ class AudioCacheService:
         compression_level: int = 6,
         breaker: CircuitBreaker | None = None,
         hot: HotTier[CachedAudio] | None = None,
+        stale_grace_seconds: int = 0,
     ) -> None:
         self.redis = redis
         self.hot = hot
+        # Entries are kept this long past their TTL, to be served if the upstream fails.
+        self.stale_grace_ms = stale_grace_seconds * 1000
         self.keyspace = Keyspace(prefix)
         self.advisor = advisor or CompressionAdvisor(True, 100 * 1024, 0.05)
         self.codec = codec
@@ -487,6 +490,12 @@ class AudioCacheService:
 
     async def get(self, key: CacheKey) -> CachedAudio | None:
         """The cached audio for ``key``, or None. Counts the hit or miss (batched)."""
+        fresh, _ = await self.get_or_stale(key)
+        return fresh
+
+    async def get_or_stale(self, key: CacheKey) -> tuple[CachedAudio | None, CachedAudio | None]:
+        """(fresh audio, None) on a hit; (None, expired audio kept for its grace period, or
+        None) on a miss. Counts the hit or miss (batched)."""
         hot = self.hot
         # The hot tier is used only while invalidations reach it and the store is healthy:
         # with the breaker open, deletes made elsewhere could go unheard.
@@ -500,6 +509,9 @@ class AudioCacheService:
                     hot.offer(key.hex, found, generation, _now_ms())
         else:
             found = await self.fetch(key)
+        stale = None
+        if found is not None and self.stale_grace_ms and found.expires_ms <= _now_ms():
+            stale, found = found, None
         if found is None:
             self._pending_misses[shard_of(key)] += 1
             self.session_misses += 1
@@ -509,10 +521,18 @@ class AudioCacheService:
             pending[key.hex] = pending.get(key.hex, 0) + 1
             self.session_hits += 1
             self._hit.inc()
+        return found, stale
+
+    async def fetch_fresh(self, key: CacheKey) -> CachedAudio | None:
+        """Read and verify an entry without counting it; None when only a stale copy is
+        kept (see ``stale_grace_seconds``)."""
+        found = await self.fetch(key)
+        if found is not None and found.expires_ms <= _now_ms():
+            return None
         return found
 
     async def fetch(self, key: CacheKey) -> CachedAudio | None:
-        """Read and verify an entry without counting it."""
+        """Read and verify an entry without counting it (stale copies included)."""
         values = await self._guarded(self._reads.hmget(self.keyspace.entry(key)))
         body, media_type, headers, created, expires, content_class = values
         if body is None:
@@ -566,6 +586,7 @@ class AudioCacheService:
             METRICS.compression_ratio.observe(packed.original_size / max(packed.stored_size, 1))
         now = _now_ms()
         expires = now + ttl_seconds * 1000
+        kept_ms = ttl_seconds * 1000 + self.stale_grace_ms  # the key's own TTL in Redis
         record = json.dumps(
             {
                 "s": packed.stored_size,
@@ -606,8 +627,8 @@ class AudioCacheService:
                 args=[
                     self.keyspace.shard(n),
                     key.hex,
-                    ttl_seconds * 1000,
-                    expires,
+                    kept_ms,
+                    now + kept_ms,  # the sweeper accounts for the key when Redis drops it
                     record,
                     self._channel,
                     *fields,
@@ -763,7 +784,7 @@ class AudioCacheService:
             codec=text[2],
             created_ms=int(text[3]),
             expires_ms=int(text[4]),
-            ttl_ms=int(ttl),
+            ttl_ms=max(0, int(text[4]) - _now_ms()),  # freshness left (a stale copy has none)
             hits=int(text[5] or 0) + self._pending_hits.get(key.hex, 0),
             last_access_ms=int(text[6] or 0),
             content_class=text[7],
@@ -775,8 +796,12 @@ class AudioCacheService:
         )
 
     async def ttl_ms(self, key: CacheKey) -> int:
-        """Remaining TTL in ms (-2 when absent), without touching the entry."""
-        return int(await self.redis.pttl(self.keyspace.entry(key)))
+        """Remaining freshness in ms (0 when only kept stale, -2 when absent), without
+        touching the entry."""
+        expires = await self.redis.hget(self.keyspace.entry(key), "x")
+        if expires is None:
+            return -2
+        return max(0, int(expires) - _now_ms())
 
     async def records(self, shard: int) -> dict[str, dict[str, Any]]:
         """The index records of one shard (for cleanup)."""
