@@ -19,6 +19,16 @@ async def speak(client: Any) -> tuple[int, dict[str, str], bytes]:
     return r.status, dict(r.headers), bytes(await r.read())
 
 
+async def emptied(service: Any) -> Any:
+    """The totals once the sweeper has accounted for every expired key (bounded wait)."""
+    for _ in range(40):
+        totals = await service.totals()
+        if totals["entries"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    return totals
+
+
 async def proxy(make_proxy: Any, url: str, grace: int) -> Any:
     return await make_proxy(
         url,
@@ -66,11 +76,8 @@ async def test_without_a_grace_period_the_error_passes_through(
     client = await proxy(make_proxy, url, grace=0)
     await speak(client)
     await asyncio.sleep(1.1)
-    for _ in range(30):  # gone with its TTL, once the sweeper has accounted for it
-        if (await service_of(client).totals())["entries"] == 0:
-            break
-        await asyncio.sleep(0.1)
-    assert (await service_of(client).totals())["entries"] == 0
+    totals = await emptied(service_of(client))  # gone with its TTL
+    assert totals["entries"] == 0
     fake.mode = "error"
     status, headers, _ = await speak(client)
     assert status == 500 and headers["X-Cache"] == "MISS"
@@ -100,9 +107,5 @@ async def test_stale_copies_leave_when_the_grace_period_ends(
     service = service_of(client)
     await asyncio.sleep(1.1)
     assert (await service.totals())["entries"] == 1  # stale, kept
-    for _ in range(40):  # the sweeper accounts for it once Redis drops it
-        await asyncio.sleep(0.1)
-        totals = await service.totals()
-        if totals["entries"] == 0:
-            break
+    totals = await emptied(service)
     assert totals["entries"] == 0 and totals["bytes"] == 0
