@@ -7,18 +7,44 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
 log = logging.getLogger(__name__)
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """On Linux, a function for the child to run before exec so the kernel sends it SIGTERM
+    when the process that started it dies, even by SIGKILL: no orphaned server keeps the
+    socket and the memory. Looked up here, so the child runs no Python beyond one call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def die_with_parent() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+
+    return die_with_parent
+
+
+_DIE_WITH_PARENT = _parent_death_signal()
 
 
 class EmbeddedStoreError(RuntimeError):
@@ -109,6 +135,9 @@ class EmbeddedValkey:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                # The kernel signal fires when the starting *thread* ends; restarts run in
+                # the event loop's executor, whose threads live as long as the process.
+                preexec_fn=_DIE_WITH_PARENT,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -15,7 +15,7 @@ import redis
 
 from proxy.embedded import EmbeddedValkey, free_port
 
-from .conftest import wait_ready
+from .conftest import serve_process, wait_ready
 
 CLI = [sys.executable, "-m", "proxy.cli"]
 SPEECH = {"model": "tts-1", "input": "Hello there", "voice": "en", "response_format": "wav"}
@@ -98,6 +98,36 @@ async def test_serve_on_the_embedded_store_end_to_end(upstream: Any, tmp_path: P
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     # The embedded server went with the proxy.
     assert not (tmp_path / "valkey.sock").exists()
+
+
+async def test_embedded_store_dies_with_a_killed_proxy(upstream: Any, tmp_path: Path) -> None:
+    """kill -9 of the proxy leaves no orphaned valkey-server behind."""
+    _, url = upstream
+    env = {"EMBEDDED_DATA_DIR": str(tmp_path), "REDIS_URL": ""}
+    async with serve_process("--upstream", url, env=env) as (_, proc):
+        servers = _valkey_children(proc.pid)
+        assert len(servers) == 1
+        proc.kill()
+        await proc.wait()
+        for _ in range(50):
+            if not _running(servers[0]):
+                break
+            await asyncio.sleep(0.1)
+        assert not _running(servers[0]), "valkey-server outlived the killed proxy"
+
+
+def _valkey_children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if b"valkey" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan is reaped by init, a zombie is already dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
 
 
 async def test_demo_speaks_through_the_proxy_end_to_end() -> None:
