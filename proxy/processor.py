@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,22 @@ class Warmed:
     upstream_called: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _RouteMetrics:
+    """What a request answered without an upstream call updates, for one route and voice."""
+
+    hit_duration: Any
+    characters: Any
+    cost: Any
+    price: float  # per million characters
+
+    def saved(self, characters: int) -> None:
+        """This request's characters (and their price) were not sent upstream."""
+        self.characters.inc(characters)
+        if self.price:
+            self.cost.inc(cost_of(characters, self.price))
+
+
 class AudioProcessor:
     """Serves speech from the cache, fills misses from the upstream, passes the rest through."""
 
@@ -116,7 +132,7 @@ class AudioProcessor:
         self._class_header = settings.audio_cache_content_type_header.lower()
         self.tenants = settings.tenancy
         self._described: dict[tuple[Any, ...], tuple[SpeechRequest, str, CacheKey]] = {}
-        self._hit_metrics: dict[str, tuple[Any, Any, Any, float]] = {}
+        self._route_metrics: dict[str, _RouteMetrics] = {}
 
     # -- entry point -----------------------------------------------------------------
 
@@ -265,12 +281,10 @@ class AudioProcessor:
                 METRICS.fail_open.inc()
                 cached = None
             if cached is not None:
-                duration, characters, cost, price = self._metrics_of_hits(rule.name, speech)
-                characters.inc(len(speech.text))
-                if price:
-                    cost.inc(cost_of(len(speech.text), price))
+                metrics = self._metrics_of(rule.name, speech.voice)
+                metrics.saved(len(speech.text))
                 response = await self.serve_cached(request, cached, status=f"{CACHE_NAME}; hit")
-                duration.observe(time.perf_counter() - started)
+                metrics.hit_duration.observe(time.perf_counter() - started)
                 return response
         outgoing, labels = for_a_miss()
         fill, leader = self.start_fill(key, outgoing, labels, directive, started)
@@ -282,7 +296,7 @@ class AudioProcessor:
         if response.headers.get("X-Cache") == "STALE":
             result = "stale"
         if result == "coalesced" and fill.status == 200:
-            self._count_saving(rule.name, speech)
+            self._metrics_of(rule.name, speech.voice).saved(len(speech.text))
         METRICS.requests.labels(rule.name, result).observe(time.perf_counter() - started)
         return response
 
@@ -341,28 +355,21 @@ class AudioProcessor:
             return Warmed(key, "stored", called)
         return Warmed(key, fill.refusal or "not_stored", called)
 
-    def _metrics_of_hits(self, route: str, speech: SpeechRequest) -> tuple[Any, Any, Any, float]:
-        """The labelled metrics a hit updates and its price, looked up once per route and
-        voice (``labels()`` takes a lock and a dict lookup each time)."""
-        found = self._hit_metrics.get(f"{route}:{speech.voice}")
+    def _metrics_of(self, route: str, voice: str) -> _RouteMetrics:
+        """The labelled metrics of a route and voice and their price, looked up once
+        (``labels()`` takes a lock and a dict lookup each time)."""
+        name = f"{route}:{voice}"
+        found = self._route_metrics.get(name)
         if found is None:
-            found = (
-                METRICS.requests.labels(route, "hit"),
-                METRICS.characters_saved.labels(route),
-                METRICS.cost_saved.labels(route),
-                price_per_million(self.settings.cost_per_million_characters, route, speech.voice),
+            found = _RouteMetrics(
+                hit_duration=METRICS.requests.labels(route, "hit"),
+                characters=METRICS.characters_saved.labels(route),
+                cost=METRICS.cost_saved.labels(route),
+                price=price_per_million(self.settings.cost_per_million_characters, route, voice),
             )
-            if len(self._hit_metrics) < 1024:
-                self._hit_metrics[f"{route}:{speech.voice}"] = found
+            if len(self._route_metrics) < 1024:
+                self._route_metrics[name] = found
         return found
-
-    def _count_saving(self, route: str, speech: SpeechRequest) -> None:
-        """A request answered without an upstream call saves its characters' price."""
-        characters = len(speech.text)
-        METRICS.characters_saved.labels(route).inc(characters)
-        price = price_per_million(self.settings.cost_per_million_characters, route, speech.voice)
-        if price:
-            METRICS.cost_saved.labels(route).inc(cost_of(characters, price))
 
     # -- misses ----------------------------------------------------------------------
 
@@ -657,7 +664,3 @@ class AudioProcessor:
 def _x_cache_of(status: str) -> str:
     """X-Cache for a stored answer that is not a hit."""
     return "STALE" if "fwd=stale" in status else "MISS"
-
-
-def header_map(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}
