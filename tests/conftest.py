@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import signal
 import sys
 import tempfile
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -247,3 +249,17 @@ async def until_stored(client: TestClient[web.Request, web.Application], respons
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"entry {key.hex[:12]} was never stored")
+
+
+async def eventually(condition: Callable[[], Any], seconds: float = 5.0) -> None:
+    """Until ``condition()`` (a bool, or an awaitable of one) holds; fails after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        held = condition()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)

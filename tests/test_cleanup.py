@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,7 +20,7 @@ from proxy.maintenance import Maintenance
 from proxy.redis_client import open_redis
 from proxy.store import AudioCacheService, EntryLabels
 
-from .conftest import service_of
+from .conftest import eventually, service_of
 
 AUDIO = 4000
 SEED = ScoreWeights(content_type_factors=SEED_CONTENT_TYPE_FACTORS, age_basis="created")
@@ -70,15 +69,6 @@ async def put(
     return result.stored_size
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
 async def test_background_cleanup_reaches_target_and_removes_lowest_scored(
     make_service: MakeService,
 ) -> None:
@@ -107,7 +97,7 @@ async def test_background_cleanup_reaches_target_and_removes_lowest_scored(
         await put(service, "default84")
         await put(service, "default85")  # 96%: past the threshold
         names += ["default84", "default85"]
-        await wait_for(lambda: _has_report(runner))
+        await eventually(lambda: _has_report(runner))
     finally:
         await runner.stop()
 
@@ -151,7 +141,7 @@ async def test_ttl_expiry_keeps_counters_exact(make_service: MakeService) -> Non
         async def settled() -> bool:
             return (await service.totals())["entries"] == 3
 
-        await wait_for(settled, seconds=5)
+        await eventually(settled, seconds=5)
     finally:
         await maintenance.stop()
     totals = await service.totals()
@@ -280,7 +270,7 @@ async def test_proxy_cleans_in_background_and_serves_every_put(
     async def under_target() -> bool:
         return (await service.totals())["bytes"] <= 0.8 * 20 * 1024
 
-    await wait_for(under_target)
+    await eventually(under_target)
     totals = await service.totals()
     assert totals["evicted"] > 0 and totals["entries"] >= 1
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from proxy.prefetch import PrefetchJob, needs_rewarm
 from proxy.processor import Warmed
 from proxy.routes import build_rules
 
-from .conftest import service_of, until_stored
+from .conftest import eventually, service_of, until_stored
 from .streaming_upstream import StreamingUpstream, serve
 
 TOKEN = "s3cret-admin-token"
@@ -121,14 +120,6 @@ async def job_done(client: Any, job: str, seconds: float = 10.0) -> dict[str, An
     raise AssertionError("prefetch job did not finish in time")
 
 
-async def wait_until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
-
-
 def item(text: str, **extra: Any) -> dict[str, Any]:
     return {"route": "openai", "text": text, "params": PARAMS, **extra}
 
@@ -185,14 +176,14 @@ async def test_prefetch_coalesces_with_itself_and_with_clients(make_proxy: Any) 
             "/admin/audio-cache/prefetch", json={"requests": requests}, headers=AUTH
         )
         job_id = (await response.json())["job"]
-        await wait_until(lambda: upstream.calls > 0)
+        await eventually(lambda: upstream.calls > 0)
         # A client asking for the same sentence meanwhile rides on the prefetch's fill.
         answer = asyncio.create_task(
             client.post("/v1/audio/speech", json={**PARAMS, "input": "Repetida"})
         )
         fills = client.app[PROCESSOR].fills
         # Four prefetch items of the same sentence and the client: one fill, five readers.
-        await wait_until(lambda: any(fill.readers >= 5 for fill in fills.active()))
+        await eventually(lambda: any(fill.readers >= 5 for fill in fills.active()))
         upstream.release.set()
         reply = await answer
         assert await reply.read() == upstream.audio("Repetida")

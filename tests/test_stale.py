@@ -7,7 +7,7 @@ from typing import Any
 
 from proxy.keys import CacheKey
 
-from .conftest import fake_wav, service_of
+from .conftest import eventually, fake_wav, service_of
 
 SPEECH = {"model": "tts-1", "input": "La piscina cierra a las nueve", "voice": "es"}
 AUDIO = fake_wav(SPEECH["input"], "es", "tts-1|None|None")
@@ -21,12 +21,12 @@ async def speak(client: Any) -> tuple[int, dict[str, str], bytes]:
 
 async def emptied(service: Any) -> Any:
     """The totals once the sweeper has accounted for every expired key (bounded wait)."""
-    for _ in range(40):
-        totals = await service.totals()
-        if totals["entries"] == 0:
-            break
-        await asyncio.sleep(0.1)
-    return totals
+
+    async def no_entries() -> bool:
+        return int((await service.totals())["entries"]) == 0
+
+    await eventually(no_entries, 4.0)
+    return await service.totals()
 
 
 async def proxy(make_proxy: Any, url: str, grace: int) -> Any:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,7 +17,7 @@ from proxy.tenants import (
     parse_policies,
 )
 
-from .conftest import service_of, until_stored
+from .conftest import eventually, service_of, until_stored
 
 SPEECH = {
     "model": "tts-1",
@@ -29,15 +26,6 @@ SPEECH = {
     "response_format": "wav",
 }
 TABLE = {"welcome_message": 7 * 86400}
-
-
-async def wait_until(predicate: Callable[[], Awaitable[bool]], seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 # -- pure rules ------------------------------------------------------------------------
@@ -221,7 +209,7 @@ async def test_quota_is_enforced_by_cleanup_for_that_tenant_only(
     async def acme_within_target() -> bool:
         return (await service.totals())["tenant:acme:bytes"] <= 0.8 * 20 * 1024
 
-    await wait_until(acme_within_target)
+    await eventually(acme_within_target)
     totals = await service.totals()
     assert totals["tenant:acme:entries"] >= 1
     assert totals["tenant:globex:entries"] == 4  # the other tenant is untouched
