@@ -11,7 +11,6 @@ import itertools
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -26,9 +25,6 @@ TEXT = web.RequestKey("tts_text", str)
 REQUEST_ID = web.RequestKey("request_id", str)
 # A request id we echo must not smuggle anything into logs or headers.
 _SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 # Fresh ids: 32 hex digits, a random per-process half and a counter (uuid4 per request
 # showed up in profiles of the hit path).
@@ -109,15 +105,9 @@ def runner_options(*, access_log: bool, idle_timeout: float) -> dict[str, Any]:
     }
 
 
-async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: every answer, streamed ones included, carries the id."""
+def tag(request: web.Request, response: web.StreamResponse) -> None:
+    """Give an answer streamed by its handler the request's id, before it is prepared
+    (:func:`proxy.endpoints.tagged` tags every other answer)."""
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers[REQUEST_ID_HEADER] = request_id
-
-
-@web.middleware
-async def request_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tag each request with the client's id or a new one (see ``echo_request_id``)."""
-    request[REQUEST_ID] = request_id_from(request.headers.get(REQUEST_ID_HEADER))
-    return await handler(request)

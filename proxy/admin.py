@@ -8,6 +8,8 @@ whole cache. Nothing under /admin is ever forwarded upstream: unknown admin path
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -17,7 +19,6 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from . import admin_cleanup, openapi
-from .admin_auth import is_admin_path
 from .admin_stats import ReplicaCounts, build_stats
 from .cleanup import CLEANER
 from .descriptions import BadDescription, describe
@@ -66,17 +67,19 @@ def _tenant(value: str, field: str = "tenant") -> str:
     return value
 
 
-@web.middleware
-async def admin_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+def admin_errors(handler: Handler) -> Handler:
     """Bad input → 400 naming the field; a failing store → 503 (admin never fails open)."""
-    if not is_admin_path(request.path):
-        return await handler(request)
-    try:
-        return await handler(request)
-    except BadQuery as exc:
-        return json_error(400, exc.message, field=exc.field)
-    except (RedisError, OSError) as exc:
-        return json_error(503, f"the cache store is unavailable: {exc}")
+
+    @functools.wraps(handler)
+    async def answer(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except BadQuery as exc:
+            return json_error(400, exc.message, field=exc.field)
+        except (RedisError, OSError) as exc:
+            return json_error(503, f"the cache store is unavailable: {exc}")
+
+    return answer
 
 
 # -- stats -----------------------------------------------------------------------------
@@ -260,7 +263,7 @@ async def not_found(request: web.Request) -> web.Response:
     """Unknown admin paths (and wrong methods) are answered here, never forwarded."""
     allowed: set[str] = set()
     for resource in request.app.router.resources():
-        fenced = any(route.handler is not_found for route in resource)
+        fenced = any(inspect.unwrap(route.handler) is not_found for route in resource)
         if resource.canonical.startswith("/admin") and not fenced:
             _, methods = await resource.resolve(request)
             allowed |= methods
@@ -271,22 +274,22 @@ async def not_found(request: web.Request) -> web.Response:
     return json_error(404, f"no admin route {request.path}", field="path")
 
 
-def setup(app: web.Application) -> None:
-    """Register every admin route on ``app`` (before any catch-all route)."""
-    add = app.router.add_route
-    app.router.add_get("/admin/audio-cache/stats", stats, allow_head=False)
-    add("DELETE", "/admin/audio-cache", clear)
-    app.router.add_get("/admin/audio-cache/entry", get_entry, allow_head=False)
-    add("DELETE", "/admin/audio-cache/entry", delete_entry)
-    add("DELETE", "/admin/audio-cache/entries", purge_by_selector)
-    add("POST", "/admin/audio-cache/prefetch", start_prefetch)
-    app.router.add_get("/admin/audio-cache/prefetch/{job}", prefetch_status, allow_head=False)
-    admin_cleanup.setup(app)
-    app.router.add_get("/admin/openapi.json", openapi.serve, allow_head=False)
-    fence(app)
+def routes() -> list[web.RouteDef]:
+    """Every admin route, the fence included (registered before any catch-all route)."""
+    return [
+        web.get("/admin/audio-cache/stats", stats, allow_head=False),
+        web.delete("/admin/audio-cache", clear),
+        web.get("/admin/audio-cache/entry", get_entry, allow_head=False),
+        web.delete("/admin/audio-cache/entry", delete_entry),
+        web.delete("/admin/audio-cache/entries", purge_by_selector),
+        web.post("/admin/audio-cache/prefetch", start_prefetch),
+        web.get("/admin/audio-cache/prefetch/{job}", prefetch_status, allow_head=False),
+        *admin_cleanup.routes(),
+        web.get("/admin/openapi.json", openapi.serve, allow_head=False),
+        *fence(),
+    ]
 
 
-def fence(app: web.Application) -> None:
-    """Answer every other /admin path here, so none is ever forwarded upstream."""
-    app.router.add_route("*", "/admin", not_found)
-    app.router.add_route("*", "/admin/{tail:.*}", not_found)
+def fence() -> list[web.RouteDef]:
+    """Every other /admin path is answered here, so none is ever forwarded upstream."""
+    return [web.route("*", "/admin", not_found), web.route("*", "/admin/{tail:.*}", not_found)]

@@ -9,13 +9,13 @@ client can send them.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from .processor import json_error
 
@@ -81,20 +81,22 @@ def refusal(request: web.Request, admin_token: str | None) -> web.Response | Non
     return None
 
 
-def admin_guard(admin_token: str | None, *, every_path: bool = False) -> Middleware:
-    """Middleware checking every /admin request (every request, on a separate admin port)."""
+def admin_only(admin_token: str | None) -> Callable[[Handler], Handler]:
+    """Wraps an admin handler so that only callers :func:`refusal` lets through reach it."""
     if admin_token is None:
         log.warning(
             "no admin token configured (ADMIN_TOKEN / ADMIN_TOKEN_FILE): "
             "the admin API answers loopback clients only"
         )
 
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if every_path or is_admin_path(request.path):
+    def guarded(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def guard(request: web.Request) -> web.StreamResponse:
             refused = refusal(request, admin_token)
             if refused is not None:
                 return refused
-        return await handler(request)
+            return await handler(request)
 
-    return guard
+        return guard
+
+    return guarded

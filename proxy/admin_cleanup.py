@@ -68,6 +68,6 @@ async def cleanup(request: web.Request) -> web.Response:
     return web.json_response(report.to_json(), status=status)
 
 
-def setup(app: web.Application) -> None:
-    """Register the cleanup route (before any catch-all route)."""
-    app.router.add_post("/admin/audio-cache/cleanup", cleanup)
+def routes() -> list[web.RouteDef]:
+    """The cleanup route."""
+    return [web.post("/admin/audio-cache/cleanup", cleanup)]

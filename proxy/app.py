@@ -7,22 +7,21 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_async.aio.web import server_stats
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from . import admin
-from .access_log import echo_request_id, request_ids
-from .admin_auth import admin_guard
+from .admin_auth import admin_only
 from .breaker import CircuitBreaker
 from .cleanup import CLEANER, Cleaner, CleanupRunner
 from .compression import CompressionAdvisor
 from .config import Settings
+from .endpoints import tagged, wrapped
 from .hot_tier import HotTier
 from .invalidation import InvalidationListener
 from .maintenance import Maintenance, cancel_and_wait, refresh_gauges
@@ -30,7 +29,7 @@ from .metrics import METRICS, MULTIPROCESS_DIR, multiprocess_exposition
 from .packing import Codec
 from .prefetch import Prefetcher
 from .prefetch_items import ItemError, load_file
-from .processor import AudioProcessor, json_error
+from .processor import AudioProcessor
 from .redis_client import open_redis, open_subscriber
 from .state import DRAINING, HOME, PREFETCHER, PROCESSOR, REDIS, REDIS_URL, SERVICE, SETTINGS
 from .store import AudioCacheService, CachedAudio
@@ -47,24 +46,6 @@ __all__ = [
     "create_admin_app",
     "create_app",
 ]
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Errors as JSON naming the problem; never a stack trace to the client."""
-    try:
-        return await handler(request)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return json_error(413, f"request body too large: {exc.text}", field="body")
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return json_error(exc.status, exc.reason)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return json_error(500, "internal error in the caching proxy")
 
 
 def build_service(settings: Settings, redis: Any) -> AudioCacheService:
@@ -245,45 +226,34 @@ async def _audio_by_key(request: web.Request) -> web.StreamResponse:
 def create_app(settings: Settings, *, redis_url: str) -> web.Application:
     """The proxy as an aiohttp application, talking to Redis at ``redis_url``. The admin
     routes are on it unless ``admin_port`` is set (then see :func:`create_admin_app`)."""
-    separate_admin = settings.admin_port is not None
-    middlewares: list[Middleware] = [request_ids, json_errors]
-    if not separate_admin:
-        middlewares += [admin_guard(settings.admin_token), admin.admin_errors]
-    app = web.Application(
-        middlewares=middlewares,
-        client_max_size=int(settings.max_request_body_kb * 1024),
-    )
-    app.on_response_prepare.append(echo_request_id)
+    # No middlewares: every handler is wrapped once, here (see proxy.endpoints).
+    app = web.Application(client_max_size=int(settings.max_request_body_kb * 1024))
     app[SETTINGS] = settings
     app[REDIS_URL] = redis_url
     app[DRAINING] = []
     app.cleanup_ctx.append(_lifecycle)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    if separate_admin:
-        admin.fence(app)
+    if settings.admin_port is None:
+        admin_routes = wrapped(admin.routes(), admin_only(settings.admin_token), admin.admin_errors)
     else:
-        admin.setup(app)
-    app.router.add_get(settings.audio_path_prefix + "/{key}", _audio_by_key)  # and HEAD
-    app.router.add_route("*", "/{tail:.*}", _speech)
+        admin_routes = admin.fence()
+    routes = [
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/metrics", metrics),
+        *admin_routes,
+        web.get(settings.audio_path_prefix + "/{key}", _audio_by_key),  # and HEAD
+        web.route("*", "/{tail:.*}", _speech),
+    ]
+    app.add_routes(wrapped(routes, tagged))
     return app
 
 
 def create_admin_app(proxy: web.Application) -> web.Application:
     """The admin routes alone, for a separate listener (``admin_port``), working on the
-    state of ``proxy`` (which must be started first)."""
+    state of ``proxy`` (which must be started first). Every path on it is guarded."""
     settings = proxy[SETTINGS]
-    app = web.Application(
-        middlewares=[
-            request_ids,
-            json_errors,
-            admin_guard(settings.admin_token, every_path=True),
-            admin.admin_errors,
-        ],
-        client_max_size=int(settings.max_request_body_kb * 1024),
-    )
-    app.on_response_prepare.append(echo_request_id)
+    app = web.Application(client_max_size=int(settings.max_request_body_kb * 1024))
     app[HOME] = proxy
-    admin.setup(app)
+    routes = [*admin.routes(), web.route("*", "/{tail:.*}", admin.not_found)]
+    app.add_routes(wrapped(routes, tagged, admin_only(settings.admin_token), admin.admin_errors))
     return app

@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from redis.exceptions import RedisError
 
-from .access_log import ROUTE, TEXT
+from .access_log import ROUTE, TEXT, tag
 from .coalescing import ClusterFlights, FlightSettings
 from .config import CONTENT_TYPE_NAME, Settings
 from .fill import Fill, FillRegistry
@@ -501,6 +501,7 @@ class AudioProcessor:
         if fill.finished and fill.complete:
             response.content_length = fill.size
         self._mark(response, key, status, "MISS")
+        tag(request, response)
         try:
             await response.prepare(request)
             if request.method != "HEAD":
@@ -645,6 +646,7 @@ class AudioProcessor:
         status = f"{CACHE_NAME}; fwd=bypass" + (f"; detail={detail}" if detail else "")
         response.headers["Cache-Status"] = status
         response.headers["X-Cache"] = "BYPASS"
+        tag(request, response)
         await response.prepare(request)
         try:
             async with upstream:
