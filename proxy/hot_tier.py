@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Generic, Protocol, TypeVar
 
-# Per-entry bookkeeping (key, dicts, header tuples) counted against the byte bound.
-ENTRY_OVERHEAD = 512
+# Per-entry bookkeeping (key, dicts, header tuples, the prepared hit headers) counted
+# against the byte bound.
+ENTRY_OVERHEAD = 2048
 GHOST_MIN, GHOST_MAX = 1024, 65536
 
 

@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from .metrics import METRICS
 from .store import AudioCacheService
+from .tally import TALLY
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ def report_hot_tier(service: AudioCacheService) -> None:
 
 
 async def refresh_gauges(service: AudioCacheService) -> None:
-    """The seed's size gauges, from the shared counters in Redis (so replicas agree)."""
+    """The seed's size gauges, from the shared counters in Redis (so replicas agree), and
+    this process's counts kept outside Prometheus until now."""
+    TALLY.flush()
     report_hot_tier(service)
     totals = await service.totals()
     METRICS.size_entries.set(totals["entries"])
@@ -79,9 +82,7 @@ class Maintenance:
 
     def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(
-                every(self.flush_seconds, self.service.flush_counters, "flush_counters")
-            ),
+            asyncio.create_task(every(self.flush_seconds, self.flush, "flush_counters")),
             asyncio.create_task(
                 every(self.sweep_seconds, lambda: sweep_and_refresh(self.service), "sweep")
             ),
@@ -91,4 +92,9 @@ class Maintenance:
         for task in self._tasks:
             await cancel_and_wait(task)
         with contextlib.suppress(RedisError, OSError):
-            await self.service.flush_counters()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Batched counts out: hit counts to Redis, the hit path's tally to Prometheus."""
+        TALLY.flush()
+        await self.service.flush_counters()

@@ -29,6 +29,7 @@ from .policy import Directive, refusal_after_body, refusal_before_body, request_
 from .pricing import cost_of, price_per_million
 from .routes import InvalidSpeechRequest, RouteRule, SpeechRequest, find_rule
 from .store import AudioCacheService, CachedAudio, EntryLabels, replayable_headers
+from .tally import TALLY
 from .tenants import BadTenant
 from .upstream import (
     HOP_BY_HOP,
@@ -43,9 +44,12 @@ log = logging.getLogger(__name__)
 
 CACHE_NAME = "tts-cache"
 # Requests already described, by fingerprint: a repeated request skips JSON parsing, text
-# normalization and hashing (a third of a hot hit's time in profiles). Small bodies only.
-_DESCRIBED_ENTRIES = 4096
-_DESCRIBED_MAX_BODY = 8192
+# normalization, header checks and hashing (most of a hot hit's time). Small bodies only.
+_KNOWN_ENTRIES = 4096
+_KNOWN_MAX_BODY = 8192
+_UNSEEN = object()
+# Request headers that make an answer more than "the stored audio" (validators, ranges).
+_CONDITIONAL = ("range", "if-none-match", "if-modified-since")
 # Headers the proxy sets on answers to speech requests; never copied from the upstream.
 _OWN_HEADERS = frozenset({"cache-status", "x-cache", "x-audio-cache-key", "content-location"})
 
@@ -82,6 +86,42 @@ class Warmed:
 
 
 @dataclass(frozen=True, slots=True)
+class _Known:
+    """A request described before: everything its fingerprint decides."""
+
+    speech: SpeechRequest
+    tenant: str
+    content_class: str | None  # the client's class header, None without one
+    key: CacheKey
+    metrics: _RouteMetrics
+
+
+class _HitHeaders:
+    """The headers of a plain hit on one entry, built once and kept with it (in
+    ``CachedAudio.memo``); only Age and the remaining TTL change, once a second."""
+
+    __slots__ = ("_fixed", "_headers", "_stamp")
+
+    def __init__(self, fixed: list[tuple[str, str]]) -> None:
+        self._fixed = fixed
+        self._headers: CIMultiDict[str] = CIMultiDict()
+        self._stamp = (-1, -1)
+
+    def at(self, age_s: int, ttl_s: int) -> CIMultiDict[str]:
+        if self._stamp != (age_s, ttl_s):
+            self._headers = CIMultiDict(
+                [
+                    *self._fixed,
+                    ("Age", str(age_s)),
+                    ("Cache-Control", f"max-age={ttl_s}"),
+                    ("Cache-Status", f"{CACHE_NAME}; hit; ttl={ttl_s}"),
+                ]
+            )
+            self._stamp = (age_s, ttl_s)
+        return self._headers
+
+
+@dataclass(frozen=True, slots=True)
 class _RouteMetrics:
     """What a request answered without an upstream call updates, for one route and voice."""
 
@@ -92,9 +132,9 @@ class _RouteMetrics:
 
     def saved(self, characters: int) -> None:
         """This request's characters (and their price) were not sent upstream."""
-        self.characters.inc(characters)
+        TALLY.add(self.characters, characters)
         if self.price:
-            self.cost.inc(cost_of(characters, self.price))
+            TALLY.add(self.cost, cost_of(characters, self.price))
 
 
 class AudioProcessor:
@@ -131,45 +171,76 @@ class AudioProcessor:
         self.audio_path_prefix = audio_path_prefix.rstrip("/")
         self._class_header = settings.audio_cache_content_type_header.lower()
         self.tenants = settings.tenancy
-        self._described: dict[tuple[Any, ...], tuple[SpeechRequest, str, CacheKey]] = {}
+        # Paths seen before, by method and raw path: their rule (None: not cacheable),
+        # and they passed check_path.
+        self._routed: dict[tuple[str, str], Any] = {}
+        self._known: dict[tuple[Any, ...], _Known] = {}
+        # Bodies up to this size are taken from the buffer when complete, without
+        # request.read()'s loop (and never above the app's client_max_size).
+        self._small_body = min(_KNOWN_MAX_BODY, int(settings.max_request_body_kb * 1024))
+        # Per route, the request headers its fingerprint covers: all that describing it,
+        # checking its class and finding its tenant read.
+        self._read_headers = {
+            rule.name: tuple(
+                dict.fromkeys(
+                    h.lower()
+                    for h in (
+                        "content-type",
+                        *rule.headers,
+                        self._class_header,
+                        self.tenants.header or "",
+                        self.tenants.api_key_header or "",
+                    )
+                    if h
+                )
+            )
+            for rule in self.rules
+        }
         self._route_metrics: dict[str, _RouteMetrics] = {}
 
     # -- entry point -----------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        try:
-            check_path(request.rel_url.raw_path)  # without building the upstream URL
-        except UnsafePath as exc:
-            return json_error(400, str(exc), field="path")
-        matched = find_rule(self.rules, request.method, request.path)
-        if matched is None or not self.settings.audio_cache_enabled:
+        raw_path = request.rel_url.raw_path
+        routed = self._routed.get((request.method, raw_path), _UNSEEN)
+        if routed is _UNSEEN:
+            try:
+                check_path(raw_path)  # without building the upstream URL
+            except UnsafePath as exc:
+                return json_error(400, str(exc), field="path")
+            routed = find_rule(self.rules, request.method, request.path)
+            if len(self._routed) >= _KNOWN_ENTRIES:
+                del self._routed[next(iter(self._routed))]
+            self._routed[(request.method, raw_path)] = routed
+        if routed is None or not self.settings.audio_cache_enabled:
             return await self.pass_through(request, None, result="bypass")
-        rule, path_params = matched
-        limit = self.settings.client_body_timeout_seconds
-        try:
-            if request.content.is_eof():  # the usual small body came with the headers
-                body = await request.read()
-            else:
+        rule, path_params = routed
+        content = request.content
+        length = request.content_length
+        if content.is_eof() and length is not None and length <= self._small_body:
+            body = content.read_nowait()  # the usual small body, all there already
+        else:
+            limit = self.settings.client_body_timeout_seconds
+            try:
                 async with asyncio.timeout(limit):
                     body = await request.read()
-        except TimeoutError:
-            message = f"the request body did not arrive within {limit} s"
-            return json_error(408, message, field="body")
+            except TimeoutError:
+                message = f"the request body did not arrive within {limit} s"
+                return json_error(408, message, field="body")
         query = request.rel_url.raw_query_string
         headers = request.headers  # case-insensitive: no lower-cased copy on the hit path
-        # Everything describe() reads (every value of each header), so equal fingerprints
-        # describe equally.
+        # Everything that describing the request reads, so that equal fingerprints describe
+        # equally: the body, the query and every value of each header that matters.
         fingerprint = (
             rule.name,
             request.path,
             query,
             body,
-            tuple(headers.getall("content-type", ())),
-            *[tuple(headers.getall(h, ())) for h in rule.headers],
+            *[tuple(headers.getall(h, ())) for h in self._read_headers[rule.name]],
         )
-        described = self._described.get(fingerprint)
-        if described is None:
+        known = self._known.get(fingerprint)
+        if known is None:
             lowered = {k.lower(): v for k, v in headers.items()}
             try:
                 speech = rule.describe(
@@ -180,7 +251,7 @@ class AudioProcessor:
             if speech is None:
                 return await self.pass_through(request, body, result="bypass", detail="uncacheable")
         else:
-            speech = described[0]
+            speech = known.speech
         request[ROUTE] = rule.name
         request[TEXT] = speech.text
         directive = Directive.USE
@@ -193,32 +264,42 @@ class AudioProcessor:
             )
         if directive is Directive.BYPASS:
             return await self.pass_through(request, body, result="bypass", detail="no-store")
-        content_class = headers.get(self._class_header)
-        if content_class is not None and not CONTENT_TYPE_NAME.match(content_class):
-            return json_error(
-                400,
-                f"{self.settings.audio_cache_content_type_header} must match "
-                f"{CONTENT_TYPE_NAME.pattern}",
-                field=f"header:{self.settings.audio_cache_content_type_header}",
-            )
-        try:
-            tenant = self.tenants.identify(headers)
-        except BadTenant as exc:
-            return json_error(400, exc.message, field=exc.field)
-        if not self.tenants.policy(tenant).enabled:
-            return await self.pass_through(request, body, result="bypass", detail="tenant-disabled")
-        namespace = self.tenants.namespace(tenant)
-        if described is not None and described[1] == namespace:
-            key = described[2]
-        else:
-            key = self.key_for(speech, namespace)
-            if len(body) <= _DESCRIBED_MAX_BODY:
-                if len(self._described) >= _DESCRIBED_ENTRIES:
-                    del self._described[next(iter(self._described))]
-                self._described[fingerprint] = (speech, namespace, key)
+        hot_tried = False
+        if known is None:
+            # Checked once per distinct request: these headers are part of the fingerprint.
+            content_class = headers.get(self._class_header)
+            if content_class is not None and not CONTENT_TYPE_NAME.match(content_class):
+                return json_error(
+                    400,
+                    f"{self.settings.audio_cache_content_type_header} must match "
+                    f"{CONTENT_TYPE_NAME.pattern}",
+                    field=f"header:{self.settings.audio_cache_content_type_header}",
+                )
+            try:
+                tenant = self.tenants.identify(lowered)
+            except BadTenant as exc:
+                return json_error(400, exc.message, field=exc.field)
+            if not self.tenants.policy(tenant).enabled:
+                return await self.pass_through(
+                    request, body, result="bypass", detail="tenant-disabled"
+                )
+            key = self.key_for(speech, self.tenants.namespace(tenant))
+            metrics = self._metrics_of(rule.name, speech.voice)
+            known = _Known(speech, tenant, content_class, key, metrics)
+            if len(body) <= _KNOWN_MAX_BODY:
+                if len(self._known) >= _KNOWN_ENTRIES:
+                    del self._known[next(iter(self._known))]
+                self._known[fingerprint] = known
+        elif directive is Directive.USE and not any(h in headers for h in _CONDITIONAL):
+            # The hot path: a plain request for an entry of the in-process hot tier.
+            cached = self.service.hot_hit(known.key)
+            if cached is not None:
+                return self._hot_answer(request, cached, known, started)
+            hot_tried = True
 
         def for_a_miss() -> tuple[Outgoing, EntryLabels]:
             """What a miss needs, built only on a miss."""
+            assert known is not None
             outgoing = Outgoing(
                 # A HEAD miss fetches the whole audio: it is stored, and later GETs hit.
                 method="GET" if request.method == "HEAD" else request.method,
@@ -227,9 +308,12 @@ class AudioProcessor:
                 headers=self.upstream.outgoing_headers(headers, identity=True),
                 body=body,
             )
-            return outgoing, self.labels_for(speech, rule, content_class, tenant)
+            labels = self.labels_for(speech, rule, known.content_class, known.tenant)
+            return outgoing, labels
 
-        return await self._serve_speech(request, rule, speech, key, for_a_miss, directive, started)
+        return await self._serve_speech(
+            request, rule, speech, known.key, for_a_miss, directive, started, hot_tried=hot_tried
+        )
 
     def labels_for(
         self, speech: SpeechRequest, rule: RouteRule, content_class: str | None, tenant: str
@@ -270,11 +354,13 @@ class AudioProcessor:
         for_a_miss: Callable[[], tuple[Outgoing, EntryLabels]],
         directive: Directive,
         started: float,
+        *,
+        hot_tried: bool = False,
     ) -> web.StreamResponse:
         stale = None
         if directive is Directive.USE:
             try:
-                cached, stale = await self.service.get_or_stale(key)
+                cached, stale = await self.service.get_or_stale(key, hot_tried=hot_tried)
             except RedisError as exc:
                 log.warning("cache read failed, going to the upstream: %s", exc)
                 METRICS.redis_errors.labels("get").inc()
@@ -568,19 +654,12 @@ class AudioProcessor:
             etag=etag,
             last_modified_ms=cached.created_ms,
         )
-        # One header list, turned into a CIMultiDict once by web.Response (the replayed
-        # upstream headers never include these names: see store.replayable_headers).
         headers = [
-            *cached.headers,
-            ("ETag", etag),
-            ("Last-Modified", http_date(cached.created_ms)),
+            *self._entry_headers(cached, etag),
             ("Age", str(age_s)),
             ("Cache-Control", f"max-age={ttl_s}"),
-            ("Accept-Ranges", "bytes"),
             ("Cache-Status", status),
             ("X-Cache", "HIT" if "; hit" in status else _x_cache_of(status)),
-            ("X-Audio-Cache-Key", cached.key.hex),
-            ("Content-Location", f"{self.audio_path_prefix}/{cached.key.hex}"),
         ]
         if plan.status == 304:
             return web.Response(status=304, headers=headers)
@@ -593,9 +672,43 @@ class AudioProcessor:
         headers.append(("Content-Type", cached.media_type))
         part = cached.audio if plan.status == 200 else cached.audio[start : end + 1]
         if request.method != "HEAD":
-            METRICS.bytes_served_from_cache.inc(len(part))
+            TALLY.add(METRICS.bytes_served_from_cache, len(part))
         # On HEAD aiohttp sends the headers (Content-Length included) and not the body.
         return web.Response(status=plan.status, body=part, headers=CIMultiDict(headers))
+
+    def _entry_headers(self, cached: CachedAudio, etag: str) -> list[tuple[str, str]]:
+        """What every stored answer of an entry carries, whatever the request. (The
+        replayed upstream headers never include these names: see replayable_headers.)"""
+        return [
+            *cached.headers,
+            ("ETag", etag),
+            ("Last-Modified", http_date(cached.created_ms)),
+            ("Accept-Ranges", "bytes"),
+            ("X-Audio-Cache-Key", cached.key.hex),
+            ("Content-Location", f"{self.audio_path_prefix}/{cached.key.hex}"),
+        ]
+
+    def _hot_answer(
+        self, request: web.Request, cached: CachedAudio, known: _Known, started: float
+    ) -> web.Response:
+        """A plain hit from the hot tier (no validators, no range): the whole audio with the
+        headers prepared for this entry, nothing derived again."""
+        hit = cached.memo.get("hit")
+        if not isinstance(hit, _HitHeaders):
+            etag = make_etag(cached.key.hex, cached.checksum)
+            fixed = self._entry_headers(cached, etag)
+            fixed += [("X-Cache", "HIT"), ("Content-Type", cached.media_type)]
+            hit = cached.memo["hit"] = _HitHeaders(fixed)
+        now_ms = int(time.time() * 1000)
+        age_s = max(0, (now_ms - cached.created_ms) // 1000)
+        ttl_s = max(0, (cached.expires_ms - now_ms) // 1000)
+        response = web.Response(body=cached.audio, headers=hit.at(age_s, ttl_s))
+        metrics = known.metrics
+        metrics.saved(len(known.speech.text))
+        if request.method != "HEAD":
+            TALLY.add(METRICS.bytes_served_from_cache, len(cached.audio))
+        metrics.hit_duration.observe(time.perf_counter() - started)
+        return response
 
     async def serve_by_key(self, request: web.Request) -> web.StreamResponse:
         """``GET /audio/{key}``: a cached entry by its key, for players and browsers."""

@@ -37,6 +37,7 @@ from .hot_tier import HotTier
 from .keys import CacheKey
 from .metrics import METRICS
 from .packing import Codec, CorruptEntry, read_header, unpack
+from .tally import TALLY
 
 log = logging.getLogger(__name__)
 
@@ -321,6 +322,9 @@ class CachedAudio:
     expires_ms: int
     content_class: str
     checksum: int
+    # What the HTTP layer derived from this entry (validators, header blocks), kept with
+    # it so that a hot-tier hit does not derive them again. Not part of its value.
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,20 +497,32 @@ class AudioCacheService:
         fresh, _ = await self.get_or_stale(key)
         return fresh
 
-    async def get_or_stale(self, key: CacheKey) -> tuple[CachedAudio | None, CachedAudio | None]:
+    def hot_hit(self, key: CacheKey) -> CachedAudio | None:
+        """The entry from the hot tier, counted as a hit; None when the tier cannot answer
+        (then ``get_or_stale(key, hot_tried=True)``: the tier has seen this request)."""
+        hot = self._usable_hot()
+        if hot is None:
+            return None
+        found = hot.get(key.hex, _now_ms())
+        if found is not None:
+            self._count_hit(key)
+        return found
+
+    async def get_or_stale(
+        self, key: CacheKey, *, hot_tried: bool = False
+    ) -> tuple[CachedAudio | None, CachedAudio | None]:
         """(fresh audio, None) on a hit; (None, expired audio kept for its grace period, or
         None) on a miss. Counts the hit or miss (batched)."""
-        hot = self.hot
-        # The hot tier is used only while invalidations reach it and the store is healthy:
-        # with the breaker open, deletes made elsewhere could go unheard.
-        if hot is not None and hot.live and self.breaker.state is BreakerState.CLOSED:
-            now = _now_ms()
-            found = hot.get(key.hex, now)
-            if found is None:
-                generation = hot.generation
-                found = await self.fetch(key)
-                if found is not None:
-                    hot.offer(key.hex, found, generation, _now_ms())
+        hot = self._usable_hot()
+        if hot is not None:
+            found = None if hot_tried else hot.get(key.hex, _now_ms())
+            if found is not None:
+                self._count_hit(key)
+                return found, None
+            generation = hot.generation
+            found = await self.fetch(key)
+            if found is not None:
+                hot.offer(key.hex, found, generation, _now_ms())
         else:
             found = await self.fetch(key)
         stale = None
@@ -517,11 +533,22 @@ class AudioCacheService:
             self.session_misses += 1
             self._miss.inc()
         else:
-            pending = self._pending_hits
-            pending[key.hex] = pending.get(key.hex, 0) + 1
-            self.session_hits += 1
-            self._hit.inc()
+            self._count_hit(key)
         return found, stale
+
+    def _usable_hot(self) -> HotTier[CachedAudio] | None:
+        """The hot tier, when it may be used: only while invalidations reach it and the
+        store is healthy (with the breaker open, deletes made elsewhere could go unheard)."""
+        hot = self.hot
+        if hot is not None and hot.live and self.breaker.state is BreakerState.CLOSED:
+            return hot
+        return None
+
+    def _count_hit(self, key: CacheKey) -> None:
+        pending = self._pending_hits
+        pending[key.hex] = pending.get(key.hex, 0) + 1
+        self.session_hits += 1
+        TALLY.add(self._hit)
 
     async def fetch_fresh(self, key: CacheKey) -> CachedAudio | None:
         """Read and verify an entry without counting it; None when only a stale copy is

@@ -91,21 +91,29 @@ async def test_workers_share_port_and_store_and_stop_on_sigterm(
         led = [s for s in seen if "fwd=miss" in s and "collapsed" not in s]
         assert len(led) == 1, seen
         assert all("; hit" in s or "collapsed" in s for s in seen[1:]), seen
-        # Any worker answers a scrape for all of them: every scrape agrees with what the
-        # clients saw, whichever worker served it.
+        # Any worker answers a scrape for all of them. A worker hands its hit path's counts
+        # to the shared files at least every audio_cache_stats_flush_seconds (1 s): within
+        # that, every scrape agrees with what the clients saw, whichever worker served it.
         hits = sum("; hit" in s for s in seen)
-        for _ in range(6):
+
+        async def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             connector = aiohttp.TCPConnector(force_close=True)
             async with (
                 aiohttp.ClientSession(connector=connector) as s,
                 s.get(base + "/metrics") as r,
             ):
-                scraped = {
+                return {
                     (sample.name, tuple(sorted(sample.labels.items()))): sample.value
                     for family in text_string_to_metric_families(await r.text())
                     for sample in family.samples
                 }
-            get_hit = (("operation", "get"), ("result", "hit"))
+
+        get_hit = (("operation", "get"), ("result", "hit"))
+        before = (await scrape())[("audio_cache_operations_total", get_hit)]
+        assert before <= hits
+        await asyncio.sleep(1.5)
+        for _ in range(6):
+            scraped = await scrape()
             assert scraped[("audio_cache_operations_total", get_hit)] == hits
             assert scraped[("audio_cache_size_entries", ())] == 1
         parent.send_signal(signal.SIGTERM)
