@@ -158,8 +158,8 @@ class FillRegistry:
     def join_or_start(self, key: str, runner: Runner) -> tuple[Fill, bool]:
         """The running fill for ``key`` (False) or a new one started with ``runner`` (True)."""
         fill = self._fills.get(key)
-        if fill is not None and not (fill.finished and not fill.complete):
-            return fill, False  # (a fill that already failed is not joined: try again)
+        if fill is not None and _joinable(fill):
+            return fill, False
         fill = Fill(key, continue_when_abandoned=self.continue_when_abandoned)
         self._fills[key] = fill
         task = asyncio.create_task(self._run(fill, runner), name=f"fill:{key[:12]}")
@@ -197,3 +197,12 @@ class FillRegistry:
         """Let running fills finish (graceful shutdown), at most ``seconds``."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=seconds)
+
+
+def _joinable(fill: Fill) -> bool:
+    """A fill still in flight, or one that ended with the whole of a successful answer. One
+    that failed, or ended with an error answer, is not joined even while its leader is
+    still tidying up (releasing its lock): a new request tries the upstream again."""
+    if not fill.finished:
+        return True
+    return fill.complete and fill.status is not None and fill.status < 300
