@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +27,7 @@ from .invalidation import InvalidationListener
 from .maintenance import Maintenance, cancel_and_wait, refresh_gauges
 from .metrics import METRICS, MULTIPROCESS_DIR, multiprocess_exposition
 from .packing import Codec
+from .pipelined_reads import PipelinedReads
 from .prefetch import Prefetcher
 from .prefetch_items import ItemError, load_file
 from .processor import AudioProcessor
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 
-def build_service(settings: Settings, redis: Any) -> AudioCacheService:
+def build_service(settings: Settings, redis: Any, redis_url: str = "") -> AudioCacheService:
     advisor = CompressionAdvisor(
         enabled=settings.audio_cache_compression_enabled,
         threshold_bytes=settings.compression_threshold_bytes,
@@ -66,6 +67,21 @@ def build_service(settings: Settings, redis: Any) -> AudioCacheService:
         ),
         hot=hot_tier(settings),
         stale_grace_seconds=settings.stale_if_error_seconds,
+        reads=pipelined_reads(settings, redis_url),
+    )
+
+
+def pipelined_reads(
+    settings: Settings, redis_url: str
+) -> Callable[[Sequence[bytes]], PipelinedReads] | None:
+    """The hit path's own pipelined connection, on a plain (not cluster, not TLS) store."""
+    if not PipelinedReads.supports(redis_url):
+        return None
+    return lambda fields: PipelinedReads(
+        redis_url,
+        fields,
+        socket_timeout=settings.redis_socket_timeout_seconds,
+        connect_timeout=settings.redis_connect_timeout_seconds,
     )
 
 
@@ -94,7 +110,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         )
     )
     await upstream.start()
-    service = build_service(settings, redis)
+    service = build_service(settings, redis, app[REDIS_URL])
     METRICS.cache_max_bytes.set(settings.max_size_bytes)
     app[REDIS] = redis
     app[SERVICE] = service
@@ -146,6 +162,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if listener is not None:
             await cancel_and_wait(listener)
         await upstream.close()
+        await service.close_reads()
         await redis.aclose()
 
 

@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -436,6 +436,7 @@ class AudioCacheService:
         breaker: CircuitBreaker | None = None,
         hot: HotTier[CachedAudio] | None = None,
         stale_grace_seconds: int = 0,
+        reads: Callable[[Sequence[bytes]], Any] | None = None,
     ) -> None:
         self.redis = redis
         self.hot = hot
@@ -462,10 +463,19 @@ class AudioCacheService:
         self.size_changed = asyncio.Event()
         self.breaker = breaker or CircuitBreaker()
         self._channel = self.keyspace.channel()
-        self._reads = ReadBatcher(redis, _ENTRY_FIELDS)
+        # The hit path's HMGETs: ``reads(fields)`` when given (see proxy.pipelined_reads).
+        self._reads = (
+            reads(_ENTRY_FIELDS) if reads is not None else ReadBatcher(redis, _ENTRY_FIELDS)
+        )
         # Labelled metric children bound once: labels() costs a lock and a lookup per call.
         self._hit = METRICS.operations.labels("get", "hit")
         self._miss = METRICS.operations.labels("get", "miss")
+
+    async def close_reads(self) -> None:
+        """Close the hit path's own connection, if it has one."""
+        close = getattr(self._reads, "aclose", None)
+        if close is not None:
+            await close()
 
     async def _guarded(self, call: Awaitable[T]) -> T:
         """Run one store call through the circuit breaker: refused at once while it is open."""
