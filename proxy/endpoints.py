@@ -2,8 +2,8 @@
 
 Each route's handler is wrapped here, once, when the routes are built. aiohttp
 middlewares and an ``on_response_prepare`` signal would do the same around every request,
-but on the hit path those layers cost a fifth of the throughput (bench/hit_path; README,
-"The hit path").
+but on the hit path those layers cost about a sixth of the throughput (bench/hit_path;
+README, "Hits").
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ redis-py spends most of a hit's Redis time in Python around the command (a poole
 connection, retries, a timed read per reply, the parser's layers). Here each HMGET is a few
 bytes appended to one buffer, every command of an event-loop turn leaves in one write, and
 replies, which Redis sends in order, are matched to their waiters first in, first out.
-The numbers are in README ("The hit path").
+The numbers are in README ("Hits").
 
 Plain servers only (``redis://`` and ``unix://``): a Redis Cluster or TLS store keeps
 :class:`proxy.batching.ReadBatcher`. Failures are redis-py's exceptions, so the breaker and
