@@ -24,10 +24,6 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def is_admin_path(path: str) -> bool:
-    return path == "/admin" or path.startswith("/admin/")
-
-
 def is_loopback(remote: str | None) -> bool:
     """A loopback peer: 127.0.0.0/8, ::1 or an IPv4-mapped loopback address."""
     if not remote:
