@@ -42,6 +42,17 @@ def redis_url(valkey: EmbeddedValkey) -> str:
     return valkey.url
 
 
+@pytest.fixture
+def private_valkey() -> Iterator[EmbeddedValkey]:
+    """A Valkey of this test's own, which the test may kill, stop (SIGSTOP) or fill."""
+    server = EmbeddedValkey(port=free_port())
+    server.start()
+    yield server
+    if server.process is not None and server.process.poll() is None:
+        os.kill(server.process.pid, signal.SIGCONT)
+    server.stop()
+
+
 def fake_wav(text: str, voice: str = "", extra: str = "") -> bytes:
     """Deterministic audio-looking bytes for a request: a RIFF header and a body."""
     seed = f"{text}|{voice}|{extra}".encode()

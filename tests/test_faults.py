@@ -30,17 +30,6 @@ def expected(text: str) -> bytes:
     return fake_wav(text, "es", "tts-1|wav|None")
 
 
-@pytest.fixture
-def private_valkey() -> Any:
-    """A Valkey of this test's own, which the test may kill, stop or fill."""
-    server = EmbeddedValkey(port=free_port())
-    server.start()
-    yield server
-    if server.process is not None and server.process.poll() is None:
-        os.kill(server.process.pid, signal.SIGCONT)
-    server.stop()
-
-
 async def proxy_on(
     aiohttp_client: Any, upstream_url: str, redis_url: str, **settings: Any
 ) -> TestClient[web.Request, web.Application]:

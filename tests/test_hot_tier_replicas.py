@@ -11,14 +11,12 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from proxy.embedded import EmbeddedValkey, free_port
+from proxy.embedded import EmbeddedValkey
 from proxy.hot_tier import HotTier
 from proxy.keys import CacheKey
 from proxy.store import EntryLabels
@@ -28,15 +26,6 @@ from tests.test_faults import proxy_on
 Client = TestClient[web.Request, web.Application]
 SPEECH = {"model": "tts-1", "voice": "alloy", "response_format": "wav"}
 BOUND = 1.0  # seconds: the promise
-
-
-@pytest.fixture
-def own_valkey() -> Iterator[EmbeddedValkey]:
-    """A Valkey of this test's own, to kill and restart."""
-    server = EmbeddedValkey(port=free_port())
-    server.start()
-    yield server
-    server.stop()
 
 
 def hot_of(client: Client) -> HotTier[Any]:
@@ -177,37 +166,37 @@ async def test_disabled_hot_tier(upstream: Any, make_proxy: ProxyFactory) -> Non
 
 
 async def test_serves_nothing_while_redis_is_down_and_comes_back_after(
-    upstream: Any, own_valkey: EmbeddedValkey, aiohttp_client: Any
+    upstream: Any, private_valkey: EmbeddedValkey, aiohttp_client: Any
 ) -> None:
     _, url = upstream
-    client = await proxy_on(aiohttp_client, url, own_valkey.url)
+    client = await proxy_on(aiohttp_client, url, private_valkey.url)
     hot = hot_of(client)
     await until(lambda: hot.live, 5)
     await make_hot(client, "Our pool opens at eight")
-    assert own_valkey.process is not None
-    own_valkey.process.kill()
-    own_valkey.process.wait()
+    assert private_valkey.process is not None
+    private_valkey.process.kill()
+    private_valkey.process.wait()
     await until(lambda: not hot.live and len(hot) == 0, BOUND + 0.5)
     _, x_cache, _ = await speak(client, "Our pool opens at eight")
     assert x_cache == "MISS"  # from the upstream: nothing cached is trusted meanwhile
-    own_valkey.start()
+    private_valkey.start()
     await until(lambda: hot.live, 10)
     await make_hot(client, "Our pool opens at eight")
 
 
 async def test_a_silent_channel_empties_the_tier_until_it_speaks_again(
-    upstream: Any, own_valkey: EmbeddedValkey, aiohttp_client: Any
+    upstream: Any, private_valkey: EmbeddedValkey, aiohttp_client: Any
 ) -> None:
     _, url = upstream
-    client = await proxy_on(aiohttp_client, url, own_valkey.url)
+    client = await proxy_on(aiohttp_client, url, private_valkey.url)
     hot = hot_of(client)
     await until(lambda: hot.live, 5)
     await make_hot(client, "The bar closes at midnight")
-    assert own_valkey.process is not None
-    os.kill(own_valkey.process.pid, signal.SIGSTOP)  # hung, not dead: no error, no answer
+    assert private_valkey.process is not None
+    os.kill(private_valkey.process.pid, signal.SIGSTOP)  # hung, not dead: no error, no answer
     try:
         await until(lambda: not hot.live, BOUND + 0.5)
         await until(lambda: len(hot) == 0, 1.0)
     finally:
-        os.kill(own_valkey.process.pid, signal.SIGCONT)
+        os.kill(private_valkey.process.pid, signal.SIGCONT)
     await until(lambda: hot.live, 10)

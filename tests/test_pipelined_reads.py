@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -17,21 +16,10 @@ from redis.exceptions import ConnectionError as StoreConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as StoreTimeoutError
 
-from proxy.embedded import EmbeddedValkey, free_port
+from proxy.embedded import EmbeddedValkey
 from proxy.pipelined_reads import PipelinedReads
 
 FIELDS = (b"body", b"type", b"missing")
-
-
-@pytest.fixture
-def own_valkey() -> Iterator[EmbeddedValkey]:
-    """A TCP Valkey of this test's own, to stop, kill and restart."""
-    server = EmbeddedValkey(port=free_port())
-    server.start()
-    yield server
-    if server.process is not None and server.process.poll() is None:
-        os.kill(server.process.pid, signal.SIGCONT)
-    server.stop()
 
 
 async def fill(url: str, n: int) -> list[str]:
@@ -85,52 +73,52 @@ async def test_a_cancelled_read_does_not_shift_the_others(valkey: EmbeddedValkey
     await reads.aclose()
 
 
-async def test_password_and_database_are_honoured(own_valkey: EmbeddedValkey) -> None:
-    admin = redis.Redis(port=own_valkey.port)
+async def test_password_and_database_are_honoured(private_valkey: EmbeddedValkey) -> None:
+    admin = redis.Redis(port=private_valkey.port)
     admin.config_set("requirepass", "s3cret")
     try:
-        url = f"redis://:s3cret@127.0.0.1:{own_valkey.port}/3"
+        url = f"redis://:s3cret@127.0.0.1:{private_valkey.port}/3"
         keys = await fill(url, 3)
         reads = PipelinedReads(url, FIELDS)
         assert (await reads.hmget(keys[2]))[1] == b"audio/2"
         await reads.aclose()
-        wrong = PipelinedReads(f"redis://:nope@127.0.0.1:{own_valkey.port}/3", FIELDS)
+        wrong = PipelinedReads(f"redis://:nope@127.0.0.1:{private_valkey.port}/3", FIELDS)
         with pytest.raises(ResponseError):
             await wrong.hmget(keys[0])
         await wrong.aclose()
     finally:
-        redis.Redis(port=own_valkey.port, password="s3cret").config_set("requirepass", "")
+        redis.Redis(port=private_valkey.port, password="s3cret").config_set("requirepass", "")
 
 
 async def test_a_stuck_store_times_out_and_the_link_comes_back(
-    own_valkey: EmbeddedValkey,
+    private_valkey: EmbeddedValkey,
 ) -> None:
-    keys = await fill(own_valkey.url, 3)
-    reads = PipelinedReads(own_valkey.url, FIELDS, socket_timeout=0.3)
+    keys = await fill(private_valkey.url, 3)
+    reads = PipelinedReads(private_valkey.url, FIELDS, socket_timeout=0.3)
     assert (await reads.hmget(keys[0]))[1] == b"audio/0"
-    assert own_valkey.process is not None
-    os.kill(own_valkey.process.pid, signal.SIGSTOP)
+    assert private_valkey.process is not None
+    os.kill(private_valkey.process.pid, signal.SIGSTOP)
     started = asyncio.get_running_loop().time()
     with pytest.raises(StoreTimeoutError):
         await asyncio.gather(reads.hmget(keys[1]), reads.hmget(keys[2]))
     assert 0.25 < asyncio.get_running_loop().time() - started < 1.5
-    os.kill(own_valkey.process.pid, signal.SIGCONT)
+    os.kill(private_valkey.process.pid, signal.SIGCONT)
     assert (await reads.hmget(keys[1]))[1] == b"audio/1"
     await reads.aclose()
 
 
 async def test_a_dead_store_fails_fast_and_a_restarted_one_is_read_again(
-    own_valkey: EmbeddedValkey,
+    private_valkey: EmbeddedValkey,
 ) -> None:
-    reads = PipelinedReads(own_valkey.url, FIELDS, socket_timeout=1.0, connect_timeout=0.5)
-    keys = await fill(own_valkey.url, 2)
+    reads = PipelinedReads(private_valkey.url, FIELDS, socket_timeout=1.0, connect_timeout=0.5)
+    keys = await fill(private_valkey.url, 2)
     assert (await reads.hmget(keys[1]))[1] == b"audio/1"
-    own_valkey.stop()
+    private_valkey.stop()
     with pytest.raises(StoreConnectionError):
         await reads.hmget(keys[1])
     with pytest.raises(StoreConnectionError):
         await reads.hmget(keys[1])  # reconnecting fails too, promptly
-    own_valkey.start()
-    keys = await fill(own_valkey.url, 2)
+    private_valkey.start()
+    keys = await fill(private_valkey.url, 2)
     assert (await reads.hmget(keys[0]))[1] == b"audio/0"
     await reads.aclose()
