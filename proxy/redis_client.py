@@ -17,7 +17,7 @@ from urllib.parse import unquote
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 DEFAULT_PORT = 6379
@@ -101,6 +101,11 @@ def open_redis(url: str, *, socket_timeout: float = 2.0, connect_timeout: float 
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
         max_connections=256,
+        # from_url builds its pool without redis-py's default Retry, so a pooled
+        # connection left over from before a Redis restart failed its next command.
+        # One immediate retry on a fresh connection heals that without making a dead
+        # store any slower to notice.
+        retry=Retry(NoBackoff(), retries=1),
     )
 
 

@@ -20,6 +20,7 @@ from proxy.config import load_settings
 from proxy.embedded import EmbeddedValkey, free_port
 from proxy.keys import CacheKey
 from proxy.metrics import METRICS
+from proxy.redis_client import open_redis
 
 from .conftest import fake_wav
 
@@ -105,6 +106,23 @@ async def test_valkey_killed_under_load_then_restarted(
     assert recovered
     ready = await client.get("/readyz")
     assert ready.status == 200, await ready.text()
+
+
+async def test_pooled_connections_survive_a_valkey_restart(
+    private_valkey: EmbeddedValkey,
+) -> None:
+    # Every pooled connection is dead after a restart; the first command on each must
+    # still succeed (writes, locks and /readyz all go through this pool).
+    client = open_redis(private_valkey.url)
+    try:
+        await asyncio.gather(*(client.ping() for _ in range(20)))
+        assert private_valkey.process is not None
+        private_valkey.process.kill()
+        private_valkey.process.wait()
+        private_valkey.start()
+        assert all(await asyncio.gather(*(client.ping() for _ in range(20))))
+    finally:
+        await client.aclose()
 
 
 async def test_hung_valkey_costs_a_timeout_then_nothing(
