@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 DEFAULT_PORT = 6379
@@ -103,9 +104,9 @@ def open_redis(url: str, *, socket_timeout: float = 2.0, connect_timeout: float 
         max_connections=256,
         # from_url builds its pool without redis-py's default Retry, so a pooled
         # connection left over from before a Redis restart failed its next command.
-        # One immediate retry on a fresh connection heals that without making a dead
-        # store any slower to notice.
-        retry=Retry(NoBackoff(), retries=1),
+        # One immediate retry on a fresh connection heals that; timeouts are not retried,
+        # so a hung store costs one socket timeout, not two.
+        retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
     )
 
 
