@@ -18,7 +18,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from redis.exceptions import RedisError
 
-from .access_log import ROUTE, TEXT, tag
+from .access_log import REQUEST_ID, ROUTE, TEXT, tag
 from .coalescing import ClusterFlights, FlightSettings
 from .config import CONTENT_TYPE_NAME, Settings
 from .fill import Fill, FillRegistry
@@ -26,6 +26,7 @@ from .http_cache import http_date, make_etag, plan_response
 from .keys import CacheKey, cache_key, upstream_identity
 from .metrics import METRICS
 from .policy import Directive, refusal_after_body, refusal_before_body, request_directive
+from .prepared_hit import HitWire, is_plain
 from .pricing import cost_of, price_per_million
 from .routes import InvalidSpeechRequest, RouteRule, SpeechRequest, find_rule
 from .store import AudioCacheService, CachedAudio, EntryLabels, replayable_headers
@@ -49,7 +50,6 @@ _KNOWN_ENTRIES = 4096
 _KNOWN_MAX_BODY = 8192
 _UNSEEN = object()
 # Request headers that make an answer more than "the stored audio" (validators, ranges).
-_CONDITIONAL = ("range", "if-none-match", "if-modified-since")
 # Headers the proxy sets on answers to speech requests; never copied from the upstream.
 _OWN_HEADERS = frozenset({"cache-status", "x-cache", "x-audio-cache-key", "content-location"})
 
@@ -94,31 +94,6 @@ class _Known:
     content_class: str | None  # the client's class header, None without one
     key: CacheKey
     metrics: _RouteMetrics
-
-
-class _HitHeaders:
-    """The headers of a plain hit on one entry, built once and kept with it (in
-    ``CachedAudio.memo``); only Age and the remaining TTL change, once a second."""
-
-    __slots__ = ("_fixed", "_headers", "_stamp")
-
-    def __init__(self, fixed: list[tuple[str, str]]) -> None:
-        self._fixed = fixed
-        self._headers: CIMultiDict[str] = CIMultiDict()
-        self._stamp = (-1, -1)
-
-    def at(self, age_s: int, ttl_s: int) -> CIMultiDict[str]:
-        if self._stamp != (age_s, ttl_s):
-            self._headers = CIMultiDict(
-                [
-                    *self._fixed,
-                    ("Age", str(age_s)),
-                    ("Cache-Control", f"max-age={ttl_s}"),
-                    ("Cache-Status", f"{CACHE_NAME}; hit; ttl={ttl_s}"),
-                ]
-            )
-            self._stamp = (age_s, ttl_s)
-        return self._headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,11 +265,11 @@ class AudioProcessor:
                 if len(self._known) >= _KNOWN_ENTRIES:
                     del self._known[next(iter(self._known))]
                 self._known[fingerprint] = known
-        elif directive is Directive.USE and not any(h in headers for h in _CONDITIONAL):
+        elif directive is Directive.USE and is_plain(request):
             # The hot path: a plain request for an entry of the in-process hot tier.
             cached = self.service.hot_hit(known.key)
             if cached is not None:
-                return self._hot_answer(request, cached, known, started)
+                return self._plain_hit(request, cached, known.metrics, len(speech.text), started)
             hot_tried = True
 
         def for_a_miss() -> tuple[Outgoing, EntryLabels]:
@@ -368,6 +343,8 @@ class AudioProcessor:
                 cached = None
             if cached is not None:
                 metrics = self._metrics_of(rule.name, speech.voice)
+                if is_plain(request):
+                    return self._plain_hit(request, cached, metrics, len(speech.text), started)
                 metrics.saved(len(speech.text))
                 response = await self.serve_cached(request, cached, status=f"{CACHE_NAME}; hit")
                 metrics.hit_duration.observe(time.perf_counter() - started)
@@ -688,25 +665,33 @@ class AudioProcessor:
             ("Content-Location", f"{self.audio_path_prefix}/{cached.key.hex}"),
         ]
 
-    def _hot_answer(
-        self, request: web.Request, cached: CachedAudio, known: _Known, started: float
-    ) -> web.Response:
-        """A plain hit from the hot tier (no validators, no range): the whole audio with the
-        headers prepared for this entry, nothing derived again."""
-        hit = cached.memo.get("hit")
-        if not isinstance(hit, _HitHeaders):
+    def _plain_hit(
+        self,
+        request: web.Request,
+        cached: CachedAudio,
+        metrics: _RouteMetrics,
+        characters: int,
+        started: float,
+    ) -> web.StreamResponse:
+        """A plain hit (see :func:`proxy.prepared_hit.is_plain`): the whole audio behind
+        headers serialized once for this entry (and kept with it in the hot tier)."""
+        wire = cached.memo.get("wire")
+        if not isinstance(wire, HitWire):
             etag = make_etag(cached.key.hex, cached.checksum)
             fixed = self._entry_headers(cached, etag)
             fixed += [("X-Cache", "HIT"), ("Content-Type", cached.media_type)]
-            hit = cached.memo["hit"] = _HitHeaders(fixed)
-        now_ms = int(time.time() * 1000)
+            # Raises UnsafeHeader on a header aiohttp would refuse as well (an answer
+            # never sent: a 500 naming the problem, as on any other path).
+            wire = cached.memo["wire"] = HitWire(fixed, len(cached.audio), CACHE_NAME)
+        now = time.time()
+        now_ms = int(now * 1000)
         age_s = max(0, (now_ms - cached.created_ms) // 1000)
         ttl_s = max(0, (cached.expires_ms - now_ms) // 1000)
-        response = web.Response(body=cached.audio, headers=hit.at(age_s, ttl_s))
-        metrics = known.metrics
-        metrics.saved(len(known.speech.text))
-        if request.method != "HEAD":
-            TALLY.add(METRICS.bytes_served_from_cache, len(cached.audio))
+        response = wire.answer(
+            wire.head(age_s, ttl_s, int(now)), request.get(REQUEST_ID), cached.audio
+        )
+        metrics.saved(characters)
+        TALLY.add(METRICS.bytes_served_from_cache, len(cached.audio))
         metrics.hit_duration.observe(time.perf_counter() - started)
         return response
 
