@@ -25,6 +25,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
@@ -422,6 +423,16 @@ def replayable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, st
     return [(k, v) for k, v in headers if k.lower() not in _UNREPLAYED]
 
 
+@lru_cache(maxsize=1024)
+def _replayed(stored: bytes) -> tuple[tuple[str, str], ...]:
+    """An entry's replayed upstream headers, from their stored JSON. Entries of one upstream
+    store the same few header sets, so each is decoded once, not on every read."""
+    decoded = json.loads(stored)
+    if not isinstance(decoded, list):
+        raise TypeError("replayed headers are not a list")
+    return tuple((str(name), str(value)) for name, value in decoded)
+
+
 class AudioCacheService:
     """Store, fetch and manage cached audio and its metadata in Redis."""
 
@@ -586,7 +597,7 @@ class AudioCacheService:
                 key=key,
                 audio=audio,
                 media_type=(media_type or b"application/octet-stream").decode(),
-                headers=tuple(tuple(h) for h in json.loads(headers or b"[]")),
+                headers=_replayed(headers or b"[]"),
                 created_ms=int(created or 0),
                 expires_ms=int(expires or 0),
                 content_class=(content_class or b"default").decode(),
