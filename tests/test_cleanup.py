@@ -343,3 +343,25 @@ async def test_hits_per_tenant_are_counted_and_survive_repair(make_service: Make
     await service.repair()
     totals = await service.totals()
     assert (totals["tenant:acme:hits"], totals["tenant:acme:entries"]) == (3, 1)
+
+
+async def test_bookkeeping_reloads_its_scripts_after_a_script_flush(
+    make_service: MakeService,
+) -> None:
+    """Sweep and hit counts go in one pipeline per run; a server that lost its scripts
+    (restart, failover, SCRIPT FLUSH) gets them again before the pipeline runs."""
+    service = await make_service()
+    k = key("flushed")
+    await service.put(
+        k, os.urandom(AUDIO), media_type="audio/wav", ttl_seconds=60, labels=EntryLabels()
+    )
+    await put(service, "short", ttl=1)
+    for _ in range(2):
+        assert await service.get(k) is not None
+    await service.redis.script_flush()
+    assert await service.flush_counters() == 2
+    await asyncio.sleep(1.1)
+    await service.redis.script_flush()
+    assert await service.sweep() == 1
+    totals = await service.totals()
+    assert (totals["hits"], totals["expired"], totals["entries"]) == (2, 1, 1)
