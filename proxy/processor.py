@@ -26,7 +26,7 @@ from .http_cache import http_date, make_etag, plan_response
 from .keys import CacheKey, cache_key, upstream_identity
 from .metrics import METRICS
 from .policy import Directive, refusal_after_body, refusal_before_body, request_directive
-from .prepared_hit import HitWire, is_plain
+from .prepared_hit import HitWire, UnsafeHeader, is_plain
 from .pricing import cost_of, price_per_million
 from .routes import InvalidSpeechRequest, RouteRule, SpeechRequest, find_rule
 from .store import AudioCacheService, CachedAudio, EntryLabels, replayable_headers
@@ -49,7 +49,6 @@ CACHE_NAME = "tts-cache"
 _KNOWN_ENTRIES = 4096
 _KNOWN_MAX_BODY = 8192
 _UNSEEN = object()
-# Request headers that make an answer more than "the stored audio" (validators, ranges).
 # Headers the proxy sets on answers to speech requests; never copied from the upstream.
 _OWN_HEADERS = frozenset({"cache-status", "x-cache", "x-audio-cache-key", "content-location"})
 
@@ -680,9 +679,11 @@ class AudioProcessor:
             etag = make_etag(cached.key.hex, cached.checksum)
             fixed = self._entry_headers(cached, etag)
             fixed += [("X-Cache", "HIT"), ("Content-Type", cached.media_type)]
-            # Raises UnsafeHeader on a header aiohttp would refuse as well (an answer
-            # never sent: a 500 naming the problem, as on any other path).
-            wire = cached.memo["wire"] = HitWire(fixed, len(cached.audio), CACHE_NAME)
+            try:
+                wire = cached.memo["wire"] = HitWire(fixed, len(cached.audio), CACHE_NAME)
+            except UnsafeHeader as exc:  # written by something else: aiohttp refuses it too
+                log.warning("cache entry %s cannot be answered: %s", cached.key.hex, exc)
+                return json_error(500, f"the cached entry cannot be answered: {exc}")
         now = time.time()
         now_ms = int(now * 1000)
         age_s = max(0, (now_ms - cached.created_ms) // 1000)
