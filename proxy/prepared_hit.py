@@ -15,6 +15,8 @@ tests hold the two to the same bytes.
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import SERVER_SOFTWARE
@@ -46,16 +48,24 @@ def is_plain(request: web.BaseRequest) -> bool:
     )
 
 
+# What aiohttp refuses in a header (RFC 9110 §5.5, RFC 9112 §4): control characters but
+# tab, CR and LF included. A ":" in a name would move the start of its value.
+_FORBIDDEN_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_FORBIDDEN_NAME = re.compile(r"[\x00-\x1f\x7f:]")
+
+
 def _serialized(headers: Headers) -> bytes:
-    names = "".join(name for name, _ in headers)
-    values = "".join(value for _, value in headers)
-    # One scan of each, in C; the loop below only runs to name the culprit.
-    if "\r" in names or "\n" in names or ":" in names or "\r" in values or "\n" in values:
+    # One scan of all names and one of all values; the loop only runs to name the culprit.
+    names = "".join([name for name, _ in headers])
+    values = "".join([value for _, value in headers])
+    if _FORBIDDEN_NAME.search(names) or _FORBIDDEN_VALUE.search(values):
         for name, value in headers:
-            if "\r" in name or "\n" in name or ":" in name or "\r" in value or "\n" in value:
+            if _FORBIDDEN_NAME.search(name) or _FORBIDDEN_VALUE.search(value):
                 raise UnsafeHeader(f"header {name!r} cannot be written as it is")
-    # UTF-8, as aiohttp writes headers.
-    return "".join([f"{name}: {value}\r\n" for name, value in headers]).encode()
+    # UTF-8 as aiohttp writes headers, which drops lone surrogates (the bytes of a header
+    # that was not UTF-8 when the upstream sent it, as aiohttp's client decodes them).
+    text = "".join([f"{name}: {value}\r\n" for name, value in headers])
+    return text.encode("utf-8", "ignore")
 
 
 class HitWire:
@@ -100,6 +110,8 @@ class PreparedHit(web.StreamResponse):
     nothing may add to them), and they are only turned back into a mapping if someone
     reads them, such as the access log."""
 
+    _fixed = False  # until __init__ is done: aiohttp's own may check ``prepared``
+
     def __init__(
         self,
         head: bytes,
@@ -114,10 +126,15 @@ class PreparedHit(web.StreamResponse):
         self._header_lists = headers
         self._view: CIMultiDict[str] | None = None
         self._sent = 0
+        self._fixed = True
+
+    def __repr__(self) -> str:
+        state = "sent" if self._sent else "ready"
+        return f"<PreparedHit 200 {len(self._audio)} bytes {state}>"
 
     @property
     def prepared(self) -> bool:
-        return True
+        return self._fixed
 
     @property
     def keep_alive(self) -> bool | None:
@@ -154,9 +171,10 @@ class PreparedHit(web.StreamResponse):
         else:
             rid = self._request_id.encode()
             data = b"".join((self._head, _REQUEST_ID, rid, b"\r\n\r\n", self._audio))
+        # write_eof with the data waits for the client to take it, whatever its size: a
+        # client pipelining requests it does not read must not make us buffer answers.
+        await writer.write_eof(data)
         self._sent = len(data)
-        await writer.write(data)
-        await writer.write_eof()
         return writer
 
     async def write_eof(self, data: bytes = b"") -> None:

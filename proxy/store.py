@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 SHARDS = 64
+# Shards whose bookkeeping scripts share one round trip (see _per_shard).
+_SHARDS_PER_TRIP = 8
 SELECTOR_DIMENSIONS = ("voice", "model", "tenant", "class", "route")
 _ENTRY_FIELDS = (b"b", b"ct", b"hd", b"c", b"x", b"cls")
 
@@ -776,19 +778,22 @@ class AudioCacheService:
         return sum(int(gone) for gone in await self._per_shard(self._sweep, calls))
 
     async def _per_shard(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """``script`` run once per (keys, args). On a plain store all of them go in one
-        round trip (a pipeline, which loads the script first if the server lost it): these
-        jobs run every second on every replica, and one call after another cost about 2% of
-        a busy replica's CPU. On a cluster each shard's keys live in a slot of their own;
-        there they run one after another."""
-        if not calls:
-            return []
+        """``script`` run once per (keys, args). On a plain store they go
+        ``_SHARDS_PER_TRIP`` at a time in one round trip (a pipeline, which loads the
+        script first if the server lost it): these jobs run every second on every replica,
+        and one call after another cost about 2% of a busy replica's CPU. Not all 64 at
+        once: a sweep catching up on mass expiry would hold the server for every shard's
+        deletions in one go, with the hit path's reads queued behind. On a cluster each
+        shard's keys live in a slot of their own; there they run one after another."""
         if not isinstance(self.redis, aioredis.Redis):
             return [await script(keys=keys, args=args) for keys, args in calls]
-        pipe = self.redis.pipeline(transaction=False)
-        for keys, args in calls:
-            await script(keys=keys, args=args, client=pipe)  # queued, not sent
-        return list(await pipe.execute())
+        results: list[Any] = []
+        for start in range(0, len(calls), _SHARDS_PER_TRIP):
+            pipe = self.redis.pipeline(transaction=False)
+            for keys, args in calls[start : start + _SHARDS_PER_TRIP]:
+                await script(keys=keys, args=args, client=pipe)  # queued, not sent
+            results += await pipe.execute()
+        return results
 
     async def totals(self) -> Totals:
         """Counters summed over every shard: one pipelined read."""

@@ -9,7 +9,9 @@ is not plain.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import socket
 from typing import Any
 
 import pytest
@@ -27,11 +29,12 @@ UNSTABLE = {"date", "x-request-id", "age", "cache-status", "cache-control"}
 def speech_request(
     text: str, *, version: str = "1.1", extra: str = "", method: str = "POST"
 ) -> bytes:
-    body = f'{{"model": "tts-1", "voice": "alloy", "response_format": "wav", "input": "{text}"}}'
-    return (
+    body = json.dumps({**SPEECH, "input": text}).encode()
+    head = (
         f"{method} /v1/audio/speech HTTP/{version}\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n{body}"
-    ).encode()
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    )
+    return head.encode() + body
 
 
 class Answer:
@@ -220,11 +223,80 @@ async def test_an_entry_with_a_header_that_would_split_the_answer_is_a_clear_err
     assert b"cannot be answered" in answer.body and b'"error"' in answer.body
 
 
+async def test_a_client_that_does_not_read_is_not_buffered_for(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    """Pipelined plain hits the client never reads wait for it, as aiohttp's answers do:
+    the proxy's write buffers stay bounded instead of holding every answer."""
+    _, url = upstream
+    client, _ = await replicas(make_proxy, url)
+    assert client.port is not None and client.server.runner is not None
+    await make_hot(client, "Nobody reads this.")
+    server = client.server.runner.server
+    assert server is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        writer.write(speech_request("Nobody reads this.") * 2000)  # ~8 MB of answers
+        await asyncio.sleep(1.0)
+        buffered = sum(
+            h.transport.get_write_buffer_size() for h in server.connections if h.transport
+        )
+        assert buffered < 256 * 1024, f"{buffered} bytes buffered for a client not reading"
+        first = await read_answer(reader)  # and the answers are still there, in order
+        assert first.status_line == "HTTP/1.1 200 OK" and first.get("X-Cache") == "HIT"
+    finally:
+        writer.close()
+
+
+async def test_a_header_that_was_not_utf8_is_written_as_aiohttp_writes_it(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    """aiohttp's client keeps the bytes of a header that is not UTF-8 as lone surrogates;
+    its server drops them when it writes the header. A prepared hit does the same."""
+    _, url = upstream
+    client = await make_proxy(url, audio_cache_hot_tier_mb=0)
+    assert client.port is not None
+    r = await client.post("/v1/audio/speech", json={**SPEECH, "input": "Andrés speaking."})
+    audio = await r.read()
+    await client.app[SERVICE].put(
+        CacheKey(r.headers["X-Audio-Cache-Key"]),
+        audio,
+        media_type="audio/wav",
+        ttl_seconds=60,
+        labels=EntryLabels(),
+        headers=[("X-Voice-Name", "Andr\udce9s")],  # b"Andr\xe9s" as the client decoded it
+    )
+    text = "Andrés speaking."
+    (prepared,) = await exchange(client.port, speech_request(text))
+    (built,) = await exchange(client.port, speech_request(text, extra='If-None-Match: "x"\r\n'))
+    assert prepared.status_line == built.status_line == "HTTP/1.1 200 OK"
+    assert prepared.get("X-Voice-Name") == built.get("X-Voice-Name") == "Andrs"
+    assert prepared.body == built.body == audio
+
+
+def test_a_prepared_hit_describes_itself() -> None:
+    wire = HitWire([("X-Note", "fine")], 4, "tts-cache")
+    hit = wire.answer(wire.head(0, 60, 1_800_000_000), "rid-1", b"RIFF")
+    assert repr(hit) == "<PreparedHit 200 4 bytes ready>"
+    assert hit.prepared and hit.keep_alive and hit.content_length == 4
+    assert hit.headers["X-Request-ID"] == "rid-1" and hit.headers["Content-Length"] == "4"
+    with pytest.raises(RuntimeError):
+        hit.content_length = 5
+
+
 def test_a_wire_refuses_headers_it_cannot_write() -> None:
     with pytest.raises(UnsafeHeader):
         HitWire([("X-Note", "a\nb")], 10, "tts-cache")
     with pytest.raises(UnsafeHeader):
         HitWire([("X-No\rte", "a")], 10, "tts-cache")
+    for control in ("\x00", "\x01", "\x1f", "\x7f"):
+        with pytest.raises(UnsafeHeader):
+            HitWire([("X-Note", f"a{control}b")], 10, "tts-cache")
+    with pytest.raises(UnsafeHeader):
+        HitWire([("X-Note: sneaky", "a")], 10, "tts-cache")
+    assert b"X-Note: a\tb\r\n" in HitWire([("X-Note", "a\tb")], 10, "tts-cache").head(0, 1, 0)
     wire = HitWire([("X-Note", "fine")], 10, "tts-cache")
     first = wire.head(0, 60, 1_800_000_000)
     assert first.startswith(b"HTTP/1.1 200 OK\r\nX-Note: fine\r\nContent-Length: 10\r\n")
