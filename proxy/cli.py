@@ -60,6 +60,11 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+    # Neither format shows the thread or process of a record; not looking them up for
+    # each one saves a tenth of an access line (logging's documented optimizations).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def _settings(args: argparse.Namespace, **extra: Any) -> Settings:

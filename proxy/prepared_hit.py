@@ -111,6 +111,7 @@ class PreparedHit(web.StreamResponse):
     reads them, such as the access log."""
 
     _fixed = False  # until __init__ is done: aiohttp's own may check ``prepared``
+    access_result = "hit"  # for the access line (proxy.access_log.access_fields)
 
     def __init__(
         self,
