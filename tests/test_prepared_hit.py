@@ -79,12 +79,19 @@ async def exchange(port: int, *requests: bytes) -> list[Answer]:
         writer.close()
 
 
+async def hot_proxy(make_proxy: ProxyFactory, url: str, text: str) -> Any:
+    """A proxy (with a port to talk raw HTTP to) whose hot tier holds ``text``."""
+    client, _ = await replicas(make_proxy, url)
+    assert client.port is not None
+    await make_hot(client, text)
+    return client
+
+
 async def test_a_prepared_hit_matches_the_answer_aiohttp_builds(
     upstream: Any, make_proxy: ProxyFactory
 ) -> None:
     _, url = upstream
-    hot, _ = await replicas(make_proxy, url)
-    await make_hot(hot, "Breakfast is served.")
+    hot = await hot_proxy(make_proxy, url, "Breakfast is served.")
     from_valkey = await make_proxy(url, audio_cache_hot_tier_mb=0)
     for _ in range(2):
         await from_valkey.post("/v1/audio/speech", json={**SPEECH, "input": "Breakfast is served."})
@@ -112,9 +119,7 @@ async def test_pipelined_hits_are_framed_and_keep_the_connection(
     upstream: Any, make_proxy: ProxyFactory
 ) -> None:
     _, url = upstream
-    client, _ = await replicas(make_proxy, url)
-    assert client.port is not None
-    await make_hot(client, "The pool closes at ten.")
+    client = await hot_proxy(make_proxy, url, "The pool closes at ten.")
     requests = [
         speech_request("The pool closes at ten.", extra=f"X-Request-ID: trace-{i}\r\n")
         for i in range(3)
@@ -141,9 +146,7 @@ async def test_requests_that_are_not_plain_are_answered_by_aiohttp(
     upstream: Any, make_proxy: ProxyFactory
 ) -> None:
     _, url = upstream
-    client, _ = await replicas(make_proxy, url)
-    assert client.port is not None
-    await make_hot(client, "Late checkout on request.")
+    client = await hot_proxy(make_proxy, url, "Late checkout on request.")
     text = "Late checkout on request."
     (plain,) = await exchange(client.port, speech_request(text))
     # HTTP/1.0: the answer speaks 1.0 and the connection ends with it.
@@ -179,9 +182,7 @@ async def test_the_access_line_of_a_prepared_hit(
     upstream: Any, make_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, url = upstream
-    client, _ = await replicas(make_proxy, url)
-    assert client.port is not None
-    await make_hot(client, "Room service all night.")
+    client = await hot_proxy(make_proxy, url, "Room service all night.")
     reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
     with caplog.at_level(logging.INFO, logger="proxy.access"):
         writer.write(speech_request("Room service all night.", extra="X-Request-ID: line-1\r\n"))
@@ -229,9 +230,8 @@ async def test_a_client_that_does_not_read_is_not_buffered_for(
     """Pipelined plain hits the client never reads wait for it, as aiohttp's answers do:
     the proxy's write buffers stay bounded instead of holding every answer."""
     _, url = upstream
-    client, _ = await replicas(make_proxy, url)
-    assert client.port is not None and client.server.runner is not None
-    await make_hot(client, "Nobody reads this.")
+    client = await hot_proxy(make_proxy, url, "Nobody reads this.")
+    assert client.server.runner is not None
     server = client.server.runner.server
     assert server is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
