@@ -213,8 +213,9 @@ async def measure_size(
     base_env = {
         "AUDIO_CACHE_KEY_PREFIX": prefix,
         "AUDIO_CACHE_MAX_SIZE_MB": "1024",
-        "ACCESS_LOG": "false",
-        "LOG_LEVEL": "WARNING",
+        # Off unless asked for (nginx's is off too): a line per request is a cost of its own.
+        "ACCESS_LOG": "true" if args.access_log else "false",
+        "LOG_LEVEL": "INFO" if args.access_log else "WARNING",
     }
     workers = ["--workers", str(args.workers)] if args.workers > 1 else []
 
@@ -375,6 +376,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="proxy processes (--workers)")
     p.add_argument("--tool", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--no-nginx", dest="nginx", action="store_false")
+    p.add_argument(
+        "--access-log", action="store_true", help="proxy writes its access log (to /dev/null)"
+    )
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args()
     tool = args.tool
@@ -393,7 +397,7 @@ def main() -> None:
         results = asyncio.run(run_all(args, load, tmp))
     subtitle = (
         f"load: {where}; {args.seconds:.0f} s per point; {os.cpu_count()} cores shared; "
-        f"proxy: {args.workers} process(es), access log off"
+        f"proxy: {args.workers} process(es), access log {'on' if args.access_log else 'off'}"
     )
     print()
     print(table(results))
