@@ -12,7 +12,7 @@ from typing import Any
 
 from tests.conftest import ProxyFactory, service_of
 from tests.test_faults import _raw
-from tests.test_hot_tier_replicas import SPEECH, hot_of, make_hot, replicas
+from tests.test_hot_tier_replicas import SPEECH, hot_of, hot_proxy, make_hot, replicas
 
 UNSTABLE = {"Date", "X-Request-ID", "Age", "Cache-Status", "Cache-Control"}
 
@@ -46,8 +46,7 @@ async def test_age_and_ttl_move_on_between_hot_hits(
     upstream: Any, make_proxy: ProxyFactory
 ) -> None:
     _, url = upstream
-    client, _ = await replicas(make_proxy, url)
-    await make_hot(client, "Checkout is at noon.")
+    client = await hot_proxy(make_proxy, url, "Checkout is at noon.")
     body = {**SPEECH, "input": "Checkout is at noon."}
     first = await client.post("/v1/audio/speech", json=body)
     await asyncio.sleep(2.1)
@@ -63,8 +62,7 @@ async def test_validators_and_ranges_on_a_hot_entry(
     upstream: Any, make_proxy: ProxyFactory
 ) -> None:
     _, url = upstream
-    client, _ = await replicas(make_proxy, url)
-    await make_hot(client, "Towels are by the pool.")
+    client = await hot_proxy(make_proxy, url, "Towels are by the pool.")
     body = {**SPEECH, "input": "Towels are by the pool."}
     whole = await client.post("/v1/audio/speech", json=body)
     audio = await whole.read()

@@ -76,6 +76,14 @@ async def make_hot(client: Client, text: str, voice: str = "alloy") -> str:
     return key
 
 
+async def hot_proxy(make_proxy: ProxyFactory, url: str, text: str) -> Client:
+    """A replica (with a port, for raw HTTP) whose hot tier holds ``text``."""
+    client, _ = await replicas(make_proxy, url)
+    assert client.port is not None
+    await make_hot(client, text)
+    return client
+
+
 async def test_a_delete_on_one_replica_reaches_the_others_hot_tier(
     upstream: Any, make_proxy: ProxyFactory
 ) -> None:

@@ -21,7 +21,7 @@ from proxy.keys import CacheKey
 from proxy.prepared_hit import HitWire, UnsafeHeader
 from proxy.store import EntryLabels
 from tests.conftest import ProxyFactory
-from tests.test_hot_tier_replicas import SPEECH, make_hot, replicas
+from tests.test_hot_tier_replicas import SPEECH, hot_proxy
 
 UNSTABLE = {"date", "x-request-id", "age", "cache-status", "cache-control"}
 
@@ -77,14 +77,6 @@ async def exchange(port: int, *requests: bytes) -> list[Answer]:
         ]
     finally:
         writer.close()
-
-
-async def hot_proxy(make_proxy: ProxyFactory, url: str, text: str) -> Any:
-    """A proxy (with a port to talk raw HTTP to) whose hot tier holds ``text``."""
-    client, _ = await replicas(make_proxy, url)
-    assert client.port is not None
-    await make_hot(client, text)
-    return client
 
 
 async def test_a_prepared_hit_matches_the_answer_aiohttp_builds(
