@@ -23,10 +23,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.app import SERVICE, create_app
-from proxy.config import load_settings
-from proxy.embedded import EmbeddedValkey, free_port
-from proxy.keys import CacheKey
-from proxy.store import AudioCacheService, EntryLabels
+from proxy.config.settings import load_settings
+from proxy.core.keys import CacheKey
+from proxy.store.embedded import EmbeddedValkey, free_port
+from proxy.store.service import AudioCacheService, EntryLabels
 
 VOICES = ("alloy", "echo", "nova", "shimmer")
 TENANTS = ("acme", "globex", "initech")

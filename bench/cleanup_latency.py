@@ -21,12 +21,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from proxy.cleanup import Cleaner, CleanupReport
-from proxy.compression import CompressionAdvisor
-from proxy.embedded import EmbeddedValkey, free_port
-from proxy.keys import CacheKey
-from proxy.redis_client import open_redis
-from proxy.store import AudioCacheService, EntryLabels
+from proxy.background.cleanup import Cleaner, CleanupReport
+from proxy.core.compression import CompressionAdvisor
+from proxy.core.keys import CacheKey
+from proxy.store.client import open_redis
+from proxy.store.embedded import EmbeddedValkey, free_port
+from proxy.store.service import AudioCacheService, EntryLabels
 
 CLASSES = ("welcome_message", "common_responses", "room_options", "availability_response")
 

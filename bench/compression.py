@@ -30,14 +30,14 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from proxy.compression import THREAD_THRESHOLD_BYTES, CompressionAdvisor
-from proxy.demo_upstream import wav_file
-from proxy.embedded import EmbeddedValkey, free_port
-from proxy.espeak import SAMPLE_RATE, synthesize_in_a_fresh_process
-from proxy.keys import CacheKey
-from proxy.packing import HAVE_ZSTD, Codec, pack, unpack
-from proxy.redis_client import open_redis
-from proxy.store import AudioCacheService, EntryLabels
+from proxy.core.compression import THREAD_THRESHOLD_BYTES, CompressionAdvisor
+from proxy.core.keys import CacheKey
+from proxy.core.packing import HAVE_ZSTD, Codec, pack, unpack
+from proxy.demo.espeak import SAMPLE_RATE, synthesize_in_a_fresh_process
+from proxy.demo.upstream import wav_file
+from proxy.store.client import open_redis
+from proxy.store.embedded import EmbeddedValkey, free_port
+from proxy.store.service import AudioCacheService, EntryLabels
 
 SENTENCES = [
     ("es", "Bienvenido al hotel. Su habitación está en la tercera planta."),

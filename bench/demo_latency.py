@@ -18,9 +18,9 @@ import aiohttp
 from aiohttp import web
 
 from proxy.app import create_app
-from proxy.config import load_settings
-from proxy.demo_upstream import create_demo_upstream_app
-from proxy.embedded import EmbeddedValkey, free_port
+from proxy.config.settings import load_settings
+from proxy.demo.upstream import create_demo_upstream_app
+from proxy.store.embedded import EmbeddedValkey, free_port
 
 SENTENCES = [
     "Bienvenido al hotel, su habitación está lista.",

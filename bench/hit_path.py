@@ -45,7 +45,7 @@ from pathlib import Path
 
 import aiohttp
 
-from proxy.embedded import EmbeddedValkey, free_port
+from proxy.store.embedded import EmbeddedValkey, free_port
 
 from .loopback import BARE_SERVER, SPEECH, python_load, speech_body, speech_of_size, wait_ready
 

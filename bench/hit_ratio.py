@@ -3,7 +3,7 @@
 Replays one synthetic trace (bench/workload.py documents its assumptions) at cache sizes of
 5/10/20/50% of the working set through:
 
-- the seed policy: the real ranking code (proxy.eviction.select_victims) with the configured
+- the seed policy: the real ranking code (proxy.core.eviction.select_victims) with the configured
   defaults, cleaning from 95% down to 80% of the budget as the proxy does;
 - variants of the seed's score (age since last access instead of since creation; other
   weights), to choose the defaults;
@@ -38,8 +38,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from proxy.config import SEED_CONTENT_TYPE_FACTORS, Settings
-from proxy.eviction import Candidate, ScoreWeights, percent_of, select_victims
+from proxy.config.settings import SEED_CONTENT_TYPE_FACTORS, Settings
+from proxy.core.eviction import Candidate, ScoreWeights, percent_of, select_victims
 
 from .workload import SIZE_SCALE, Request, generate, working_set_bytes
 
@@ -228,7 +228,7 @@ async def _valkey_replays(
 ) -> dict[str, Any]:
     import redis.asyncio as aioredis
 
-    from proxy.embedded import EmbeddedValkey, free_port
+    from proxy.store.embedded import EmbeddedValkey, free_port
 
     servers: list[EmbeddedValkey] = []
 

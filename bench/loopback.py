@@ -34,8 +34,8 @@ BARE_SERVER = textwrap.dedent(
 def speech_of_size(size: int) -> bytes:
     """A WAV file of exactly ``size`` bytes of real espeak-ng speech (repeated to length), so
     compression does what it does on real audio (it saves little)."""
-    from proxy.demo_upstream import wav_file
-    from proxy.espeak import SAMPLE_RATE, synthesize_in_a_fresh_process
+    from proxy.demo.espeak import SAMPLE_RATE, synthesize_in_a_fresh_process
+    from proxy.demo.upstream import wav_file
 
     text = "Welcome to the hotel. Breakfast is served from seven to ten in the dining room."
     pcm = synthesize_in_a_fresh_process(text, "en", 1.0)

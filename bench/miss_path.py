@@ -29,8 +29,8 @@ import aiohttp
 from aiohttp import web
 
 from proxy.app import create_app
-from proxy.config import load_settings
-from proxy.embedded import EmbeddedValkey, free_port
+from proxy.config.settings import load_settings
+from proxy.store.embedded import EmbeddedValkey, free_port
 
 AUDIO_BYTES = 48_000
 CHUNKS = 10

@@ -23,7 +23,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from proxy.embedded import EmbeddedValkey, free_port
+from proxy.store.embedded import EmbeddedValkey, free_port
 
 from .loopback import BARE_SERVER, PHRASES, Run, python_load, speech_of_size, wait_ready
 

@@ -24,11 +24,11 @@ import aiohttp
 from aiohttp import web
 
 from proxy.app import SERVICE, create_app
-from proxy.cleanup import run_cleanup
-from proxy.config import load_settings
-from proxy.demo_upstream import create_demo_upstream_app
-from proxy.embedded import EmbeddedValkey, free_port
-from proxy.keys import CacheKey
+from proxy.background.cleanup import run_cleanup
+from proxy.config.settings import load_settings
+from proxy.core.keys import CacheKey
+from proxy.demo.upstream import create_demo_upstream_app
+from proxy.store.embedded import EmbeddedValkey, free_port
 
 VOICES = ("en", "es", "fr")
 

@@ -15,26 +15,26 @@ from prometheus_async.aio.web import server_stats
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
-from . import admin
-from .admin_auth import admin_only
-from .breaker import CircuitBreaker
-from .cleanup import CLEANER, Cleaner, CleanupRunner
-from .compression import CompressionAdvisor
-from .config import Settings
-from .endpoints import tagged, wrapped
-from .hot_tier import HotTier
-from .invalidation import InvalidationListener
-from .maintenance import Maintenance, cancel_and_wait, refresh_gauges
-from .metrics import METRICS, MULTIPROCESS_DIR, multiprocess_exposition
-from .packing import Codec
-from .pipelined_reads import PipelinedReads
-from .prefetch import Prefetcher
-from .prefetch_items import ItemError, load_file
-from .processor import AudioProcessor
-from .redis_client import open_redis, open_subscriber
+from .admin import routes as admin
+from .admin.auth import admin_only
+from .background.cleanup import CLEANER, Cleaner, CleanupRunner
+from .background.maintenance import Maintenance, cancel_and_wait, refresh_gauges
+from .background.prefetch import Prefetcher
+from .config.settings import Settings
+from .core.breaker import CircuitBreaker
+from .core.compression import CompressionAdvisor
+from .core.packing import Codec
+from .core.prefetch_items import ItemError, load_file
+from .observability.metrics import METRICS, MULTIPROCESS_DIR, multiprocess_exposition
+from .request.endpoints import tagged, wrapped
+from .request.processor import AudioProcessor
+from .request.upstream import UpstreamClient, UpstreamSettings
 from .state import DRAINING, HOME, PREFETCHER, PROCESSOR, REDIS, REDIS_URL, SERVICE, SETTINGS
-from .store import AudioCacheService, CachedAudio
-from .upstream import UpstreamClient, UpstreamSettings
+from .store.client import open_redis, open_subscriber
+from .store.hot_tier import HotTier
+from .store.invalidation import InvalidationListener
+from .store.reads import PipelinedReads
+from .store.service import AudioCacheService, CachedAudio
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ async def _audio_by_key(request: web.Request) -> web.StreamResponse:
 def create_app(settings: Settings, *, redis_url: str) -> web.Application:
     """The proxy as an aiohttp application, talking to Redis at ``redis_url``. The admin
     routes are on it unless ``admin_port`` is set (then see :func:`create_admin_app`)."""
-    # No middlewares: every handler is wrapped once, here (see proxy.endpoints).
+    # No middlewares: every handler is wrapped once, here (see proxy.request.endpoints).
     app = web.Application(client_max_size=int(settings.max_request_body_kb * 1024))
     app[SETTINGS] = settings
     app[REDIS_URL] = redis_url

@@ -19,10 +19,10 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from .access_log import runner_options
-from .config import ConfigError, Settings, load_settings
-from .embedded import EmbeddedStoreError, EmbeddedValkey, free_port
-from .metrics import MULTIPROCESS_DIR
+from .config.settings import ConfigError, Settings, load_settings
+from .observability.access_log import runner_options
+from .observability.metrics import MULTIPROCESS_DIR
+from .store.embedded import EmbeddedStoreError, EmbeddedValkey, free_port
 
 log = logging.getLogger("proxy")
 
@@ -300,7 +300,7 @@ async def _supervise_workers(
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .app import create_app
-    from .demo_upstream import create_demo_upstream_app
+    from .demo.upstream import create_demo_upstream_app
 
     upstream_port = free_port()
     settings = _settings(args, upstream_url=f"http://127.0.0.1:{upstream_port}", redis_url=None)
@@ -329,7 +329,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_upstream(args: argparse.Namespace) -> int:
-    from .demo_upstream import run_demo_upstream
+    from .demo.upstream import run_demo_upstream
 
     logging.basicConfig(level=logging.INFO)
     run_demo_upstream(args.host, args.port)

@@ -6,10 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import Settings
-from .prefetch import Prefetcher
-from .processor import AudioProcessor
-from .store import AudioCacheService
+from .background.prefetch import Prefetcher
+from .config.settings import Settings
+from .request.processor import AudioProcessor
+from .store.service import AudioCacheService
 
 SETTINGS = web.AppKey("settings", Settings)
 REDIS_URL = web.AppKey("redis_url", str)

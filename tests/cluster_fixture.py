@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from proxy.embedded import EmbeddedValkey, free_port, server_binary
+from proxy.store.embedded import EmbeddedValkey, free_port, server_binary
 
 MASTERS = 3
 

@@ -20,12 +20,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.access_log import runner_options
 from proxy.app import SERVICE, create_app
-from proxy.config import load_settings
-from proxy.embedded import EmbeddedValkey, free_port
-from proxy.keys import CacheKey
-from proxy.store import AudioCacheService
+from proxy.config.settings import load_settings
+from proxy.core.keys import CacheKey
+from proxy.observability.access_log import runner_options
+from proxy.store.embedded import EmbeddedValkey, free_port
+from proxy.store.service import AudioCacheService
 
 
 @pytest.fixture(scope="session")

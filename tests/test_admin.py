@@ -11,10 +11,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.admin_auth import bearer_token, is_loopback, token_matches
+from proxy.admin.auth import bearer_token, is_loopback, token_matches
 from proxy.app import create_admin_app, create_app
-from proxy.config import load_settings
-from proxy.keys import CacheKey
+from proxy.config.settings import load_settings
+from proxy.core.keys import CacheKey
 
 from .conftest import service_of, until_stored
 
@@ -485,7 +485,7 @@ async def test_bad_prefetch_bodies(upstream: Any, make_proxy: Any, body: bytes, 
 
 
 async def test_redis_down_is_503_not_500(upstream: Any, aiohttp_client: Any) -> None:
-    from proxy.embedded import free_port
+    from proxy.store.embedded import free_port
 
     _, url = upstream
     settings = load_settings(env=WITH_TOKEN, overrides={"upstream_url": url})
@@ -499,7 +499,7 @@ async def test_redis_down_is_503_not_500(upstream: Any, aiohttp_client: Any) -> 
 
 def test_start_up_warns_when_no_admin_token_is_configured(caplog: pytest.LogCaptureFixture) -> None:
     overrides = {"upstream_url": "http://127.0.0.1:9"}
-    with caplog.at_level("WARNING", logger="proxy.admin_auth"):
+    with caplog.at_level("WARNING", logger="proxy.admin.auth"):
         create_app(load_settings(env=WITH_TOKEN, overrides=overrides), redis_url="redis://x:1")
         assert not caplog.records
         create_app(load_settings(env={}, overrides=overrides), redis_url="redis://x:1")

@@ -14,10 +14,10 @@ import schemathesis
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 
+from proxy.admin.openapi import document
 from proxy.app import create_admin_app, create_app
-from proxy.config import load_settings
-from proxy.embedded import EmbeddedValkey
-from proxy.openapi import document
+from proxy.config.settings import load_settings
+from proxy.store.embedded import EmbeddedValkey
 
 from .conftest import LoopbackUpstream
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.breaker import BreakerState, CircuitBreaker
+from proxy.core.breaker import BreakerState, CircuitBreaker
 
 
 class Clock:

@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from proxy.cleanup import Cleaner, CleanupLock, CleanupRunner
-from proxy.compression import CompressionAdvisor
-from proxy.config import SEED_CONTENT_TYPE_FACTORS
-from proxy.eviction import ScoreWeights
-from proxy.keys import CacheKey
-from proxy.maintenance import Maintenance
-from proxy.redis_client import open_redis
-from proxy.store import AudioCacheService, EntryLabels
+from proxy.background.cleanup import Cleaner, CleanupLock, CleanupRunner
+from proxy.background.maintenance import Maintenance
+from proxy.config.settings import SEED_CONTENT_TYPE_FACTORS
+from proxy.core.compression import CompressionAdvisor
+from proxy.core.eviction import ScoreWeights
+from proxy.core.keys import CacheKey
+from proxy.store.client import open_redis
+from proxy.store.service import AudioCacheService, EntryLabels
 
 from .conftest import eventually, service_of
 

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import redis
 
-from proxy.embedded import EmbeddedValkey, free_port
+from proxy.store.embedded import EmbeddedValkey, free_port
 
 from .conftest import serve_process, wait_ready
 

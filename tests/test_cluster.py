@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from proxy.app import SETTINGS
-from proxy.config import ConfigError, load_settings
-from proxy.embedded import EmbeddedValkey
-from proxy.keys import CacheKey
-from proxy.redis_client import RedisUrlError, cluster_nodes, is_cluster_url, open_redis
-from proxy.store import SHARDS, AudioCacheService, EntryLabels, Keyspace
+from proxy.config.settings import ConfigError, load_settings
+from proxy.core.keys import CacheKey
+from proxy.store.client import RedisUrlError, cluster_nodes, is_cluster_url, open_redis
+from proxy.store.embedded import EmbeddedValkey
+from proxy.store.service import SHARDS, AudioCacheService, EntryLabels, Keyspace
 from tests.cluster_fixture import ValkeyCluster, valkey_cluster  # noqa: F401 (fixture)
 from tests.conftest import ProxyFactory, service_of
 
@@ -289,7 +289,7 @@ async def test_hot_tiers_hear_deletes_and_purges_from_every_master(
 async def test_cleanup_frees_space_on_every_master(
     valkey_cluster: ValkeyCluster,  # noqa: F811
 ) -> None:
-    from proxy.cleanup import Cleaner
+    from proxy.background.cleanup import Cleaner
 
     client = open_redis(valkey_cluster.url)
     store = AudioCacheService(client, prefix=f"c{uuid.uuid4().hex[:10]}")

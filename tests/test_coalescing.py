@@ -15,9 +15,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from proxy.app import PROCESSOR, REDIS
-from proxy.coalescing import FlightKeys
-from proxy.keys import CacheKey
-from proxy.store import Keyspace
+from proxy.core.keys import CacheKey
+from proxy.request.coalescing import FlightKeys
+from proxy.store.service import Keyspace
 
 from .conftest import service_of
 from .streaming_upstream import StreamingUpstream, serve

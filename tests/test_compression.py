@@ -13,12 +13,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 from prometheus_client import REGISTRY
 
-from proxy.compression import CompressionAdvisor
-from proxy.demo_upstream import SPEECH_CALLS, create_demo_upstream_app
-from proxy.keys import CacheKey
-from proxy.packing import HEADER_SIZE, Codec
-from proxy.redis_client import open_redis
-from proxy.store import AudioCacheService, EntryLabels
+from proxy.core.compression import CompressionAdvisor
+from proxy.core.keys import CacheKey
+from proxy.core.packing import HEADER_SIZE, Codec
+from proxy.demo.upstream import SPEECH_CALLS, create_demo_upstream_app
+from proxy.store.client import open_redis
+from proxy.store.service import AudioCacheService, EntryLabels
 
 from .conftest import service_of
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import SEED_CONTENT_TYPE_TTLS, ConfigError, load_settings
+from proxy.config.settings import SEED_CONTENT_TYPE_TTLS, ConfigError, load_settings
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
@@ -35,7 +35,7 @@ def test_shipped_config_files_load(name: str) -> None:
 def test_default_yaml_spells_out_every_setting() -> None:
     import yaml
 
-    from proxy.config import Settings
+    from proxy.config.settings import Settings
 
     documented = set(yaml.safe_load((CONFIG_DIR / "default.yaml").read_text()))
     settable = {

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from proxy.demo_upstream import SPEECH_CALLS, create_demo_upstream_app
+from proxy.demo.upstream import SPEECH_CALLS, create_demo_upstream_app
 
 BODY = {"model": "tts-1", "input": "Bienvenido al hotel", "voice": "es", "response_format": "wav"}
 

@@ -26,8 +26,8 @@ from aiohttp.test_utils import TestClient
 
 from proxy.app import create_app
 from proxy.cli import parser
-from proxy.config import Settings, load_settings
-from proxy.embedded import free_port
+from proxy.config.settings import Settings, load_settings
+from proxy.store.embedded import free_port
 from tests.conftest import ProxyFactory
 from tests.kustomize import render, render_kubectl, render_python
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.config import SEED_CONTENT_TYPE_FACTORS, load_settings
-from proxy.eviction import (
+from proxy.config.settings import SEED_CONTENT_TYPE_FACTORS, load_settings
+from proxy.core.eviction import (
     Candidate,
     Scale,
     ScoreWeights,

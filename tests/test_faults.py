@@ -16,11 +16,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.app import SERVICE, create_app
-from proxy.config import load_settings
-from proxy.embedded import EmbeddedValkey, free_port
-from proxy.keys import CacheKey
-from proxy.metrics import METRICS
-from proxy.redis_client import open_redis
+from proxy.config.settings import load_settings
+from proxy.core.keys import CacheKey
+from proxy.observability.metrics import METRICS
+from proxy.store.client import open_redis
+from proxy.store.embedded import EmbeddedValkey, free_port
 
 from .conftest import fake_wav
 

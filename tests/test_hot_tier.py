@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from proxy.hot_tier import ENTRY_OVERHEAD, HotTier
-from proxy.invalidation import parse_message
+from proxy.store.hot_tier import ENTRY_OVERHEAD, HotTier
+from proxy.store.invalidation import parse_message
 
 NOW_MS = 1_700_000_000_000
 

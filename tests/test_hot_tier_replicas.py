@@ -16,10 +16,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from proxy.embedded import EmbeddedValkey
-from proxy.hot_tier import HotTier
-from proxy.keys import CacheKey
-from proxy.store import EntryLabels
+from proxy.core.keys import CacheKey
+from proxy.store.embedded import EmbeddedValkey
+from proxy.store.hot_tier import HotTier
+from proxy.store.service import EntryLabels
 from tests.conftest import ProxyFactory, fake_wav, service_of
 from tests.test_faults import proxy_on
 

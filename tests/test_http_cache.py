@@ -1,4 +1,4 @@
-"""Pure unit tests of proxy.http_cache: validators, conditional requests, byte ranges."""
+"""Pure unit tests of proxy.core.http_cache: validators, conditional requests, byte ranges."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.http_cache import Plan, http_date, make_etag, not_modified, parse_range, plan_response
+from proxy.core.http_cache import (
+    Plan,
+    http_date,
+    make_etag,
+    not_modified,
+    parse_range,
+    plan_response,
+)
 
 ETAG = make_etag("ab" * 32, 0xDEADBEEF)
 LM_MS = 1_700_000_000_123  # Tue, 14 Nov 2023 22:13:20 GMT

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.keys import KEY_VERSION, CacheKey, cache_key, normalize_text, upstream_identity
+from proxy.core.keys import KEY_VERSION, CacheKey, cache_key, normalize_text, upstream_identity
 
 BASE: dict[str, Any] = {
     "upstream": "https://api.openai.com",

@@ -19,9 +19,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.access_log import cache_result, request_id_from
 from proxy.cli import JsonFormatter
-from proxy.pricing import cost_of, price_per_million
+from proxy.core.pricing import cost_of, price_per_million
+from proxy.observability.access_log import cache_result, request_id_from
 
 from .conftest import fake_wav, serve_process, service_of
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.compression import CompressionAdvisor, compression_stats, encode
-from proxy.packing import HEADER_SIZE, Codec, CorruptEntry, pack, read_header, unpack
+from proxy.core.compression import CompressionAdvisor, compression_stats, encode
+from proxy.core.packing import HEADER_SIZE, Codec, CorruptEntry, pack, read_header, unpack
 
 SPEECHLIKE = (
     b"RIFF" + bytes(2000) + struct.pack("<4000h", *[(i * 37) % 900 - 450 for i in range(4000)])

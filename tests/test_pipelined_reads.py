@@ -16,8 +16,8 @@ from redis.exceptions import ConnectionError as StoreConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as StoreTimeoutError
 
-from proxy.embedded import EmbeddedValkey
-from proxy.pipelined_reads import PipelinedReads
+from proxy.store.embedded import EmbeddedValkey
+from proxy.store.reads import PipelinedReads
 
 FIELDS = (b"body", b"type", b"missing")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.policy import (
+from proxy.core.policy import (
     Directive,
     is_audio,
     refusal_after_body,

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from proxy.app import PROCESSOR
-from proxy.config import ConfigError, load_settings
-from proxy.descriptions import BadDescription, describe
-from proxy.keys import CacheKey
-from proxy.prefetch import PrefetchJob, needs_rewarm
-from proxy.processor import Warmed
-from proxy.routes import build_rules
+from proxy.background.prefetch import PrefetchJob, needs_rewarm
+from proxy.config.settings import ConfigError, load_settings
+from proxy.core.descriptions import BadDescription, describe
+from proxy.core.keys import CacheKey
+from proxy.core.routes import build_rules
+from proxy.request.processor import Warmed
 
 from .conftest import eventually, service_of, until_stored
 from .streaming_upstream import StreamingUpstream, serve

@@ -1,4 +1,4 @@
-"""Plain hits written as prepared bytes (proxy.prepared_hit), on a real proxy, real Valkey
+"""Plain hits written as prepared bytes (proxy.request.prepared_hit), on a real proxy, real Valkey
 and a loopback upstream, read back byte by byte from a raw socket.
 
 A prepared hit must be indistinguishable from the answer aiohttp builds for the same
@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from proxy.app import SERVICE
-from proxy.keys import CacheKey
-from proxy.prepared_hit import HitWire, UnsafeHeader
-from proxy.store import EntryLabels
+from proxy.core.keys import CacheKey
+from proxy.request.prepared_hit import HitWire, UnsafeHeader
+from proxy.store.service import EntryLabels
 from tests.conftest import ProxyFactory
 from tests.test_hot_tier_replicas import SPEECH, hot_proxy
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from proxy.keys import CacheKey
+from proxy.core.keys import CacheKey
 
 from .conftest import fake_wav, service_of
 
@@ -312,7 +312,7 @@ async def test_health_and_readiness(upstream: Any, make_proxy: Any) -> None:
 
 
 async def test_unreachable_upstream_is_502_json(make_proxy: Any) -> None:
-    from proxy.embedded import free_port
+    from proxy.store.embedded import free_port
 
     client = await make_proxy(f"http://127.0.0.1:{free_port()}")
     r = await client.post("/v1/audio/speech", json=SPEECH)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.routes import (
+from proxy.core.routes import (
     InvalidSpeechRequest,
     RuleError,
     build_rules,

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.embedded import EmbeddedValkey, free_port
+from proxy.store.embedded import EmbeddedValkey, free_port
 from tests.conftest import ProxyFactory, fake_wav, service_of
 
 SPEECH = "/v1/audio/speech"
@@ -217,7 +217,7 @@ async def test_drain_is_bounded(
 
 
 async def test_cancel_and_wait_stops_a_loop_that_swallowed_a_cancellation() -> None:
-    from proxy.maintenance import cancel_and_wait
+    from proxy.background.maintenance import cancel_and_wait
 
     swallowed = 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from proxy.keys import CacheKey
+from proxy.core.keys import CacheKey
 
 from .conftest import eventually, fake_wav, service_of
 

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.keys import CacheKey
+from proxy.core.keys import CacheKey
 
 from .conftest import service_of
 from .streaming_upstream import StreamingUpstream, serve

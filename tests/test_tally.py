@@ -6,7 +6,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from proxy.tally import Tally
+from proxy.observability.tally import Tally
 
 BUCKETS = (0.001, 0.005, 0.01, 0.1, 1.0)
 # On a bound, above every bound, zero, and in between.

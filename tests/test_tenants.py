@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from proxy.config import ConfigError, load_settings
-from proxy.keys import CacheKey
-from proxy.tenants import (
+from proxy.config.settings import ConfigError, load_settings
+from proxy.core.keys import CacheKey
+from proxy.core.tenants import (
     BadTenant,
     PolicyError,
     TenantPolicy,

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.embedded import free_port
+from proxy.store.embedded import free_port
 from tests.conftest import fake_wav
 
 

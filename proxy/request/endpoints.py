@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
-from .access_log import REQUEST_ID, REQUEST_ID_HEADER, request_id_from
+from ..observability.access_log import REQUEST_ID, REQUEST_ID_HEADER, request_id_from
 from .processor import json_error
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def tagged(handler: Handler) -> Handler:
     and every error answered as JSON naming the problem, never a stack trace.
 
     An answer the handler streams itself is tagged by the handler before it is prepared
-    (:func:`proxy.access_log.tag`)."""
+    (:func:`proxy.observability.access_log.tag`)."""
 
     @functools.wraps(handler)
     async def answer(request: web.Request) -> web.StreamResponse:

@@ -11,7 +11,7 @@ Layout (``P`` is the key prefix, ``NN`` one of ``SHARDS`` index shards)::
 Every key of a shard shares one hash tag, so each shard lives in one Redis Cluster slot
 and every write is one atomic script. Counters are per shard, so no single key is hot.
 A hit is one HMGET; hit counts and last access are batched off the hit path. With a hot
-tier (:mod:`proxy.hot_tier`) a hot hit is answered from this process's memory; every script
+tier (:mod:`proxy.store.hot_tier`) a hot hit is answered from this process's memory; every script
 that removes or replaces entries publishes their keys on ``P:invalidate`` as it does so.
 """
 
@@ -32,14 +32,14 @@ import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 from redis.exceptions import RedisError
 
+from ..core.breaker import BreakerState, CircuitBreaker
+from ..core.compression import THREAD_THRESHOLD_BYTES, CompressionAdvisor, encode
+from ..core.keys import CacheKey
+from ..core.packing import Codec, CorruptEntry, read_header, unpack
+from ..observability.metrics import METRICS
+from ..observability.tally import TALLY
 from .batching import ReadBatcher
-from .breaker import BreakerState, CircuitBreaker
-from .compression import THREAD_THRESHOLD_BYTES, CompressionAdvisor, encode
 from .hot_tier import HotTier
-from .keys import CacheKey
-from .metrics import METRICS
-from .packing import Codec, CorruptEntry, read_header, unpack
-from .tally import TALLY
 
 log = logging.getLogger(__name__)
 
@@ -477,7 +477,7 @@ class AudioCacheService:
         self.size_changed = asyncio.Event()
         self.breaker = breaker or CircuitBreaker()
         self._channel = self.keyspace.channel()
-        # The hit path's HMGETs: ``reads(fields)`` when given (see proxy.pipelined_reads).
+        # The hit path's HMGETs: ``reads(fields)`` when given (see proxy.store.reads).
         self._reads = (
             reads(_ENTRY_FIELDS) if reads is not None else ReadBatcher(redis, _ENTRY_FIELDS)
         )

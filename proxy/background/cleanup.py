@@ -1,6 +1,6 @@
 """Size-bounded cleanup: when the cache reaches its threshold, remove the lowest-value entries.
 
-The ranking is :mod:`proxy.eviction` (pure); this module does the I/O around it. One replica
+The ranking is :mod:`proxy.core.eviction` (pure); this module does the I/O around it. One replica
 cleans at a time, under a Redis lock with an expiry (``SET NX PX``, renewed while working,
 released only by its owner). The work runs in a background task, reads each shard's index
 once, and removes victims in small batches so hits in between keep their latency.
@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from .eviction import (
+from ..core.eviction import (
     Candidate,
     Scale,
     ScoreWeights,
@@ -34,10 +34,10 @@ from .eviction import (
     sort_key,
     take_until,
 )
-from .keys import CacheKey
+from ..core.keys import CacheKey
+from ..observability.metrics import METRICS
+from ..store.service import SHARDS, AudioCacheService
 from .maintenance import cancel_and_wait
-from .metrics import METRICS
-from .store import SHARDS, AudioCacheService
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
-from .access_log import REQUEST_ID_HEADER
-from .http_cache import http_date
+from ..core.http_cache import http_date
+from ..observability.access_log import REQUEST_ID_HEADER
 
 Headers = list[tuple[str, str]]
 
@@ -111,7 +111,7 @@ class PreparedHit(web.StreamResponse):
     reads them, such as the access log."""
 
     _fixed = False  # until __init__ is done: aiohttp's own may check ``prepared``
-    access_result = "hit"  # for the access line (proxy.access_log.access_fields)
+    access_result = "hit"  # for the access line (proxy.observability.access_log.access_fields)
 
     def __init__(
         self,

@@ -7,7 +7,7 @@ replies, which Redis sends in order, are matched to their waiters first in, firs
 The numbers are in README ("Hits").
 
 Plain servers only (``redis://`` and ``unix://``): a Redis Cluster or TLS store keeps
-:class:`proxy.batching.ReadBatcher`. Failures are redis-py's exceptions, so the breaker and
+:class:`proxy.store.batching.ReadBatcher`. Failures are redis-py's exceptions, so the breaker and
 the fail-open path treat them as any other store error.
 """
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import yaml
 
-from .packing import HAVE_ZSTD
-from .redis_client import RedisUrlError, check_url
-from .routes import RouteRule, RuleError, build_rules
-from .tenants import PolicyError, TenantPolicy, Tenants, parse_policies, parse_policy
+from ..core.packing import HAVE_ZSTD
+from ..core.routes import RouteRule, RuleError, build_rules
+from ..core.tenants import PolicyError, TenantPolicy, Tenants, parse_policies, parse_policy
+from ..store.client import RedisUrlError, check_url
 
 SEED_CONTENT_TYPE_TTLS: dict[str, int] = {
     "welcome_message": 7 * 86400,
@@ -462,7 +462,7 @@ def _check_consistency(s: Settings) -> None:
     if s.admin_port is not None and s.admin_port == s.port:
         raise ConfigError("admin_port: must differ from port (or be null to serve /admin on it)")
     if s.prefetch_file is not None:
-        from .prefetch_items import ItemError, load_file
+        from ..core.prefetch_items import ItemError, load_file
 
         try:
             load_file(s.prefetch_file, s.rules, limit=s.prefetch_max_requests)

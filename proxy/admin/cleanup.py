@@ -3,17 +3,17 @@
 Query: ``force=true`` cleans even below the threshold; ``target_percent=N`` (0 <= N < 100)
 overrides ``audio_cache_target_size_percent`` for this run; ``tenant=ID`` enforces that
 tenant's quota now instead (cleans its entries down to the target share of its quota).
-Who may call it is :mod:`proxy.admin_auth`'s business, as for every /admin route.
+Who may call it is :mod:`proxy.admin.auth`'s business, as for every /admin route.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from .cleanup import CLEANER, run_cleanup
-from .processor import json_error
-from .state import SETTINGS, home
-from .tenants import TENANT_ID
+from ..background.cleanup import CLEANER, run_cleanup
+from ..core.tenants import TENANT_ID
+from ..request.processor import json_error
+from ..state import SETTINGS, home
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")

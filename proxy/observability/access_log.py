@@ -117,7 +117,7 @@ def runner_options(*, access_log: bool, idle_timeout: float) -> dict[str, Any]:
 
 def tag(request: web.Request, response: web.StreamResponse) -> None:
     """Give an answer streamed by its handler the request's id, before it is prepared
-    (:func:`proxy.endpoints.tagged` tags every other answer)."""
+    (:func:`proxy.request.endpoints.tagged` tags every other answer)."""
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers[REQUEST_ID_HEADER] = request_id

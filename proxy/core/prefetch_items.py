@@ -1,7 +1,7 @@
 """What to prefetch: a list of request descriptions, from the admin API or a YAML file.
 
 Pure logic (plus reading the file). Each item is a request description (see
-:mod:`proxy.descriptions`) with the content type, the tenant and whether to keep it warm.
+:mod:`proxy.core.descriptions`) with the content type, the tenant and whether to keep it warm.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The hot tier: decoded audio of the most requested entries, in this process's memory.
 
 A hit here costs no Redis round trip and no decompression. Pure logic over a clock; the
-store consults it and :mod:`proxy.invalidation` keeps it honest.
+store consults it and :mod:`proxy.store.invalidation` keeps it honest.
 
 - **Bounded in bytes**: the audio plus a fixed overhead per entry never exceeds
   ``max_bytes``; an entry larger than an eighth of the tier is never admitted.

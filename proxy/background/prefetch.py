@@ -23,10 +23,10 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from ..core.prefetch_items import PrefetchItem
+from ..observability.metrics import METRICS
+from ..request.processor import AudioProcessor, Outgoing, Warmed
 from .maintenance import cancel_and_wait, every
-from .metrics import METRICS
-from .prefetch_items import PrefetchItem
-from .processor import AudioProcessor, Outgoing, Warmed
 
 log = logging.getLogger(__name__)
 

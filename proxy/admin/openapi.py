@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .state import PROCESSOR, home
+from ..state import PROCESSOR, home
 
 _ERROR = {"$ref": "#/components/responses/Error"}
 _REFUSED = {

@@ -36,11 +36,11 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from .breaker import CircuitBreaker
+from ..core.breaker import CircuitBreaker
+from ..core.keys import CacheKey
+from ..observability.metrics import METRICS
+from ..store.service import CachedAudio, Keyspace, shard_of
 from .fill import Fill, Runner
-from .keys import CacheKey
-from .metrics import METRICS
-from .store import CachedAudio, Keyspace, shard_of
 from .upstream import UpstreamError
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The admin API under /admin: stats, purges, lookups and prefetch (cleanup is its own module).
 
-Every route sits behind :mod:`proxy.admin_auth`. Query parameters are checked strictly — an
+Every route sits behind :mod:`proxy.admin.auth`. Query parameters are checked strictly — an
 unknown one is a 400, so a typo such as ``?tennant=acme`` can never widen a purge to the
 whole cache. Nothing under /admin is ever forwarded upstream: unknown admin paths answer
 404 (or 405) here. On a Redis failure admin routes answer 503; they never fail open.
@@ -18,16 +18,17 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from . import admin_cleanup, openapi
-from .admin_stats import ReplicaCounts, build_stats
-from .cleanup import CLEANER
-from .descriptions import BadDescription, describe
-from .keys import CacheKey
-from .prefetch_items import ItemError, parse_items
-from .processor import json_error
-from .state import PREFETCHER, PROCESSOR, SERVICE, SETTINGS, home
-from .store import EntryInfo
-from .tenants import TENANT_ID
+from ..background.cleanup import CLEANER
+from ..core.descriptions import BadDescription, describe
+from ..core.keys import CacheKey
+from ..core.prefetch_items import ItemError, parse_items
+from ..core.tenants import TENANT_ID
+from ..request.processor import json_error
+from ..state import PREFETCHER, PROCESSOR, SERVICE, SETTINGS, home
+from ..store.service import EntryInfo
+from . import cleanup as admin_cleanup
+from . import openapi
+from .stats import ReplicaCounts, build_stats
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _JOB_ID_LENGTH = 16

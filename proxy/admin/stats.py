@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .compression import compression_stats
-from .config import Settings
-from .eviction import percent_of
-from .store import Totals
-from .tenants import Tenants
+from ..config.settings import Settings
+from ..core.compression import compression_stats
+from ..core.eviction import percent_of
+from ..core.tenants import Tenants
+from ..store.service import Totals
 
 _MB = 1024 * 1024
 REMOVAL_REASONS = ("expired", "evicted", "purged", "deleted", "corrupt", "overwritten")

@@ -10,9 +10,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from .metrics import METRICS
-from .store import AudioCacheService
-from .tally import TALLY
+from ..observability.metrics import METRICS
+from ..observability.tally import TALLY
+from ..store.service import AudioCacheService
 
 log = logging.getLogger(__name__)
 

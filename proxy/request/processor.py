@@ -18,20 +18,20 @@ from aiohttp import web
 from multidict import CIMultiDict
 from redis.exceptions import RedisError
 
-from .access_log import REQUEST_ID, ROUTE, TEXT, tag
+from ..config.settings import CONTENT_TYPE_NAME, Settings
+from ..core.http_cache import http_date, make_etag, plan_response
+from ..core.keys import CacheKey, cache_key, upstream_identity
+from ..core.policy import Directive, refusal_after_body, refusal_before_body, request_directive
+from ..core.pricing import cost_of, price_per_million
+from ..core.routes import InvalidSpeechRequest, RouteRule, SpeechRequest, find_rule
+from ..core.tenants import BadTenant
+from ..observability.access_log import REQUEST_ID, ROUTE, TEXT, tag
+from ..observability.metrics import METRICS
+from ..observability.tally import TALLY
+from ..store.service import AudioCacheService, CachedAudio, EntryLabels, replayable_headers
 from .coalescing import ClusterFlights, FlightSettings
-from .config import CONTENT_TYPE_NAME, Settings
 from .fill import Fill, FillRegistry
-from .http_cache import http_date, make_etag, plan_response
-from .keys import CacheKey, cache_key, upstream_identity
-from .metrics import METRICS
-from .policy import Directive, refusal_after_body, refusal_before_body, request_directive
 from .prepared_hit import HitWire, UnsafeHeader, is_plain
-from .pricing import cost_of, price_per_million
-from .routes import InvalidSpeechRequest, RouteRule, SpeechRequest, find_rule
-from .store import AudioCacheService, CachedAudio, EntryLabels, replayable_headers
-from .tally import TALLY
-from .tenants import BadTenant
 from .upstream import (
     HOP_BY_HOP,
     UnsafePath,
@@ -672,7 +672,7 @@ class AudioProcessor:
         characters: int,
         started: float,
     ) -> web.StreamResponse:
-        """A plain hit (see :func:`proxy.prepared_hit.is_plain`): the whole audio behind
+        """A plain hit (see :func:`proxy.request.prepared_hit.is_plain`): the whole audio behind
         headers serialized once for this entry (and kept with it in the hot tier)."""
         wire = cached.memo.get("wire")
         if not isinstance(wire, HitWire):

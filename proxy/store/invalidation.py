@@ -23,8 +23,8 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from ..observability.metrics import METRICS
 from .hot_tier import HotTier
-from .metrics import METRICS
 
 log = logging.getLogger(__name__)
 
