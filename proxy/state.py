@@ -1,25 +1,30 @@
-"""Typed keys of the application's shared state (settings, store, request path, prefetch)."""
+"""Typed keys of the application's shared state (settings, store, request path, prefetch).
+
+The types are imported for the type checker only, so that any module may import these keys
+without importing the parts they name.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .background.prefetch import Prefetcher
-from .config.settings import Settings
-from .request.processor import AudioProcessor
-from .store.service import AudioCacheService
+if TYPE_CHECKING:
+    from .background.prefetch import Prefetcher
+    from .config.settings import Settings
+    from .request.processor import AudioProcessor
+    from .store.service import AudioCacheService
 
-SETTINGS = web.AppKey("settings", Settings)
-REDIS_URL = web.AppKey("redis_url", str)
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+REDIS_URL: web.AppKey[str] = web.AppKey("redis_url")
 REDIS: web.AppKey[Any] = web.AppKey("redis")
-SERVICE = web.AppKey("service", AudioCacheService)
-PROCESSOR = web.AppKey("processor", AudioProcessor)
-PREFETCHER = web.AppKey("prefetcher", Prefetcher)
-DRAINING = web.AppKey("draining", list)
+SERVICE: web.AppKey[AudioCacheService] = web.AppKey("service")
+PROCESSOR: web.AppKey[AudioProcessor] = web.AppKey("processor")
+PREFETCHER: web.AppKey[Prefetcher] = web.AppKey("prefetcher")
+DRAINING: web.AppKey[list[Any]] = web.AppKey("draining")
 # On a separate admin listener: the proxy application whose state the admin routes use.
-HOME = web.AppKey("home", web.Application)
+HOME: web.AppKey[web.Application] = web.AppKey("home")
 
 
 def home(app: web.Application) -> web.Application:

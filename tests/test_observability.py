@@ -82,10 +82,13 @@ def test_request_id_is_kept_only_when_sane(header: str | None, kept: bool) -> No
 
 def test_cache_result_from_answer_headers() -> None:
     assert cache_result(200, {"X-Cache": "HIT"}) == "hit"
-    assert cache_result(200, {"X-Cache": "MISS", "Cache-Status": "x; fwd=miss; stored"}) == "miss"
-    assert cache_result(200, {"X-Cache": "MISS", "Cache-Status": "x; fwd=miss; collapsed"}) == (
-        "coalesced"
+    assert (
+        cache_result(200, {"X-Cache": "MISS", "Cache-Status": "tts-cache; fwd=miss; stored"})
+        == "miss"
     )
+    assert cache_result(
+        200, {"X-Cache": "MISS", "Cache-Status": "tts-cache; fwd=miss; collapsed"}
+    ) == ("coalesced")
     assert cache_result(502, {"X-Cache": "BYPASS"}) == "bypass"
     assert cache_result(400, {}) == "error"
     assert cache_result(200, {}) == "other"

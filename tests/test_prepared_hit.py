@@ -269,7 +269,7 @@ async def test_a_header_that_was_not_utf8_is_written_as_aiohttp_writes_it(
 
 
 def test_a_prepared_hit_describes_itself() -> None:
-    wire = HitWire([("X-Note", "fine")], 4, "tts-cache")
+    wire = HitWire([("X-Note", "fine")], 4)
     hit = wire.answer(wire.head(0, 60, 1_800_000_000), "rid-1", b"RIFF")
     assert repr(hit) == "<PreparedHit 200 4 bytes ready>"
     assert hit.prepared and hit.keep_alive and hit.content_length == 4
@@ -280,16 +280,16 @@ def test_a_prepared_hit_describes_itself() -> None:
 
 def test_a_wire_refuses_headers_it_cannot_write() -> None:
     with pytest.raises(UnsafeHeader):
-        HitWire([("X-Note", "a\nb")], 10, "tts-cache")
+        HitWire([("X-Note", "a\nb")], 10)
     with pytest.raises(UnsafeHeader):
-        HitWire([("X-No\rte", "a")], 10, "tts-cache")
+        HitWire([("X-No\rte", "a")], 10)
     for control in ("\x00", "\x01", "\x1f", "\x7f"):
         with pytest.raises(UnsafeHeader):
-            HitWire([("X-Note", f"a{control}b")], 10, "tts-cache")
+            HitWire([("X-Note", f"a{control}b")], 10)
     with pytest.raises(UnsafeHeader):
-        HitWire([("X-Note: sneaky", "a")], 10, "tts-cache")
-    assert b"X-Note: a\tb\r\n" in HitWire([("X-Note", "a\tb")], 10, "tts-cache").head(0, 1, 0)
-    wire = HitWire([("X-Note", "fine")], 10, "tts-cache")
+        HitWire([("X-Note: sneaky", "a")], 10)
+    assert b"X-Note: a\tb\r\n" in HitWire([("X-Note", "a\tb")], 10).head(0, 1, 0)
+    wire = HitWire([("X-Note", "fine")], 10)
     first = wire.head(0, 60, 1_800_000_000)
     assert first.startswith(b"HTTP/1.1 200 OK\r\nX-Note: fine\r\nContent-Length: 10\r\n")
     assert b"Age: 0\r\nCache-Control: max-age=60\r\n" in first

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from ..request.processor import json_error
+from ..request.errors import json_error
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..background.cleanup import CLEANER, run_cleanup
 from ..core.tenants import TENANT_ID
-from ..request.processor import json_error
+from ..request.errors import json_error
 from ..state import SETTINGS, home
 
 _TRUE = ("1", "true", "yes", "on")

@@ -23,7 +23,7 @@ from ..core.descriptions import BadDescription, describe
 from ..core.keys import CacheKey
 from ..core.prefetch_items import ItemError, parse_items
 from ..core.tenants import TENANT_ID
-from ..request.processor import json_error
+from ..request.errors import json_error
 from ..state import PREFETCHER, PROCESSOR, SERVICE, SETTINGS, home
 from ..store.service import EntryInfo
 from . import cleanup as admin_cleanup

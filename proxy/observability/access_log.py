@@ -16,6 +16,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from ..core.outcomes import CacheStatus
+
 log = logging.getLogger("proxy.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -39,17 +41,18 @@ def request_id_from(header: str | None) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
+_RESULT_OF_X_CACHE = {"HIT": "hit", "BYPASS": "bypass", "STALE": "stale"}
+
+
 def cache_result(status: int, headers: Any) -> str:
     """hit, miss, coalesced, stale, bypass, error or other, from what the proxy answered."""
     x_cache = headers.get("X-Cache")
-    if x_cache == "HIT":
-        return "hit"
     if x_cache == "MISS":
-        return "coalesced" if "collapsed" in headers.get("Cache-Status", "") else "miss"
-    if x_cache == "BYPASS":
-        return "bypass"
-    if x_cache == "STALE":
-        return "stale"
+        parsed = CacheStatus.parse(headers.get("Cache-Status", ""))
+        return str(parsed.result) if parsed is not None else "miss"
+    result = _RESULT_OF_X_CACHE.get(x_cache)
+    if result is not None:
+        return result
     return "error" if status >= 400 else "other"
 
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from aiohttp import web
 
 from ..observability.access_log import REQUEST_ID, REQUEST_ID_HEADER, request_id_from
-from .processor import json_error
+from .errors import json_error
 
 log = logging.getLogger(__name__)
 

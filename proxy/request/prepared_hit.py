@@ -23,6 +23,7 @@ from aiohttp.http import SERVER_SOFTWARE
 from multidict import CIMultiDict
 
 from ..core.http_cache import http_date
+from ..core.outcomes import HIT
 from ..observability.access_log import REQUEST_ID_HEADER
 
 Headers = list[tuple[str, str]]
@@ -73,12 +74,11 @@ class HitWire:
     the ones that move with the clock (Age, Cache-Control, Cache-Status, Date) again when
     they do, at most once a second."""
 
-    __slots__ = ("_block", "_dynamic", "_fixed", "_head", "_name", "_stamp")
+    __slots__ = ("_block", "_dynamic", "_fixed", "_head", "_stamp")
 
-    def __init__(self, fixed: Headers, length: int, cache_name: str) -> None:
+    def __init__(self, fixed: Headers, length: int) -> None:
         self._fixed = [*fixed, ("Content-Length", str(length))]
         self._block = _STATUS_LINE + _serialized(self._fixed)
-        self._name = cache_name
         self._stamp = (-1, -1, -1)
         self._head = b""
         self._dynamic: Headers = []
@@ -90,7 +90,7 @@ class HitWire:
             self._dynamic = [
                 ("Age", str(age_s)),
                 ("Cache-Control", f"max-age={ttl_s}"),
-                ("Cache-Status", f"{self._name}; hit; ttl={ttl_s}"),
+                ("Cache-Status", HIT.but(ttl=ttl_s).render()),
                 ("Date", http_date(now_s * 1000)),
                 ("Server", SERVER_SOFTWARE),
             ]

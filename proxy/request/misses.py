@@ -1,0 +1,281 @@
+"""Misses: one upstream call per key, streamed to every waiting client while it fills the cache.
+
+A fill (:mod:`proxy.request.fill`) runs as its own task; identical misses in this process
+join it, and :mod:`proxy.request.coalescing` makes replicas sharing Redis join it too. The
+answer is checked before and after its body (:mod:`proxy.core.policy`) and stored only
+when it passes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from zlib import crc32
+
+from aiohttp import web
+from multidict import CIMultiDict
+from redis.exceptions import RedisError
+
+from ..config.settings import Settings
+from ..core.keys import CacheKey
+from ..core.outcomes import CacheStatus, Forward, Result
+from ..core.policy import Directive, refusal_after_body, refusal_before_body
+from ..observability.access_log import tag
+from ..observability.metrics import METRICS
+from ..store.service import AudioCacheService, CachedAudio, EntryLabels, replayable_headers
+from .coalescing import ClusterFlights, FlightSettings
+from .errors import json_error
+from .fill import Fill, FillRegistry
+from .hits import Hits
+from .upstream import UpstreamClient, UpstreamError, strip_hop_by_hop
+
+log = logging.getLogger(__name__)
+
+# Headers the proxy sets on answers to speech requests; never copied from the upstream.
+_OWN_HEADERS = frozenset({"cache-status", "x-cache", "x-audio-cache-key", "content-location"})
+# Requests that need the whole answer before it can be planned (validators, ranges).
+_WHOLE_ANSWER_HEADERS = ("Range", "If-None-Match", "If-Modified-Since")
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """The request a miss sends upstream."""
+
+    method: str
+    path: str  # raw path below the upstream's base
+    query: str
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+class Misses:
+    """Starts or joins fills, runs them against the upstream, and streams them to clients."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        service: AudioCacheService,
+        upstream: UpstreamClient,
+        hits: Hits,
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.upstream = upstream
+        self.hits = hits
+        self.fills = FillRegistry(continue_when_abandoned=settings.fill_continue_after_disconnect)
+        self.flights: ClusterFlights | None = None
+        if settings.coalescing_enabled:
+            self.flights = ClusterFlights(
+                service.redis,
+                prefix=settings.audio_cache_key_prefix,
+                settings=FlightSettings(
+                    lock_seconds=settings.coalescing_lock_seconds,
+                    wait_seconds=settings.coalescing_wait_seconds,
+                    poll_seconds=min(0.25, settings.redis_socket_timeout_seconds / 2),
+                ),
+                breaker=service.breaker,
+            )
+
+    def start(
+        self,
+        key: CacheKey,
+        outgoing: Outgoing,
+        labels: EntryLabels,
+        ttl: int,
+        directive: Directive,
+        started: float,
+    ) -> tuple[Fill, bool]:
+        """Join the fill in flight for ``key`` (False), or start one (True): identical
+        misses, in this process or on any replica, make one upstream call."""
+
+        async def lead(fill: Fill) -> None:
+            await self._run(fill, outgoing, key, labels, ttl, started)
+
+        async def runner(fill: Fill) -> None:
+            if self.flights is None:
+                await lead(fill)
+                return
+            # A refresh must reach the upstream, so it never settles for a stored answer.
+            recheck = self.service.fetch_fresh if directive is Directive.USE else None
+            await self.flights.run(fill, key, lead, recheck=recheck)
+
+        return self.fills.join_or_start(key.hex, runner)
+
+    async def _run(
+        self,
+        fill: Fill,
+        outgoing: Outgoing,
+        key: CacheKey,
+        labels: EntryLabels,
+        ttl: int,
+        started: float,
+    ) -> None:
+        t0 = time.perf_counter()
+        try:
+            upstream = await self.upstream.request(
+                outgoing.method, outgoing.path, outgoing.query, outgoing.headers, outgoing.body
+            )
+        except UpstreamError as exc:
+            METRICS.upstream_errors.labels(exc.kind).inc()
+            await fill.finish(complete=False, error=exc)
+            fill.settle(stored=False, refusal="upstream_error")
+            return
+        lowered = {k.lower(): v for k, v in upstream.headers.items()}
+        refusal = refusal_before_body(
+            status=upstream.status, headers=lowered, max_entry_bytes=self.settings.max_entry_bytes
+        )
+        await fill.set_head(
+            upstream.status,
+            [(k, v) for k, v in upstream.headers.items() if k.lower() not in _OWN_HEADERS],
+        )
+        complete = False
+        first = True
+        try:
+            async with upstream:
+                async for chunk in upstream.content.iter_any():
+                    if first:
+                        METRICS.time_to_first_byte.labels(labels.route).observe(
+                            time.perf_counter() - started
+                        )
+                        first = False
+                    await fill.add(chunk)
+                complete = True
+        except Exception as exc:  # the upstream broke off mid-body
+            METRICS.upstream_errors.labels("truncated").inc()
+            log.warning("upstream answer for %s cut short: %r", key.hex[:12], exc)
+        METRICS.upstream_duration.labels(labels.route, str(upstream.status)).observe(
+            time.perf_counter() - t0
+        )
+        await fill.finish(complete=complete)
+        audio = fill.body()
+        if refusal is None:
+            refusal = refusal_after_body(
+                headers=lowered,
+                body=audio,
+                complete=complete,
+                max_entry_bytes=self.settings.max_entry_bytes,
+            )
+        if refusal is not None:
+            METRICS.not_stored.labels(refusal).inc()
+            METRICS.operations.labels("set", "skipped").inc()
+            fill.settle(stored=False, refusal=refusal)
+            return
+        try:
+            result = await self.service.put(
+                key,
+                audio,
+                media_type=lowered.get("content-type", "application/octet-stream"),
+                ttl_seconds=ttl,
+                labels=labels,
+                headers=replayable_headers(upstream.headers.items()),
+            )
+        except RedisError as exc:
+            log.warning("could not store %s: %s", key.hex[:12], exc)
+            METRICS.redis_errors.labels("set").inc()
+            METRICS.operations.labels("set", "error").inc()
+            fill.settle(stored=False, refusal="store_error")
+            return
+        fill.settle(stored=result.stored, refusal=None if result.stored else result.reason)
+
+    async def serve(
+        self,
+        request: web.Request,
+        fill: Fill,
+        key: CacheKey,
+        *,
+        fwd: Forward,
+        leader: bool = True,
+        stale: CachedAudio | None = None,
+    ) -> tuple[web.StreamResponse, Result]:
+        """Stream a fill to this client; ranged or conditional requests wait for it to end.
+        With a ``stale`` copy, an upstream failure is answered with it instead."""
+        with fill.reader():  # entered before any await: an abandoned fill counts its readers
+            await fill.wait_head()
+            if stale is not None and (fill.status is None or fill.status >= 500):
+                failed = fill.status or (fill.error.status if fill.error else 502)
+                status = CacheStatus(fwd=Forward.STALE, fwd_status=failed, detail="stale-if-error")
+                return await self.hits.serve(request, stale, status=status), status.result
+            # RFC 9211: a request that rode on another's upstream call was "collapsed".
+            collapsed = not leader or fill.origin != "upstream"
+            status = CacheStatus(fwd=fwd, collapsed=collapsed)
+            if fill.status is None:
+                error = fill.error or UpstreamError(502, "protocol", "the upstream gave no answer")
+                response = json_error(error.status, error.message, upstream_error=error.kind)
+                response.headers["Cache-Status"] = status.render()
+                return response, status.result
+            wants_whole = request.method == "HEAD" or any(
+                h in request.headers for h in _WHOLE_ANSWER_HEADERS
+            )
+            if wants_whole and fill.status == 200:
+                await fill.wait_done()
+                if fill.stored:
+                    cached = await self._stored_answer(fill, key)
+                    status = status.but(stored=True)
+                    return await self.hits.serve(request, cached, status=status), status.result
+            return await self._stream(request, fill, key, status), status.result
+
+    async def _stream(
+        self, request: web.Request, fill: Fill, key: CacheKey, status: CacheStatus
+    ) -> web.StreamResponse:
+        assert fill.status is not None
+        refusal = refusal_before_body(
+            status=fill.status,
+            headers={k.lower(): v for k, v in fill.headers},
+            max_entry_bytes=self.settings.max_entry_bytes,
+        )
+        response = web.StreamResponse(status=fill.status)
+        for name, value in strip_hop_by_hop(fill.headers).items():
+            response.headers.add(name, value)
+        if fill.finished and fill.complete:
+            response.content_length = fill.size
+        self.hits.mark(response, key, status.but(stored=refusal is None))
+        tag(request, response)
+        try:
+            await response.prepare(request)
+            if request.method != "HEAD":
+                last = b""
+                async for chunk in fill.stream():
+                    if last:
+                        await response.write(last)
+                    last = chunk
+                if refusal is None and fill.complete:
+                    # Read-your-writes: the last bytes go out once the entry is stored, so
+                    # a client that has the whole answer and asks again gets a hit, here
+                    # or on any replica. It costs the last chunk one store write.
+                    await fill.wait_done()
+                if last:
+                    await response.write(last)
+            if not fill.complete:
+                # Close the connection so the client can tell the answer was cut short.
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write_eof()
+        except ConnectionResetError:
+            log.debug("client left during the miss of %s; the fill goes on", key.hex[:12])
+        return response
+
+    async def _stored_answer(self, fill: Fill, key: CacheKey) -> CachedAudio:
+        """The entry just stored, read back so its validators match later hits."""
+        try:
+            cached = await self.service.fetch(key)
+        except RedisError:
+            cached = None
+        return cached if cached is not None else self._as_cached(fill, key)
+
+    def _as_cached(self, fill: Fill, key: CacheKey) -> CachedAudio:
+        audio = fill.body()
+        now = int(time.time() * 1000)
+        ttl_ms = max(self.settings.audio_cache_ttl_seconds * 1000, 0)
+        headers = {k.lower(): v for k, v in fill.headers}
+        return CachedAudio(
+            key=key,
+            audio=audio,
+            media_type=headers.get("content-type", "application/octet-stream"),
+            headers=tuple(replayable_headers(fill.headers)),
+            created_ms=now,
+            expires_ms=now + ttl_ms,
+            content_class="",
+            checksum=crc32(audio),
+        )
