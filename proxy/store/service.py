@@ -477,7 +477,7 @@ class AudioCacheService:
         self.size_changed = asyncio.Event()
         self.breaker = breaker or CircuitBreaker()
         self._channel = self.keyspace.channel()
-        # The hit path's HMGETs: ``reads(fields)`` when given (see proxy.store.reads).
+        # The hit path's HMGETs: ``reads(fields)`` when given (see proxy.store.pipelined).
         self._reads = (
             reads(_ENTRY_FIELDS) if reads is not None else ReadBatcher(redis, _ENTRY_FIELDS)
         )
