@@ -146,7 +146,7 @@ class Prefetcher:
         await self._publish(job)
 
     def _job_key(self, job_id: str) -> str:
-        return f"{self.processor.service.keyspace.prefix}:prefetch:job:{job_id}"
+        return self.processor.service.keyspace.prefetch_job(job_id)
 
     async def _publish(self, job: PrefetchJob, *, force: bool = False) -> None:
         """Copy the job's progress to Redis (at most every 0.25 s), so any replica behind a

@@ -1,0 +1,90 @@
+"""Reading entries: a hit's audio (one HMGET, verified), an entry's metadata, its freshness.
+None of these touch the entry: TTL, hits and recency stay as they are."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from ..core.compression import THREAD_THRESHOLD_BYTES
+from ..core.keys import CacheKey
+from ..core.packing import Codec, CorruptEntry, read_header, unpack
+from ..observability.metrics import METRICS
+from . import schema
+from .batching import ReadBatcher
+from .guard import StoreGuard
+from .keyspace import Keyspace
+from .schema import CachedAudio, EntryInfo
+
+log = logging.getLogger(__name__)
+
+
+class EntryReads:
+    """The read paths of :class:`proxy.store.service.AudioCacheService`."""
+
+    def __init__(
+        self,
+        redis: Any,
+        keyspace: Keyspace,
+        guard: StoreGuard,
+        *,
+        on_corrupt: Callable[[CacheKey], Awaitable[object]],
+        reads: Callable[[Sequence[bytes]], Any] | None = None,
+    ) -> None:
+        self.redis = redis
+        self.keyspace = keyspace
+        self.guard = guard
+        self.on_corrupt = on_corrupt
+        # The hit path's HMGETs: ``reads(fields)`` when given (see proxy.store.pipelined).
+        fields = schema.HIT_FIELDS
+        self._hits = reads(fields) if reads is not None else ReadBatcher(redis, fields)
+
+    async def aclose(self) -> None:
+        """Close the hit path's own connection, if it has one."""
+        close = getattr(self._hits, "aclose", None)
+        if close is not None:
+            await close()
+
+    async def fetch(self, key: CacheKey) -> CachedAudio | None:
+        """Read and verify an entry (stale copies included). A corrupt one is handed to
+        ``on_corrupt`` and reads as absent."""
+        values = await self.guard(self._hits.hmget(self.keyspace.entry(key)))
+        body = values[0]
+        if body is None:
+            return None
+        try:
+            codec, size, checksum = read_header(body)
+            if codec is not Codec.NONE and size >= THREAD_THRESHOLD_BYTES:
+                audio = await asyncio.to_thread(unpack, body)
+            else:
+                audio = unpack(body)
+            if codec is not Codec.NONE:
+                METRICS.compression_operations.labels("decompress", "ok").inc()
+            return schema.cached_audio(key, values, audio, checksum)
+        except (CorruptEntry, ValueError, TypeError) as exc:
+            log.warning("corrupt cache entry %s deleted: %s", key.hex, exc)
+            METRICS.compression_operations.labels("decompress", "corrupt").inc()
+            await self.on_corrupt(key)
+            return None
+
+    async def info(self, key: CacheKey, *, pending_hits: int = 0) -> EntryInfo | None:
+        """An entry's metadata, or None when it is gone."""
+        entry = self.keyspace.entry(key)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(entry, schema.INFO_FIELDS)
+        pipe.pttl(entry)
+        values, ttl = await self.guard(pipe.execute())
+        if values[0] is None or ttl < 0:
+            return None
+        now = int(time.time() * 1000)
+        return schema.entry_info(key, values, pending_hits=pending_hits, now_ms=now)
+
+    async def ttl_ms(self, key: CacheKey) -> int:
+        """Remaining freshness in ms (0 when only kept stale, -2 when absent)."""
+        expires = await self.guard(self.redis.hget(self.keyspace.entry(key), schema.EXPIRES))
+        if expires is None:
+            return -2
+        return max(0, int(expires) - int(time.time() * 1000))
