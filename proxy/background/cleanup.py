@@ -167,7 +167,7 @@ class Cleaner:
         if target_bytes is None:
             percent = self.target_percent if target_percent is None else target_percent
             target_bytes = percent_of(self.max_bytes, percent)
-        if not await self.lock.acquire():
+        if not await service.guard(self.lock.acquire()):
             totals = await service.totals()
             report = self._report("locked", trigger, started, totals, totals, 0, 0, target_bytes)
             METRICS.cleanup_total.labels("locked").inc()
@@ -219,11 +219,11 @@ class Cleaner:
         pipe.hincrby(self.history_key, "bytes_freed", report.bytes_freed)
         last = {**report.to_json(), "finished_at_ms": int(time.time() * 1000)}
         pipe.hset(self.history_key, "last", json.dumps(last, separators=(",", ":")))
-        await pipe.execute()
+        await self.service.guard(pipe.execute())
 
     async def history(self) -> dict[str, Any]:
         """Cleanup runs on every replica (lifetime counts) and the last run's report."""
-        raw = await self.service.redis.hgetall(self.history_key)
+        raw = await self.service.guard(self.service.redis.hgetall(self.history_key))
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         last = json.loads(fields["last"]) if "last" in fields else None
         return {
@@ -369,7 +369,7 @@ class Cleaner:
         for keys in by_shard.values():
             for i in range(0, len(keys), self.batch):
                 if time.monotonic() - renewed > self._renew_every:
-                    if not await self.lock.extend():
+                    if not await self.service.guard(self.lock.extend()):
                         log.warning("cleanup lock lost; another replica takes over")
                         return removed, freed, True
                     renewed = time.monotonic()
