@@ -33,7 +33,7 @@ from .state import DRAINING, HOME, PREFETCHER, PROCESSOR, REDIS, REDIS_URL, SERV
 from .store.client import open_redis, open_subscriber
 from .store.hot_tier import HotTier
 from .store.invalidation import InvalidationListener
-from .store.reads import PipelinedReads
+from .store.pipelined import PipelinedReads
 from .store.service import AudioCacheService, CachedAudio
 
 log = logging.getLogger(__name__)

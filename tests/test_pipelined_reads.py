@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as StoreTimeoutError
 
 from proxy.store.embedded import EmbeddedValkey
-from proxy.store.reads import PipelinedReads
+from proxy.store.pipelined import PipelinedReads
 
 FIELDS = (b"body", b"type", b"missing")
 

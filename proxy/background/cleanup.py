@@ -1,8 +1,8 @@
 """Size-bounded cleanup: when the cache reaches its threshold, remove the lowest-value entries.
 
 The ranking is :mod:`proxy.core.eviction` (pure); this module does the I/O around it. One replica
-cleans at a time, under a Redis lock with an expiry (``SET NX PX``, renewed while working,
-released only by its owner). The work runs in a background task, reads each shard's index
+cleans at a time, under a Redis lock with an expiry (:mod:`proxy.store.lock`: renewed while
+working, released only by its owner). The work runs in a background task, reads each shard's index
 once, and removes victims in small batches so hits in between keep their latency.
 """
 
@@ -16,7 +16,6 @@ import itertools
 import json
 import logging
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
@@ -36,21 +35,13 @@ from ..core.eviction import (
 )
 from ..core.keys import CacheKey
 from ..observability.metrics import METRICS
-from ..store.service import SHARDS, AudioCacheService
+from ..store.keyspace import SHARDS
+from ..store.lock import TokenLock
+from ..store.schema import IndexRecord
+from ..store.service import AudioCacheService
 from .maintenance import cancel_and_wait
 
 log = logging.getLogger(__name__)
-
-# Compare-and-delete / compare-and-extend: a lock that expired and was taken by another
-# replica must never be released or extended by its former owner.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-_EXTEND = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
 
 # Scoring this many candidates takes a few ms: then the event loop gets a turn.
 _SCORE_CHUNK = 1000
@@ -113,26 +104,8 @@ class CleanupReport:
         return out
 
 
-class CleanupLock:
-    """A Redis lock with an expiry, so a crashed cleaner never blocks the others for long."""
-
-    def __init__(self, redis: Any, name: str, ttl_ms: int) -> None:
-        self.redis = redis
-        self.name = name
-        self.ttl_ms = ttl_ms
-        self.token = uuid.uuid4().hex
-        self._release = redis.register_script(_RELEASE)
-        self._extend = redis.register_script(_EXTEND)
-
-    async def acquire(self) -> bool:
-        return bool(await self.redis.set(self.name, self.token, nx=True, px=self.ttl_ms))
-
-    async def extend(self) -> bool:
-        """Renew the expiry; False means the lock was lost (expired, then taken)."""
-        return bool(await self._extend(keys=[self.name], args=[self.token, self.ttl_ms]))
-
-    async def release(self) -> None:
-        await self._release(keys=[self.name], args=[self.token])
+# The cleaner's lock is the store's token lock (the name is kept for callers).
+CleanupLock = TokenLock
 
 
 class Cleaner:
@@ -155,9 +128,9 @@ class Cleaner:
         self.target_percent = target_percent
         self.weights = weights or ScoreWeights()
         self.batch = batch
-        self.lock = CleanupLock(service.redis, f"{service.keyspace.prefix}:cleanup:lock", lock_ms)
+        self.lock = TokenLock(service.redis, service.keyspace.cleanup_lock(), lock_ms)
         # Runs of every replica, for the stats: counts and the last report.
-        self.history_key = f"{service.keyspace.prefix}:cleanup:history"
+        self.history_key = service.keyspace.cleanup_history()
         self._renew_every = lock_ms / 3000
 
     @classmethod
@@ -194,7 +167,7 @@ class Cleaner:
         if target_bytes is None:
             percent = self.target_percent if target_percent is None else target_percent
             target_bytes = percent_of(self.max_bytes, percent)
-        if not await self.lock.acquire():
+        if not await service.guard(self.lock.acquire()):
             totals = await service.totals()
             report = self._report("locked", trigger, started, totals, totals, 0, 0, target_bytes)
             METRICS.cleanup_total.labels("locked").inc()
@@ -246,11 +219,11 @@ class Cleaner:
         pipe.hincrby(self.history_key, "bytes_freed", report.bytes_freed)
         last = {**report.to_json(), "finished_at_ms": int(time.time() * 1000)}
         pipe.hset(self.history_key, "last", json.dumps(last, separators=(",", ":")))
-        await pipe.execute()
+        await self.service.guard(pipe.execute())
 
     async def history(self) -> dict[str, Any]:
         """Cleanup runs on every replica (lifetime counts) and the last run's report."""
-        raw = await self.service.redis.hgetall(self.history_key)
+        raw = await self.service.guard(self.service.redis.hgetall(self.history_key))
         fields = {k.decode(): v.decode() for k, v in raw.items()}
         last = json.loads(fields["last"]) if "last" in fields else None
         return {
@@ -301,18 +274,17 @@ class Cleaner:
             target_bytes=target_bytes,
         )
 
-    async def _index_chunks(self, n: int) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+    async def _index_chunks(self, n: int) -> AsyncIterator[list[tuple[str, IndexRecord]]]:
         """One shard's index records, a few hundred at a time (HSCAN, not one big HGETALL,
         so neither Redis nor this event loop is held up by a large shard)."""
-        name = self.service.keyspace.shard_keys(n)[1]
-        seen: set[bytes] = set()
+        seen: set[str] = set()
         cursor = 0
         while True:
-            cursor, raw = await self.service.redis.hscan(name, cursor, count=_READ_CHUNK)
-            fresh = [(k, v) for k, v in raw.items() if k not in seen]  # HSCAN may repeat
+            cursor, page = await self.service.index_page(n, cursor, count=_READ_CHUNK)
+            fresh = [(k, r) for k, r in page if k not in seen]  # HSCAN may repeat
             seen.update(k for k, _ in fresh)
-            yield [(k.decode(), json.loads(v)) for k, v in fresh]
-            if int(cursor) == 0:
+            yield fresh
+            if cursor == 0:
                 return
 
     async def candidates(
@@ -326,7 +298,7 @@ class Cleaner:
         pacer = _Pacer()
         for n in range(SHARDS):
             async for records in self._index_chunks(n):
-                items = [(k, r) for k, r in records if tenant is None or r.get("t", "") == tenant]
+                items = [(k, r) for k, r in records if tenant is None or r.tenant == tenant]
                 if not items:
                     continue
                 counts = await self.service.hit_counts(n, [k for k, _ in items])
@@ -334,13 +306,13 @@ class Cleaner:
                 part = [
                     Candidate(
                         key=key,
-                        size=int(rec.get("s", 0)),
-                        created_ms=int(rec.get("cr", 0)),
+                        size=rec.stored_size,
+                        created_ms=rec.created_ms,
                         # 0 when the entry is already gone: its age then counts from creation.
                         last_access_ms=last_access,
                         hits=hits,
-                        content_class=str(rec.get("c", "default")),
-                        tenant=str(rec.get("t", "")),
+                        content_class=rec.content_class,
+                        tenant=rec.tenant,
                         shard=n,
                     )
                     for (key, rec), (hits, last_access) in zip(items, counts, strict=True)
@@ -397,7 +369,7 @@ class Cleaner:
         for keys in by_shard.values():
             for i in range(0, len(keys), self.batch):
                 if time.monotonic() - renewed > self._renew_every:
-                    if not await self.lock.extend():
+                    if not await self.service.guard(self.lock.extend()):
                         log.warning("cleanup lock lost; another replica takes over")
                         return removed, freed, True
                     renewed = time.monotonic()

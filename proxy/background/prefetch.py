@@ -146,7 +146,7 @@ class Prefetcher:
         await self._publish(job)
 
     def _job_key(self, job_id: str) -> str:
-        return f"{self.processor.service.keyspace.prefix}:prefetch:job:{job_id}"
+        return self.processor.service.keyspace.prefetch_job(job_id)
 
     async def _publish(self, job: PrefetchJob, *, force: bool = False) -> None:
         """Copy the job's progress to Redis (at most every 0.25 s), so any replica behind a
@@ -156,9 +156,10 @@ class Prefetcher:
             return
         self._published[job.id] = now
         document = {**job.to_json(), "updated_ms": int(time.time() * 1000)}
+        service = self.processor.service
         try:
-            await self.processor.service.redis.set(
-                self._job_key(job.id), json.dumps(document), ex=JOB_TTL_SECONDS
+            await service.guard(
+                service.redis.set(self._job_key(job.id), json.dumps(document), ex=JOB_TTL_SECONDS)
             )
         except (RedisError, OSError) as exc:
             log.debug("prefetch job %s: progress not published: %s", job.id, exc)
@@ -168,7 +169,8 @@ class Prefetcher:
         job = self.jobs.get(job_id)
         if job is not None:
             return job.to_json()
-        raw = await self.processor.service.redis.get(self._job_key(job_id))
+        service = self.processor.service
+        raw = await service.guard(service.redis.get(self._job_key(job_id)))
         if raw is None:
             return None
         document: dict[str, Any] = json.loads(raw)

@@ -5,9 +5,11 @@ takes the key's lock is the leader: it calls the upstream and publishes the answ
 arrives, to a Redis Stream. Fills on other replicas follow that stream from its first record,
 so their clients (and their own in-process followers) hear the audio as it is produced.
 
-Redis keys, all in the key's shard hash tag so they share one Redis Cluster slot::
+Redis keys (named by :mod:`proxy.store.keyspace`), all in the key's shard hash tag so they
+share one Redis Cluster slot::
 
-    P:{P.NN}:fl:<key>  STRING  the leader's token; expires unless the leader renews it
+    P:{P.NN}:fl:<key>  STRING  the leader's token (a proxy.store.lock lock); expires unless
+                               the leader renews it
     P:{P.NN}:fs:<key>  STREAM  the leader's answer, record by record; expires too
     P:{P.NN}:ff:<key>  STRING  how many replicas follow (an abandoned fill is kept for them)
 
@@ -28,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -39,33 +40,16 @@ from redis.exceptions import RedisError
 from ..core.breaker import CircuitBreaker
 from ..core.keys import CacheKey
 from ..observability.metrics import METRICS
-from ..store.service import CachedAudio, Keyspace, shard_of
+from ..store.keyspace import Keyspace
+from ..store.lock import TokenLock
+from ..store.lua import Lua
+from ..store.schema import CachedAudio
 from .fill import Fill, Runner
 from .upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 
 Recheck = Callable[[CacheKey], Awaitable[CachedAudio | None]]
-
-# KEYS: lock stream; ARGV: token stream_ttl_ms field value ... -> 1 written, 0 lock lost
-_PUBLISH = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return 1
-"""
-# KEYS: lock stream followers; ARGV: token lock_ms stream_ms -> followers, or -1 lock lost
-_RENEW = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return tonumber(redis.call('GET', KEYS[3]) or '0')
-"""
-# KEYS: lock; ARGV: token -> 1 released
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 _MAX_RECORD_BYTES = 1 << 20
 _MAX_TAKEOVERS = 3
@@ -101,8 +85,9 @@ class FlightKeys:
 
     @classmethod
     def of(cls, keyspace: Keyspace, key: CacheKey) -> FlightKeys:
-        base = keyspace.shard(shard_of(key))
-        return cls(f"{base}fl:{key.hex}", f"{base}fs:{key.hex}", f"{base}ff:{key.hex}")
+        return cls(
+            keyspace.flight_lock(key), keyspace.flight_stream(key), keyspace.flight_followers(key)
+        )
 
 
 def _ms(seconds: float) -> int:
@@ -124,9 +109,8 @@ class ClusterFlights:
         self.keyspace = Keyspace(prefix)
         self.settings = settings or FlightSettings()
         self.breaker = breaker
-        self._publish = redis.register_script(_PUBLISH)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self._publish = Lua(redis, "flight_publish")
+        self._renew = Lua(redis, "flight_renew")
         # Keys this process leads, set when the lock is let go. A fill that failed here is
         # retried by the next request; it must not follow the failed answer's stream.
         self._leading: dict[str, asyncio.Event] = {}
@@ -150,11 +134,9 @@ class ClusterFlights:
             await asyncio.wait([waiting], timeout=self.settings.lock_seconds)
             waiting.cancel()
         for _ in range(_MAX_TAKEOVERS + 1):
-            token = secrets.token_hex(8)
+            lock = TokenLock(self.redis, keys.lock, _ms(self.settings.lock_seconds))
             try:
-                won = await self.redis.set(
-                    keys.lock, token, nx=True, px=_ms(self.settings.lock_seconds)
-                )
+                won = await lock.acquire()
             except (RedisError, OSError) as exc:
                 _redis_failed("lock", exc)
                 await lead(fill)
@@ -163,7 +145,7 @@ class ClusterFlights:
                 fill.origin = "upstream"  # perhaps after following a leader that vanished
                 released = self._leading[key.hex] = asyncio.Event()
                 try:
-                    await self._lead(fill, key, keys, token, lead, recheck)
+                    await self._lead(fill, key, keys, lock, lead, recheck)
                 finally:
                     released.set()
                     if self._leading.get(key.hex) is released:
@@ -186,7 +168,7 @@ class ClusterFlights:
         fill: Fill,
         key: CacheKey,
         keys: FlightKeys,
-        token: str,
+        lock: TokenLock,
         lead: Runner,
         recheck: Recheck | None,
     ) -> None:
@@ -196,12 +178,12 @@ class ClusterFlights:
             await self.redis.delete(keys.stream, keys.followers)  # an earlier leader's records
         except (RedisError, OSError) as exc:
             _redis_failed("lock", exc)
-            await self._release_quietly(keys, token)
+            await self._release_quietly(lock)
             await lead(fill)
             return
         fill.still_needed = lambda: self._has_followers(keys)
-        publisher = asyncio.create_task(self._publish_fill(fill, keys, token))
-        renewer = asyncio.create_task(self._keep_lock(fill, keys, token))
+        publisher = asyncio.create_task(self._publish_fill(fill, keys, lock.token))
+        renewer = asyncio.create_task(self._keep_lock(fill, keys, lock.token))
         try:
             await lead(fill)
         except asyncio.CancelledError:
@@ -216,7 +198,7 @@ class ClusterFlights:
             await asyncio.wait([publisher], timeout=self.settings.lock_seconds)
             if not publisher.done():
                 publisher.cancel()
-            await self._release_quietly(keys, token)
+            await self._release_quietly(lock)
 
     async def _replay_stored(self, fill: Fill, key: CacheKey, recheck: Recheck) -> bool:
         cached = await recheck(key)
@@ -290,9 +272,9 @@ class ClusterFlights:
         except (RedisError, OSError):
             return True  # when in doubt, finish the synthesis
 
-    async def _release_quietly(self, keys: FlightKeys, token: str) -> None:
+    async def _release_quietly(self, lock: TokenLock) -> None:
         try:
-            await self._release(keys=[keys.lock], args=[token])
+            await lock.release()
         except (RedisError, OSError) as exc:
             _redis_failed("lock", exc)  # the lock expires on its own
 
