@@ -7,8 +7,8 @@ query below its base URL, and never with dot-segments.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
