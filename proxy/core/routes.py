@@ -7,17 +7,18 @@ through to the upstream untouched.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
+from .request_json import BadJSON, load_object
+
 Source = Literal["json", "query", "path", "header", "form"]
 SOURCES: tuple[Source, ...] = ("json", "query", "path", "header", "form")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class RuleError(ValueError):
@@ -124,10 +125,12 @@ class RouteRule:
         for qname, qvalue in _multi(parse_qsl(query, keep_blank_values=True)).items():
             fields[f"query:{qname}"] = qvalue
         for name in self.headers:
-            if name in headers:
-                fields[f"header:{name}"] = headers[name]
+            said = _keyed_header(name, headers.get(name))
+            if said is not None:
+                fields[f"header:{name}"] = said
         if self.method != "GET" and body:
             fields.update(_body_fields(body, headers.get("content-type", "")))
+        _reject_surrogates(fields)
 
         for ref, values in self.bypass.items():
             if str(fields.get(str(ref))) in values:
@@ -150,6 +153,17 @@ class RouteRule:
         )
 
 
+def _keyed_header(name: str, value: str | None) -> str | None:
+    """A keyed header's value, or None where it says nothing: no ``Accept`` and
+    ``Accept: */*`` ask for the same answer (RFC 9110 §12.5.1)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if name == "accept" and value in ("", "*/*"):
+        return None
+    return value
+
+
 def _label(fields: Mapping[str, Any], ref: FieldRef | None) -> str:
     value = fields.get(str(ref)) if ref is not None else None
     return value if isinstance(value, str) else ""
@@ -168,10 +182,6 @@ def _multi(pairs: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:
     return out
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _body_fields(body: bytes, content_type: str) -> dict[str, Any]:
     try:
         text = body.decode("utf-8")
@@ -180,28 +190,29 @@ def _body_fields(body: bytes, content_type: str) -> dict[str, Any]:
     if "application/x-www-form-urlencoded" in content_type:
         return {f"form:{k}": v for k, v in _multi(parse_qsl(text, keep_blank_values=True)).items()}
     try:
-        document = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise InvalidSpeechRequest("body", f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise InvalidSpeechRequest("body", "request body must be a JSON object")
-    _reject_non_finite(document)
+        document = load_object(text)
+    except BadJSON as exc:
+        raise InvalidSpeechRequest(exc.field, exc.message) from exc
     return {f"json:{k}": v for k, v in document.items()}
 
 
-def _reject_non_finite(value: Any) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidSpeechRequest("body", "numbers must be finite")
-    if isinstance(value, dict):
-        for v in value.values():
-            _reject_non_finite(v)
-    elif isinstance(value, list):
-        for v in value:
-            _reject_non_finite(v)
+def _reject_surrogates(fields: Mapping[str, Any]) -> None:
+    """Header values arrive with undecodable bytes as lone surrogates; no key can hold them."""
+    for name, value in fields.items():
+        values = value if isinstance(value, list) else [value]
+        if not name.startswith("json:") and any(
+            isinstance(v, str) and _SURROGATE.search(v) for v in values
+        ):
+            raise InvalidSpeechRequest(name, f"{name!r} is not valid UTF-8 text")
 
 
 def _refs(items: Iterable[str]) -> frozenset[FieldRef]:
     return frozenset(FieldRef.parse(i) for i in items)
+
+
+# An upstream may pick the audio format by Accept; a key without it could replay an MP3 to
+# a client that asked for WAV.
+_NEGOTIATED = ("accept",)
 
 
 def _openai() -> list[RouteRule]:
@@ -213,6 +224,7 @@ def _openai() -> list[RouteRule]:
             text=FieldRef("json", "input"),
             voice=FieldRef("json", "voice"),
             model=FieldRef("json", "model"),
+            headers=_NEGOTIATED,
             bypass={FieldRef("json", "stream_format"): frozenset({"sse"})},
         )
     ]
@@ -225,6 +237,7 @@ def _elevenlabs() -> list[RouteRule]:
         voice=FieldRef("path", "voice_id"),
         model=FieldRef("json", "model_id"),
         ignore=_refs(["query:enable_logging"]),
+        headers=_NEGOTIATED,
     )
     return [
         RouteRule(name="elevenlabs", path="/v1/text-to-speech/{voice_id}", **common),
@@ -234,7 +247,10 @@ def _elevenlabs() -> list[RouteRule]:
 
 def _get() -> list[RouteRule]:
     mary: dict[str, Any] = dict(
-        path="/process", voice=FieldRef("query", "VOICE"), model=FieldRef("query", "LOCALE")
+        path="/process",
+        voice=FieldRef("query", "VOICE"),
+        model=FieldRef("query", "LOCALE"),
+        headers=_NEGOTIATED,
     )
     return [
         RouteRule(name="marytts", method="GET", text=FieldRef("query", "INPUT_TEXT"), **mary),
@@ -245,6 +261,7 @@ def _get() -> list[RouteRule]:
             path="/process",
             voice=FieldRef("form", "VOICE"),
             model=FieldRef("form", "LOCALE"),
+            headers=_NEGOTIATED,
         ),
         RouteRule(
             name="coqui",
@@ -253,6 +270,7 @@ def _get() -> list[RouteRule]:
             text=FieldRef("query", "text"),
             voice=FieldRef("query", "speaker_id"),
             model=FieldRef("query", "language_id"),
+            headers=_NEGOTIATED,
         ),
     ]
 
