@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
+from .keys import DEFAULT_NORMALIZATION, normalization
 from .request_json import BadJSON, load_object
 
 Source = Literal["json", "query", "path", "header", "form"]
@@ -64,6 +65,8 @@ class SpeechRequest:
     params: Mapping[str, Any]
     voice: str
     model: str
+    # The route's text normalization, for the key (see proxy.core.keys.normalize_text).
+    normalize: tuple[str, ...] = DEFAULT_NORMALIZATION
 
 
 @dataclass(frozen=True)
@@ -83,11 +86,17 @@ class RouteRule:
     headers: tuple[str, ...] = ()
     # Field values that make an answer uncacheable, e.g. OpenAI's stream_format=sse.
     bypass: Mapping[FieldRef, frozenset[str]] = field(default_factory=dict)
+    # How the text is normalized for the key; only what leaves the sound unchanged.
+    normalize: tuple[str, ...] = DEFAULT_NORMALIZATION
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
             raise RuleError(f"route {self.name!r}: path must start with '/'")
+        try:
+            object.__setattr__(self, "normalize", normalization(self.normalize))
+        except ValueError as exc:
+            raise RuleError(f"route {self.name!r}: {exc}") from None
         regex = ""
         last = 0
         for m in _PLACEHOLDER.finditer(self.path):
@@ -150,6 +159,7 @@ class RouteRule:
             params=fields,
             voice=_label(fields, self.voice),
             model=_label(fields, self.model),
+            normalize=self.normalize,
         )
 
 
@@ -280,7 +290,10 @@ PRESETS = {"openai": _openai, "elevenlabs": _elevenlabs, "get": _get}
 
 def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
     """A rule from its YAML form; raises RuleError naming the bad field."""
-    allowed = {"name", "method", "path", "text", "voice", "model", "ignore", "headers", "bypass"}
+    allowed = {
+        "name", "method", "path", "text", "voice", "model", "ignore", "headers", "bypass",
+        "normalize",
+    }  # fmt: skip
     unknown = set(raw) - allowed
     if unknown:
         raise RuleError(f"unknown route field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -290,6 +303,12 @@ def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
     bypass_raw = raw.get("bypass") or {}
     if not isinstance(bypass_raw, Mapping):
         raise RuleError("route field 'bypass' must map a field reference to a list of values")
+    steps = DEFAULT_NORMALIZATION
+    if raw.get("normalize") is not None:
+        try:
+            steps = normalization(_strings(raw["normalize"], "normalize"))
+        except ValueError as exc:
+            raise RuleError(f"route field 'normalize': {exc}") from None
     return RouteRule(
         name=raw["name"],
         method=raw["method"].upper(),
@@ -303,6 +322,7 @@ def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
             FieldRef.parse(k): frozenset(str(v) for v in _strings(vs, "bypass"))
             for k, vs in bypass_raw.items()
         },
+        normalize=steps,
     )
 
 
