@@ -14,6 +14,8 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from .keys import DEFAULT_NORMALIZATION, normalization
+from .media import base_type
+from .policy import DEFAULT_REPLAY_HEADERS, never_replayed
 from .request_json import BadJSON, load_object
 
 Source = Literal["json", "query", "path", "header", "form"]
@@ -88,6 +90,10 @@ class RouteRule:
     bypass: Mapping[FieldRef, frozenset[str]] = field(default_factory=dict)
     # How the text is normalized for the key; only what leaves the sound unchanged.
     normalize: tuple[str, ...] = DEFAULT_NORMALIZATION
+    # Upstream headers a hit replays (names, or prefixes ending in '*').
+    replay_headers: tuple[str, ...] = DEFAULT_REPLAY_HEADERS
+    # Media types this upstream uses for headerless PCM, e.g. application/octet-stream.
+    pcm_types: frozenset[str] = frozenset()
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -97,6 +103,18 @@ class RouteRule:
             object.__setattr__(self, "normalize", normalization(self.normalize))
         except ValueError as exc:
             raise RuleError(f"route {self.name!r}: {exc}") from None
+        replay = tuple(dict.fromkeys(h.lower() for h in self.replay_headers))
+        refused = [h for h in replay if never_replayed(h.rstrip("*"))]
+        if refused:
+            raise RuleError(
+                f"route {self.name!r}: replay_headers {refused} are per caller or per call "
+                "(cookies, request ids, timings, rate limits, balances...) and never replayed"
+            )
+        object.__setattr__(self, "replay_headers", replay)
+        pcm = frozenset(base_type(t) for t in self.pcm_types)
+        if not all(re.fullmatch(r"[a-z0-9.+-]+/[a-z0-9.+-]+", t) for t in pcm):
+            raise RuleError(f"route {self.name!r}: pcm_types must be media types like audio/pcm")
+        object.__setattr__(self, "pcm_types", pcm)
         regex = ""
         last = 0
         for m in _PLACEHOLDER.finditer(self.path):
@@ -292,7 +310,7 @@ def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
     """A rule from its YAML form; raises RuleError naming the bad field."""
     allowed = {
         "name", "method", "path", "text", "voice", "model", "ignore", "headers", "bypass",
-        "normalize",
+        "normalize", "replay_headers", "pcm_types",
     }  # fmt: skip
     unknown = set(raw) - allowed
     if unknown:
@@ -323,6 +341,9 @@ def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
             for k, vs in bypass_raw.items()
         },
         normalize=steps,
+        replay_headers=DEFAULT_REPLAY_HEADERS
+        + tuple(_strings(raw.get("replay_headers"), "replay_headers")),
+        pcm_types=frozenset(_strings(raw.get("pcm_types"), "pcm_types")),
     )
 
 

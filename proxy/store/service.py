@@ -36,6 +36,7 @@ from ..core.breaker import BreakerState, CircuitBreaker
 from ..core.compression import THREAD_THRESHOLD_BYTES, CompressionAdvisor, encode
 from ..core.keys import CacheKey
 from ..core.packing import Codec, CorruptEntry, read_header, unpack
+from ..core.policy import replayable
 from ..observability.metrics import METRICS
 from ..observability.tally import TALLY
 from .batching import ReadBatcher
@@ -387,43 +388,9 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-# Upstream response headers never replayed from the cache: per-connection or per-response.
-_UNREPLAYED = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "content-encoding",
-        "content-range",
-        "accept-ranges",
-        "date",
-        "set-cookie",
-        "age",
-        "cache-control",
-        "expires",
-        "etag",
-        "last-modified",
-        "vary",
-        "server",
-        "content-type",
-        "cache-status",
-        "x-cache",
-        "x-audio-cache-key",
-        "content-location",
-        "x-request-id",
-    }
-)
-
-
 def replayable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Upstream headers worth replaying on a hit (e.g. ``X-Sample-Rate``)."""
-    return [(k, v) for k, v in headers if k.lower() not in _UNREPLAYED]
+    """Upstream headers replayed on a hit by default (see :func:`proxy.core.policy.replayable`)."""
+    return replayable(headers)
 
 
 @lru_cache(maxsize=1024)
