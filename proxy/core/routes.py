@@ -225,7 +225,8 @@ def _body_fields(body: bytes, content_type: str) -> dict[str, Any]:
 
 
 def _reject_surrogates(fields: Mapping[str, Any]) -> None:
-    """Header values arrive with undecodable bytes as lone surrogates; no key can hold them."""
+    """Refuse path, query, form and header values holding lone surrogates (aiohttp decodes
+    undecodable header bytes that way), which no key can encode. JSON checks its own."""
     for name, value in fields.items():
         values = value if isinstance(value, list) else [value]
         if not name.startswith("json:") and any(
