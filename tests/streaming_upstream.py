@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 def audio_for(text: str, size: int) -> bytes:
     """Deterministic, text-specific audio-looking bytes of ``size`` bytes."""
     seed = hashlib.sha256(text.encode()).digest()
-    body = (seed * (size // len(seed) + 1))[: max(size - 8, 0)]
+    body = b"WAVE" + (seed * (size // len(seed) + 1))[: max(size - 12, 0)]
     return b"RIFF" + len(body).to_bytes(4, "little") + body
 
 
@@ -60,7 +60,7 @@ class StreamingUpstream:
             return web.json_response({"error": {"message": "synthesis failed"}}, status=500)
         if self.mode == "hang_head":
             await self.release.wait()
-        response = web.StreamResponse(headers={"Content-Type": "audio/wav", "X-Voice": "es"})
+        response = web.StreamResponse(headers={"Content-Type": "audio/wav", "X-Audio-Voice": "es"})
         if self.chunked:
             response.enable_chunked_encoding()
         else:

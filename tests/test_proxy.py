@@ -239,14 +239,14 @@ async def test_no_cache_request_refreshes(upstream: Any, make_proxy: Any) -> Non
     client = await make_proxy(url)
     await (await client.post("/v1/audio/speech", json=SPEECH)).read()
     await asyncio.sleep(0.02)
-    fake.extra_headers = {"X-Version": "2"}
+    fake.extra_headers = {"X-Audio-Version": "2"}
     r = await client.post("/v1/audio/speech", json=SPEECH, headers={"Cache-Control": "no-cache"})
     await r.read()
     assert r.headers["Cache-Status"] == "tts-cache; fwd=request; stored"
     await asyncio.sleep(0.02)
     r2 = await client.post("/v1/audio/speech", json=SPEECH)
     assert r2.headers["X-Cache"] == "HIT"
-    assert r2.headers["X-Version"] == "2"  # the refreshed entry
+    assert r2.headers["X-Audio-Version"] == "2"  # the refreshed entry
     assert fake.calls["openai"] == 2
     assert (await service_of(client).totals())["entries"] == 1
 

@@ -352,7 +352,7 @@ async def test_hit_headers(quick: Any, make_proxy: Any) -> None:
     max_age = int(h["Cache-Control"].removeprefix("max-age="))
     assert 86400 - 5 <= max_age <= 86400  # the remaining TTL of the default class
     assert h["Content-Location"] == f"/audio/{key}"
-    assert h["X-Voice"] == "es"  # the upstream's own header is replayed
+    assert h["X-Audio-Voice"] == "es"  # the upstream's own header is replayed
     by_key = await client.get(h["Content-Location"])
     assert await by_key.read() == upstream.audio(TEXT)
     assert by_key.headers["ETag"] == h["ETag"]

@@ -6,15 +6,20 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 # Bump when the canonical encoding changes: old entries then simply stop matching.
-KEY_VERSION = "v1"
+# v2: the default text normalization keeps NFD apart from NFC and paragraph breaks apart
+# from spaces (both change the sound: docs/normalization.md), and the key names it.
+KEY_VERSION = "v2"
 _HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
 _WHITESPACE_RUN = re.compile(r"\s+")
+# Only the whitespace measured on the demo engine: other spaces (NBSP, U+3000...) are kept.
+_SPACES = " \t\r\n"
+_SPACE_RUN = re.compile(r"[ \t\r\n]+")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -37,9 +42,53 @@ class CacheKey:
         return self.hex
 
 
-def normalize_text(text: str) -> str:
-    """NFC, whitespace runs collapsed to one space, trimmed; case and punctuation kept."""
-    return _WHITESPACE_RUN.sub(" ", unicodedata.normalize("NFC", text)).strip()
+# The text transformations a route may key on, in the order they apply. Each changes the
+# key only; the upstream always receives the client's text as sent.
+NORMALIZATIONS: tuple[str, ...] = ("nfc", "collapse_whitespace", "collapse_spaces", "trim")
+# What measured the same PCM on the demo engine, in every context tried (docs/normalization.md).
+DEFAULT_NORMALIZATION: tuple[str, ...] = ("collapse_spaces", "trim")
+
+
+def normalization(names: Iterable[str]) -> tuple[str, ...]:
+    """The named transformations in the order they apply; ValueError naming a bad one."""
+    chosen = set()
+    for name in names:
+        if name not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {name!r}; known: {list(NORMALIZATIONS)}")
+        chosen.add(name)
+    if {"collapse_whitespace", "collapse_spaces"} <= chosen:
+        raise ValueError("choose one of collapse_whitespace and collapse_spaces")
+    return tuple(n for n in NORMALIZATIONS if n in chosen)
+
+
+def _collapse(run: re.Match[str]) -> str:
+    # A paragraph break (two or more line feeds) is a pause, and how many line feeds can
+    # lengthen it: kept, with the spaces, tabs and CRs around them dropped.
+    breaks = run.group().count("\n")
+    return "\n" * breaks if breaks > 1 else " "
+
+
+def normalize_text(text: str, steps: Sequence[str] = DEFAULT_NORMALIZATION) -> str:
+    """The text as its key sees it; ``steps`` come from :func:`normalization`.
+
+    ``nfc``: Unicode NFC. ``collapse_whitespace``: every whitespace run to one space.
+    ``collapse_spaces``: each run of spaces, tabs, CRs and LFs to one space, or to its line
+    feeds when it holds a paragraph break. ``trim``: whitespace at the end dropped, and at
+    the start unless it holds a paragraph break (a leading pause). Case and punctuation
+    are always kept.
+    """
+    if "nfc" in steps:
+        text = unicodedata.normalize("NFC", text)
+    if "collapse_whitespace" in steps:
+        text = _WHITESPACE_RUN.sub(" ", text)
+    elif "collapse_spaces" in steps:
+        text = _SPACE_RUN.sub(_collapse, text)
+    if "trim" in steps:
+        text = text.rstrip(_SPACES)
+        rest = text.lstrip(_SPACES)
+        if text[: len(text) - len(rest)].count("\n") < 2:
+            text = rest
+    return text
 
 
 def upstream_identity(url: str) -> str:
@@ -70,19 +119,24 @@ def cache_key(
     text: str,
     params: Mapping[str, Any],
     namespace: str = "",
+    normalize: Sequence[str] = DEFAULT_NORMALIZATION,
 ) -> CacheKey:
     """sha256 over a canonical encoding of the upstream, route, text and sound parameters.
 
     ``params`` maps a field reference (``json:voice``, ``query:output_format``…) to its value;
     every field that can change the audio must be in it. ``namespace`` isolates tenants.
+    ``normalize`` is the route's text normalization (``SpeechRequest.normalize``); it is
+    part of the key, so changing a rule's list never matches entries made under another.
     """
+    steps = normalization(normalize)
     document = [
         KEY_VERSION,
         upstream,
         namespace,
         route,
-        normalize_text(text),
+        normalize_text(text, steps),
         canonical_value(params),
+        list(steps),
     ]
     encoded = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return CacheKey(hashlib.sha256(encoded.encode("utf-8")).hexdigest())

@@ -7,17 +7,21 @@ through to the upstream untouched.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
+from .keys import DEFAULT_NORMALIZATION, normalization
+from .media import base_type
+from .policy import DEFAULT_REPLAY_HEADERS, never_replayed
+from .request_json import BadJSON, load_object
+
 Source = Literal["json", "query", "path", "header", "form"]
 SOURCES: tuple[Source, ...] = ("json", "query", "path", "header", "form")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class RuleError(ValueError):
@@ -63,6 +67,8 @@ class SpeechRequest:
     params: Mapping[str, Any]
     voice: str
     model: str
+    # The route's text normalization, for the key (see proxy.core.keys.normalize_text).
+    normalize: tuple[str, ...] = DEFAULT_NORMALIZATION
 
 
 @dataclass(frozen=True)
@@ -82,11 +88,33 @@ class RouteRule:
     headers: tuple[str, ...] = ()
     # Field values that make an answer uncacheable, e.g. OpenAI's stream_format=sse.
     bypass: Mapping[FieldRef, frozenset[str]] = field(default_factory=dict)
+    # How the text is normalized for the key; only what leaves the sound unchanged.
+    normalize: tuple[str, ...] = DEFAULT_NORMALIZATION
+    # Upstream headers a hit replays (names, or prefixes ending in '*').
+    replay_headers: tuple[str, ...] = DEFAULT_REPLAY_HEADERS
+    # Media types this upstream uses for headerless PCM, e.g. application/octet-stream.
+    pcm_types: frozenset[str] = frozenset()
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/"):
             raise RuleError(f"route {self.name!r}: path must start with '/'")
+        try:
+            object.__setattr__(self, "normalize", normalization(self.normalize))
+        except ValueError as exc:
+            raise RuleError(f"route {self.name!r}: {exc}") from None
+        replay = tuple(dict.fromkeys(h.lower() for h in self.replay_headers))
+        refused = [h for h in replay if never_replayed(h.rstrip("*"))]
+        if refused:
+            raise RuleError(
+                f"route {self.name!r}: replay_headers {refused} are per caller or per call "
+                "(cookies, request ids, timings, rate limits, balances...) and never replayed"
+            )
+        object.__setattr__(self, "replay_headers", replay)
+        pcm = frozenset(base_type(t) for t in self.pcm_types)
+        if not all(re.fullmatch(r"[a-z0-9.+-]+/[a-z0-9.+-]+", t) for t in pcm):
+            raise RuleError(f"route {self.name!r}: pcm_types must be media types like audio/pcm")
+        object.__setattr__(self, "pcm_types", pcm)
         regex = ""
         last = 0
         for m in _PLACEHOLDER.finditer(self.path):
@@ -124,10 +152,12 @@ class RouteRule:
         for qname, qvalue in _multi(parse_qsl(query, keep_blank_values=True)).items():
             fields[f"query:{qname}"] = qvalue
         for name in self.headers:
-            if name in headers:
-                fields[f"header:{name}"] = headers[name]
+            said = _keyed_header(name, headers.get(name))
+            if said is not None:
+                fields[f"header:{name}"] = said
         if self.method != "GET" and body:
             fields.update(_body_fields(body, headers.get("content-type", "")))
+        _reject_surrogates(fields)
 
         for ref, values in self.bypass.items():
             if str(fields.get(str(ref))) in values:
@@ -147,7 +177,19 @@ class RouteRule:
             params=fields,
             voice=_label(fields, self.voice),
             model=_label(fields, self.model),
+            normalize=self.normalize,
         )
+
+
+def _keyed_header(name: str, value: str | None) -> str | None:
+    """A keyed header's value, or None where it says nothing: no ``Accept`` and
+    ``Accept: */*`` ask for the same answer (RFC 9110 §12.5.1)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if name == "accept" and value in ("", "*/*"):
+        return None
+    return value
 
 
 def _label(fields: Mapping[str, Any], ref: FieldRef | None) -> str:
@@ -168,10 +210,6 @@ def _multi(pairs: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:
     return out
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _body_fields(body: bytes, content_type: str) -> dict[str, Any]:
     try:
         text = body.decode("utf-8")
@@ -180,28 +218,30 @@ def _body_fields(body: bytes, content_type: str) -> dict[str, Any]:
     if "application/x-www-form-urlencoded" in content_type:
         return {f"form:{k}": v for k, v in _multi(parse_qsl(text, keep_blank_values=True)).items()}
     try:
-        document = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise InvalidSpeechRequest("body", f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(document, dict):
-        raise InvalidSpeechRequest("body", "request body must be a JSON object")
-    _reject_non_finite(document)
+        document = load_object(text)
+    except BadJSON as exc:
+        raise InvalidSpeechRequest(exc.field, exc.message) from exc
     return {f"json:{k}": v for k, v in document.items()}
 
 
-def _reject_non_finite(value: Any) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidSpeechRequest("body", "numbers must be finite")
-    if isinstance(value, dict):
-        for v in value.values():
-            _reject_non_finite(v)
-    elif isinstance(value, list):
-        for v in value:
-            _reject_non_finite(v)
+def _reject_surrogates(fields: Mapping[str, Any]) -> None:
+    """Refuse path, query, form and header values holding lone surrogates (aiohttp decodes
+    undecodable header bytes that way), which no key can encode. JSON checks its own."""
+    for name, value in fields.items():
+        values = value if isinstance(value, list) else [value]
+        if not name.startswith("json:") and any(
+            isinstance(v, str) and _SURROGATE.search(v) for v in values
+        ):
+            raise InvalidSpeechRequest(name, f"{name!r} is not valid UTF-8 text")
 
 
 def _refs(items: Iterable[str]) -> frozenset[FieldRef]:
     return frozenset(FieldRef.parse(i) for i in items)
+
+
+# An upstream may pick the audio format by Accept; a key without it could replay an MP3 to
+# a client that asked for WAV.
+_NEGOTIATED = ("accept",)
 
 
 def _openai() -> list[RouteRule]:
@@ -213,6 +253,7 @@ def _openai() -> list[RouteRule]:
             text=FieldRef("json", "input"),
             voice=FieldRef("json", "voice"),
             model=FieldRef("json", "model"),
+            headers=_NEGOTIATED,
             bypass={FieldRef("json", "stream_format"): frozenset({"sse"})},
         )
     ]
@@ -225,6 +266,7 @@ def _elevenlabs() -> list[RouteRule]:
         voice=FieldRef("path", "voice_id"),
         model=FieldRef("json", "model_id"),
         ignore=_refs(["query:enable_logging"]),
+        headers=_NEGOTIATED,
     )
     return [
         RouteRule(name="elevenlabs", path="/v1/text-to-speech/{voice_id}", **common),
@@ -234,7 +276,10 @@ def _elevenlabs() -> list[RouteRule]:
 
 def _get() -> list[RouteRule]:
     mary: dict[str, Any] = dict(
-        path="/process", voice=FieldRef("query", "VOICE"), model=FieldRef("query", "LOCALE")
+        path="/process",
+        voice=FieldRef("query", "VOICE"),
+        model=FieldRef("query", "LOCALE"),
+        headers=_NEGOTIATED,
     )
     return [
         RouteRule(name="marytts", method="GET", text=FieldRef("query", "INPUT_TEXT"), **mary),
@@ -245,6 +290,7 @@ def _get() -> list[RouteRule]:
             path="/process",
             voice=FieldRef("form", "VOICE"),
             model=FieldRef("form", "LOCALE"),
+            headers=_NEGOTIATED,
         ),
         RouteRule(
             name="coqui",
@@ -253,6 +299,7 @@ def _get() -> list[RouteRule]:
             text=FieldRef("query", "text"),
             voice=FieldRef("query", "speaker_id"),
             model=FieldRef("query", "language_id"),
+            headers=_NEGOTIATED,
         ),
     ]
 
@@ -262,7 +309,10 @@ PRESETS = {"openai": _openai, "elevenlabs": _elevenlabs, "get": _get}
 
 def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
     """A rule from its YAML form; raises RuleError naming the bad field."""
-    allowed = {"name", "method", "path", "text", "voice", "model", "ignore", "headers", "bypass"}
+    allowed = {
+        "name", "method", "path", "text", "voice", "model", "ignore", "headers", "bypass",
+        "normalize", "replay_headers", "pcm_types",
+    }  # fmt: skip
     unknown = set(raw) - allowed
     if unknown:
         raise RuleError(f"unknown route field(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -272,6 +322,12 @@ def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
     bypass_raw = raw.get("bypass") or {}
     if not isinstance(bypass_raw, Mapping):
         raise RuleError("route field 'bypass' must map a field reference to a list of values")
+    steps = DEFAULT_NORMALIZATION
+    if raw.get("normalize") is not None:
+        try:
+            steps = normalization(_strings(raw["normalize"], "normalize"))
+        except ValueError as exc:
+            raise RuleError(f"route field 'normalize': {exc}") from None
     return RouteRule(
         name=raw["name"],
         method=raw["method"].upper(),
@@ -285,6 +341,10 @@ def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
             FieldRef.parse(k): frozenset(str(v) for v in _strings(vs, "bypass"))
             for k, vs in bypass_raw.items()
         },
+        normalize=steps,
+        replay_headers=DEFAULT_REPLAY_HEADERS
+        + tuple(_strings(raw.get("replay_headers"), "replay_headers")),
+        pcm_types=frozenset(_strings(raw.get("pcm_types"), "pcm_types")),
     )
 
 

@@ -7,9 +7,10 @@ query below its base URL, and never with dot-segments.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -30,6 +31,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
+# What cannot stand in a request line's query as it is: controls, space, '#', non-ASCII.
+_UNSAFE_IN_QUERY = re.compile(r"[\x00-\x20\x7f#]|[^\x00-\x7f]+")
 
 
 class UpstreamError(Exception):
@@ -47,17 +50,21 @@ class UnsafePath(ValueError):
 
 
 def strip_hop_by_hop(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
-    """End-to-end headers only, minus those named in Connection."""
-    pairs = list(headers)
-    named = {
-        token.strip().lower()
-        for name, value in pairs
-        if name.lower() == "connection"
-        for token in value.split(",")
-    }
-    return CIMultiDict(
-        (k, v) for k, v in pairs if k.lower() not in _NOT_FORWARDED and k.lower() not in named
-    )
+    """End-to-end headers only: everything but the standard hop-by-hop set, Host and
+    Content-Length.
+
+    Names listed in ``Connection`` are deliberately not removed (RFC 9110 §7.6.1 would):
+    a client could list ``Accept`` or a tenant header there, so that the proxy keys on a
+    header the upstream never sees, and the answer to one request is stored under another's
+    key. The standard hop-by-hop headers are removed whatever ``Connection`` says.
+    """
+    return CIMultiDict((k, v) for k, v in headers if k.lower() not in _NOT_FORWARDED)
+
+
+def upstream_query(raw_query: str) -> str:
+    """The client's query as the upstream receives it: byte for byte, except for what
+    cannot stand in a request line (controls, space, '#', non-ASCII), percent-encoded."""
+    return _UNSAFE_IN_QUERY.sub(lambda m: quote(m.group(), safe=""), raw_query)
 
 
 def check_path(raw_path: str) -> None:
@@ -111,8 +118,15 @@ class UpstreamClient:
 
     def url_for(self, raw_path: str, raw_query: str) -> URL:
         check_path(raw_path)
-        url = self.base.with_path(self._base_path + raw_path, encoded=True)
-        return url.with_query(raw_query) if raw_query else url
+        # encoded=True throughout: the query was percent-encoded by the client already, and
+        # encoding it again would turn %C3%A9 into %25C3%25A9 (another text, another sound).
+        return URL.build(
+            scheme=self.base.scheme,
+            authority=self.base.raw_authority,
+            path=self._base_path + raw_path,
+            query_string=upstream_query(raw_query),
+            encoded=True,
+        )
 
     def outgoing_headers(
         self, incoming: Mapping[str, str] | CIMultiDictProxy[str], *, identity: bool

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..core.keys import CacheKey
 from ..core.packing import Packed
+from ..core.policy import replayable
 
 # -- the entry's hash fields ------------------------------------------------------------
 
@@ -204,43 +205,9 @@ def index_record(packed: Packed, labels: EntryLabels, created_ms: int) -> str:
     )
 
 
-# Upstream response headers never replayed from the cache: per-connection or per-response.
-_UNREPLAYED = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "content-encoding",
-        "content-range",
-        "accept-ranges",
-        "date",
-        "set-cookie",
-        "age",
-        "cache-control",
-        "expires",
-        "etag",
-        "last-modified",
-        "vary",
-        "server",
-        "content-type",
-        "cache-status",
-        "x-cache",
-        "x-audio-cache-key",
-        "content-location",
-        "x-request-id",
-    }
-)
-
-
 def replayable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Upstream headers worth replaying on a hit (e.g. ``X-Sample-Rate``)."""
-    return [(k, v) for k, v in headers if k.lower() not in _UNREPLAYED]
+    """Upstream headers replayed on a hit by default (see :func:`proxy.core.policy.replayable`)."""
+    return replayable(headers)
 
 
 # -- reading ------------------------------------------------------------------------------
