@@ -2,8 +2,9 @@
 
 espeak-ng keeps global state between utterances (its flutter phase, noise generator and
 more), so two syntheses of the same text in one process differ by a few samples. Each
-synthesis therefore runs in a fresh child process, which makes the output a pure function
-of (text, voice, speed) — the demo upstream promises same request, same bytes.
+synthesis therefore runs in a fresh child process, with the noise generator seeded by a
+constant, which makes the output a pure function of (text, voice, speed) — the demo
+upstream promises same request, same bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _ESPEAK_CHARS_UTF8 = 1
 _ESPEAK_RATE = 1
+_NOISE_SEED = 1
 _MIN_WPM, _MAX_WPM, _DEFAULT_WPM = 80, 450, 175
 
 _Callback = ctypes.CFUNCTYPE(
@@ -55,6 +57,11 @@ def synthesize_in_this_process(text: str, voice: str, speed: float) -> bytes:
     data = espeakng_loader.get_data_path().encode()
     if lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0) <= 0:
         raise RuntimeError("espeak_Initialize failed")
+    # espeak_Initialize seeds the noise of breathy variants (f2, f3, f5, whisper, ...) from
+    # the clock: without a fixed seed such a voice sounds different every second. The klatt
+    # variants draw theirs from the C library's rand(), whose state a fork inherits.
+    lib.espeak_ng_SetRandSeed(ctypes.c_long(_NOISE_SEED))
+    ctypes.CDLL(None).srand(ctypes.c_uint(_NOISE_SEED))
     samples = bytearray()
 
     def collect(wav: ctypes._Pointer[ctypes.c_short], count: int, events: int) -> int:
