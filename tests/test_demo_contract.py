@@ -441,6 +441,33 @@ async def test_elevenlabs_sdk_sees_a_422(demo: str) -> None:
     assert caught.value.status_code == 422
 
 
+# --- through the proxy ------------------------------------------------------------------
+
+
+async def test_both_sdks_through_the_proxy_miss_then_hit(demo: str, make_proxy: Any) -> None:
+    proxy = await make_proxy(demo)
+    base = str(proxy.make_url("")).rstrip("/")
+    oa = openai.AsyncOpenAI(base_url=base + "/v1", api_key="demo", max_retries=0)
+    el = AsyncElevenLabs(base_url=base, api_key="demo")
+    answers: list[tuple[str, bytes, str, bytes]] = []
+    for _ in range(2):
+        spoken = await oa.audio.speech.with_raw_response.create(
+            model="tts-1", voice="nova", input=TEXT
+        )
+        async with el.text_to_speech.with_raw_response.convert(voice_id="nova", text=TEXT) as raw:
+            eleven = b"".join([c async for c in raw.data])
+            answers.append(
+                (spoken.headers["x-cache"], spoken.content, raw.headers["x-cache"], eleven)
+            )
+        await asyncio.sleep(0.05)  # the fill stores right after the last byte
+    (miss, mp3, eleven_miss, eleven_mp3), (hit, mp3_again, eleven_hit, eleven_again) = answers
+    assert (miss, hit, eleven_miss, eleven_hit) == ("MISS", "HIT", "MISS", "HIT")
+    assert mp3_again == mp3 and eleven_again == eleven_mp3
+    assert miniaudio.mp3_get_info(mp3).sample_rate == 24_000
+    assert miniaudio.mp3_get_info(eleven_mp3).sample_rate == 44_100
+    await oa.close()
+
+
 # --- the same bytes from another process ------------------------------------------------
 
 
