@@ -2,8 +2,12 @@
 
 espeak-ng keeps global state between utterances (its flutter phase, noise generator and
 more), so two syntheses of the same text in one process differ by a few samples. Each
-synthesis therefore runs in a fresh child process, which makes the output a pure function
-of (text, voice, speed) — the demo upstream promises same request, same bytes.
+synthesis therefore runs in a fresh child process, with the noise generator seeded by a
+constant, which makes the output a pure function of (text, voice, speed) — the demo
+upstream promises same request, same bytes.
+
+Speeds slower than espeak-ng's slowest rate are spoken at that rate and then stretched,
+pitch kept, by FFmpeg's atempo filter (see formats.resample).
 """
 
 from __future__ import annotations
@@ -12,12 +16,17 @@ import asyncio
 import ctypes
 import os
 
+from .formats import resample
+
 SAMPLE_RATE = 22050  # espeak-ng's native rate, returned by espeak_Initialize
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _ESPEAK_CHARS_UTF8 = 1
 _ESPEAK_RATE = 1
-_MIN_WPM, _MAX_WPM, _DEFAULT_WPM = 80, 450, 175
+_NOISE_SEED = 1
+# espeak-ng speaks 80 words a minute at the slowest; above 450 it speeds up with its
+# built-in sonic stretcher, which covers OpenAI's fastest (4.0 x 175 = 700).
+_MIN_WPM, _MAX_WPM, _DEFAULT_WPM = 80, 700, 175
 
 _Callback = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
@@ -35,6 +44,13 @@ class UnknownVoice(ValueError):
 def words_per_minute(speed: float) -> int:
     """OpenAI's speed (1.0 = normal) as espeak-ng's rate, within what espeak accepts."""
     return max(_MIN_WPM, min(_MAX_WPM, round(_DEFAULT_WPM * speed)))
+
+
+def slowdown_tempo(speed: float) -> float:
+    """The tempo (below 1) that stretches speech spoken at ``words_per_minute(speed)`` to
+    ``speed``, for the speeds slower than espeak-ng's slowest; 1.0 otherwise."""
+    wanted = _DEFAULT_WPM * speed
+    return wanted / _MIN_WPM if wanted < _MIN_WPM else 1.0
 
 
 def synthesize_in_this_process(text: str, voice: str, speed: float) -> bytes:
@@ -55,6 +71,11 @@ def synthesize_in_this_process(text: str, voice: str, speed: float) -> bytes:
     data = espeakng_loader.get_data_path().encode()
     if lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0) <= 0:
         raise RuntimeError("espeak_Initialize failed")
+    # espeak_Initialize seeds the noise of breathy variants (f2, f3, f5, whisper, ...) from
+    # the clock: without a fixed seed such a voice sounds different every second. The klatt
+    # variants draw theirs from the C library's rand(), whose state a fork inherits.
+    lib.espeak_ng_SetRandSeed(ctypes.c_long(_NOISE_SEED))
+    ctypes.CDLL(None).srand(ctypes.c_uint(_NOISE_SEED))
     samples = bytearray()
 
     def collect(wav: ctypes._Pointer[ctypes.c_short], count: int, events: int) -> int:
@@ -124,7 +145,11 @@ class Espeak:
     async def synthesize(self, text: str, voice: str, speed: float = 1.0) -> bytes:
         """Raw int16 PCM at ``sample_rate``; UnknownVoice for a voice espeak-ng lacks."""
         async with self._slots:
-            return await asyncio.to_thread(synthesize_in_a_fresh_process, text, voice, speed)
+            pcm = await asyncio.to_thread(synthesize_in_a_fresh_process, text, voice, speed)
+        tempo = slowdown_tempo(speed)
+        if tempo == 1.0:
+            return pcm
+        return await asyncio.to_thread(resample, pcm, SAMPLE_RATE, SAMPLE_RATE, tempo=tempo)
 
     def close(self) -> None:
         """Nothing to release: every worker process has already exited."""
