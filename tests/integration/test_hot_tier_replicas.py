@@ -1,24 +1,21 @@
 """The hot tier on real replicas: two proxy apps on one real Valkey, a real loopback upstream.
 
 Whatever one replica deletes, purges, clears or overwrites, the other stops serving from its
-hot tier within a second; expired entries are never served; the tier stays within its bytes;
-it serves nothing while its invalidation channel is down and comes back after Redis does.
+hot tier within a second; expired entries are never served; the tier stays within its bytes.
+(With its Valkey killed or hung: tests/process/test_hot_tier_faults.py.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from typing import Any
 
 from proxy.core.keys import CacheKey
-from proxy.store.embedded import EmbeddedValkey
 from proxy.store.service import EntryLabels
 from tests.support.hot_replicas import BOUND, hot_of, make_hot, replicas, speak
 from tests.support.loopback_upstream import fake_wav
-from tests.support.proxies import ProxyFactory, proxy_on, service_of
+from tests.support.proxies import ProxyFactory, service_of
 from tests.support.waits import eventually
 
 
@@ -109,40 +106,3 @@ async def test_disabled_hot_tier(upstream: Any, make_proxy: ProxyFactory) -> Non
     await speak(client, "No hot tier here")
     _, x_cache, _ = await speak(client, "No hot tier here")
     assert x_cache == "HIT"
-
-
-async def test_serves_nothing_while_redis_is_down_and_comes_back_after(
-    upstream: Any, private_valkey: EmbeddedValkey, aiohttp_client: Any
-) -> None:
-    _, url = upstream
-    client = await proxy_on(aiohttp_client, url, private_valkey.url)
-    hot = hot_of(client)
-    await eventually(lambda: hot.live, 5)
-    await make_hot(client, "Our pool opens at eight")
-    assert private_valkey.process is not None
-    private_valkey.process.kill()
-    private_valkey.process.wait()
-    await eventually(lambda: not hot.live and len(hot) == 0, BOUND + 0.5)
-    _, x_cache, _ = await speak(client, "Our pool opens at eight")
-    assert x_cache == "MISS"  # from the upstream: nothing cached is trusted meanwhile
-    private_valkey.start()
-    await eventually(lambda: hot.live, 10)
-    await make_hot(client, "Our pool opens at eight")
-
-
-async def test_a_silent_channel_empties_the_tier_until_it_speaks_again(
-    upstream: Any, private_valkey: EmbeddedValkey, aiohttp_client: Any
-) -> None:
-    _, url = upstream
-    client = await proxy_on(aiohttp_client, url, private_valkey.url)
-    hot = hot_of(client)
-    await eventually(lambda: hot.live, 5)
-    await make_hot(client, "The bar closes at midnight")
-    assert private_valkey.process is not None
-    os.kill(private_valkey.process.pid, signal.SIGSTOP)  # hung, not dead: no error, no answer
-    try:
-        await eventually(lambda: not hot.live, BOUND + 0.5)
-        await eventually(lambda: len(hot) == 0, 1.0)
-    finally:
-        os.kill(private_valkey.process.pid, signal.SIGCONT)
-    await eventually(lambda: hot.live, 10)
