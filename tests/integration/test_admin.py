@@ -15,6 +15,7 @@ from proxy.app import create_admin_app, create_app
 from proxy.config.settings import load_settings
 from proxy.core.keys import CacheKey
 from tests.support.proxies import service_of
+from tests.support.speech import speech_body
 from tests.support.waits import until_stored
 
 TOKEN = "s3cret-admin-token"
@@ -22,7 +23,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 WITH_TOKEN = {"ADMIN_TOKEN": TOKEN}
 # Hit counts flushed only when a test says so: a background flush in flight would race it.
 EXPLICIT_FLUSH = {**WITH_TOKEN, "AUDIO_CACHE_STATS_FLUSH_SECONDS": "3600"}
-SPEECH = {"model": "tts-1", "input": "Bienvenido al hotel", "voice": "es", "response_format": "wav"}
+SPEECH = speech_body("Bienvenido al hotel", voice="es")
 ZERO_KEY = "0" * 64
 
 # Every admin route, called in a way that is valid once authorized.

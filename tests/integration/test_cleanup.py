@@ -20,6 +20,7 @@ from proxy.core.keys import CacheKey
 from proxy.store.client import open_redis
 from proxy.store.service import AudioCacheService, EntryLabels
 from tests.support.proxies import service_of
+from tests.support.speech import speech_body
 from tests.support.waits import eventually
 
 AUDIO = 4000
@@ -251,10 +252,6 @@ async def test_repair_finds_and_fixes_injected_drift(make_service: MakeService) 
 # -- through the real proxy -----------------------------------------------------------
 
 
-def speech(text: str) -> dict[str, str]:
-    return {"model": "tts-1", "input": text, "voice": "es", "response_format": "wav"}
-
-
 async def test_proxy_cleans_in_background_and_serves_every_put(
     upstream: Any, make_proxy: Any
 ) -> None:
@@ -263,7 +260,7 @@ async def test_proxy_cleans_in_background_and_serves_every_put(
     client = await make_proxy(url, audio_cache_max_size_mb=20 / 1024)
     service = service_of(client)
     for i in range(12):
-        response = await client.post("/v1/audio/speech", json=speech(f"frase {i}"))
+        response = await client.post("/v1/audio/speech", json=speech_body(f"frase {i}", voice="es"))
         assert response.status == 200
         assert len(await response.read()) > 4000
 
@@ -279,7 +276,9 @@ async def test_admin_cleanup_route(upstream: Any, make_proxy: Any) -> None:
     _, url = upstream
     client = await make_proxy(url, audio_cache_max_size_mb=1)
     for i in range(6):
-        assert (await client.post("/v1/audio/speech", json=speech(f"hola {i}"))).status == 200
+        assert (
+            await client.post("/v1/audio/speech", json=speech_body(f"hola {i}", voice="es"))
+        ).status == 200
     response = await client.post("/admin/audio-cache/cleanup")
     body = await response.json()
     assert response.status == 200
@@ -314,14 +313,18 @@ async def test_counters_survive_a_proxy_restart(upstream: Any, make_proxy: Any) 
     prefix = f"p{uuid.uuid4().hex[:10]}"
     first = await make_proxy(url, prefix=prefix)
     for i in range(4):
-        assert (await first.post("/v1/audio/speech", json=speech(f"adios {i}"))).status == 200
-    assert (await first.post("/v1/audio/speech", json=speech("adios 0"))).status == 200  # hit
+        assert (
+            await first.post("/v1/audio/speech", json=speech_body(f"adios {i}", voice="es"))
+        ).status == 200
+    assert (
+        await first.post("/v1/audio/speech", json=speech_body("adios 0", voice="es"))
+    ).status == 200  # hit
     await first.close()  # graceful shutdown flushes the batched hit count
     second = await make_proxy(url, prefix=prefix)
     totals = await service_of(second).totals()
     assert (totals["entries"], totals["hits"]) == (4, 1)
     assert totals["bytes"] > 4 * 4000
-    response = await second.post("/v1/audio/speech", json=speech("adios 1"))
+    response = await second.post("/v1/audio/speech", json=speech_body("adios 1", voice="es"))
     assert response.headers["X-Cache"] == "HIT"
     assert fake.calls["openai"] == 4
 

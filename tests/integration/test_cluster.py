@@ -23,17 +23,12 @@ from proxy.store.service import SHARDS, AudioCacheService, EntryLabels, Keyspace
 from tests.support.cluster import ValkeyCluster
 from tests.support.hot_replicas import hot_of, make_hot, replicas
 from tests.support.proxies import ProxyFactory, service_of
+from tests.support.speech import SPEECH_PATH, speech_body
 from tests.support.waits import eventually
-
-SPEECH = "/v1/audio/speech"
 
 
 def _key(i: int | str) -> CacheKey:
     return CacheKey(hashlib.sha256(str(i).encode()).hexdigest())
-
-
-def _speech(text: str, voice: str = "alloy") -> dict[str, Any]:
-    return {"model": "tts-1", "input": text, "voice": voice, "response_format": "wav"}
 
 
 @pytest.fixture(params=["single", "cluster"])
@@ -185,14 +180,14 @@ async def test_proxy_miss_then_hit_and_ttl(
 ) -> None:
     fake, url = upstream
     proxy = await make_proxy(url, audio_cache_ttl_seconds=1)
-    first = await proxy.post(SPEECH, json=_speech("Welcome to the hotel"))
+    first = await proxy.post(SPEECH_PATH, json=speech_body("Welcome to the hotel"))
     assert first.status == 200 and first.headers["X-Cache"] == "MISS"
     audio = await first.read()
-    second = await proxy.post(SPEECH, json=_speech("Welcome to the hotel"))
+    second = await proxy.post(SPEECH_PATH, json=speech_body("Welcome to the hotel"))
     assert second.headers["X-Cache"] == "HIT" and await second.read() == audio
     assert fake.calls["openai"] == 1
     await asyncio.sleep(1.2)
-    third = await proxy.post(SPEECH, json=_speech("Welcome to the hotel"))
+    third = await proxy.post(SPEECH_PATH, json=speech_body("Welcome to the hotel"))
     assert third.headers["X-Cache"] == "MISS" and await third.read() == audio
     assert fake.calls["openai"] == 2
 
@@ -204,15 +199,15 @@ async def test_two_proxies_share_the_cache_and_coalesce(
     prefix = f"p{uuid.uuid4().hex[:10]}"
     a = await make_proxy(url, prefix=prefix)
     b = await make_proxy(url, prefix=prefix)
-    miss = await a.post(SPEECH, json=_speech("Check-in is at three"))
-    hit = await b.post(SPEECH, json=_speech("Check-in is at three"))
+    miss = await a.post(SPEECH_PATH, json=speech_body("Check-in is at three"))
+    hit = await b.post(SPEECH_PATH, json=speech_body("Check-in is at three"))
     assert (miss.headers["X-Cache"], hit.headers["X-Cache"]) == ("MISS", "HIT")
     assert await hit.read() == await miss.read()
     assert fake.calls["openai"] == 1
 
     # Twenty identical concurrent misses, half on each replica.
-    body = _speech("Breakfast is served from seven")
-    answers = await asyncio.gather(*(p.post(SPEECH, json=body) for p in [a, b] * 10))
+    body = speech_body("Breakfast is served from seven")
+    answers = await asyncio.gather(*(p.post(SPEECH_PATH, json=body) for p in [a, b] * 10))
     audios = {await r.read() for r in answers}
     assert len(audios) == 1 and all(r.status == 200 for r in answers)
     settings = a.app[SETTINGS]
@@ -234,12 +229,12 @@ async def test_delete_on_one_replica_is_seen_by_the_other(
     prefix = f"p{uuid.uuid4().hex[:10]}"
     a = await make_proxy(url, prefix=prefix)
     b = await make_proxy(url, prefix=prefix)
-    await (await a.post(SPEECH, json=_speech("Room service", "nova"))).read()
-    await (await a.post(SPEECH, json=_speech("Room service", "alloy"))).read()
+    await (await a.post(SPEECH_PATH, json=speech_body("Room service", "nova"))).read()
+    await (await a.post(SPEECH_PATH, json=speech_body("Room service", "alloy"))).read()
     removed, _ = await service_of(b).purge(voice="nova")
     assert removed == 1
-    again = await a.post(SPEECH, json=_speech("Room service", "nova"))
-    kept = await a.post(SPEECH, json=_speech("Room service", "alloy"))
+    again = await a.post(SPEECH_PATH, json=speech_body("Room service", "nova"))
+    kept = await a.post(SPEECH_PATH, json=speech_body("Room service", "alloy"))
     assert (again.headers["X-Cache"], kept.headers["X-Cache"]) == ("MISS", "HIT")
     assert fake.calls["openai"] == 3
 

@@ -19,10 +19,11 @@ from proxy.core.keys import CacheKey
 from proxy.request.coalescing import FlightKeys
 from proxy.store.service import Keyspace
 from tests.support.proxies import service_of
+from tests.support.speech import speech_body
 from tests.support.streaming_upstream import StreamingUpstream, serve
 
 TEXT = "Breakfast is served from seven to eleven"
-SPEECH = {"model": "tts-1", "input": TEXT, "voice": "alloy", "response_format": "wav"}
+SPEECH = speech_body(TEXT)
 
 
 def coalesced(scope: str) -> float:

@@ -20,9 +20,10 @@ from proxy.demo.upstream import SPEECH_CALLS, create_demo_upstream_app
 from proxy.store.client import open_redis
 from proxy.store.service import AudioCacheService, EntryLabels
 from tests.support.proxies import service_of
+from tests.support.speech import speech_body
 
 SENTENCE = "Bienvenido al hotel. El desayuno se sirve de siete a diez en el comedor principal."
-SPEECH = {"model": "tts-1", "input": SENTENCE, "voice": "es", "response_format": "wav"}
+SPEECH = speech_body(SENTENCE, voice="es")
 
 
 def ops(operation: str, result: str) -> float:

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from proxy.demo.upstream import SPEECH_CALLS, create_demo_upstream_app
+from tests.support.speech import speech_body
 
-BODY = {"model": "tts-1", "input": "Bienvenido al hotel", "voice": "es", "response_format": "wav"}
+BODY = speech_body("Bienvenido al hotel", voice="es")
 
 
 @pytest.fixture

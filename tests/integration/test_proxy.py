@@ -11,8 +11,9 @@ import pytest
 from proxy.core.keys import CacheKey
 from tests.support.loopback_upstream import fake_wav
 from tests.support.proxies import service_of
+from tests.support.speech import speech_body
 
-SPEECH = {"model": "tts-1", "input": "Bienvenido al hotel", "voice": "es", "response_format": "wav"}
+SPEECH = speech_body("Bienvenido al hotel", voice="es")
 
 
 async def test_miss_then_hit_serves_identical_bytes(upstream: Any, make_proxy: Any) -> None:

@@ -8,9 +8,10 @@ from typing import Any
 from proxy.core.keys import CacheKey
 from tests.support.loopback_upstream import fake_wav
 from tests.support.proxies import service_of
+from tests.support.speech import speech_body
 from tests.support.waits import eventually
 
-SPEECH = {"model": "tts-1", "input": "La piscina cierra a las nueve", "voice": "es"}
+SPEECH = speech_body("La piscina cierra a las nueve", voice="es", response_format=None)
 AUDIO = fake_wav(SPEECH["input"], "es", "tts-1|None|None")
 FLASH = {"X-Audio-Cache-Content-Type": "flash"}  # a content type whose TTL is 1 s
 

@@ -16,10 +16,11 @@ import pytest
 
 from proxy.core.keys import CacheKey
 from tests.support.proxies import service_of
+from tests.support.speech import speech_body
 from tests.support.streaming_upstream import StreamingUpstream, serve
 
 TEXT = "Welcome to the hotel, your room is ready"
-SPEECH = {"model": "tts-1", "input": TEXT, "voice": "alloy", "response_format": "wav"}
+SPEECH = speech_body(TEXT)
 
 
 @pytest.fixture

@@ -15,10 +15,11 @@ import redis
 
 from proxy.store.embedded import EmbeddedValkey, free_port
 from tests.support.proxies import serve_process
+from tests.support.speech import speech_body
 from tests.support.waits import wait_ready
 
 CLI = [sys.executable, "-m", "proxy.cli"]
-SPEECH = {"model": "tts-1", "input": "Hello there", "voice": "en", "response_format": "wav"}
+SPEECH = speech_body("Hello there", voice="en")
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -137,12 +138,7 @@ async def test_demo_speaks_through_the_proxy_end_to_end() -> None:
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    body = {
-        "model": "tts-1",
-        "input": "Bienvenido al hotel",
-        "voice": "es",
-        "response_format": "wav",
-    }
+    body = speech_body("Bienvenido al hotel", voice="es")
     try:
         async with aiohttp.ClientSession() as session:
             await wait_ready(session, base, proc)

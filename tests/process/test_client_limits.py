@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from tests.support.proxies import serve_process
+from tests.support.speech import speech_body
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ async def test_huge_headers_are_refused_without_a_trace(served: tuple[Any, int])
     async with aiohttp.ClientSession() as session:
         async with session.post(
             f"http://127.0.0.1:{port}/v1/audio/speech",
-            json={"model": "tts-1", "input": "hola", "voice": "es"},
+            json=speech_body("hola", voice="es", response_format=None),
             headers={"X-Huge": "a" * 20_000},
         ) as r:
             text = await r.text()
@@ -83,7 +84,7 @@ async def test_huge_headers_are_refused_without_a_trace(served: tuple[Any, int])
         # The server is fine afterwards.
         async with session.post(
             f"http://127.0.0.1:{port}/v1/audio/speech",
-            json={"model": "tts-1", "input": "hola", "voice": "es"},
+            json=speech_body("hola", voice="es", response_format=None),
         ) as r:
             assert r.status == 200
     assert fake.calls["openai"] == 1

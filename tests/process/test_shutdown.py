@@ -24,8 +24,8 @@ from aiohttp.test_utils import TestServer
 from proxy.store.embedded import EmbeddedValkey, free_port
 from tests.support.loopback_upstream import fake_wav
 from tests.support.proxies import ProxyFactory, service_of
+from tests.support.speech import SPEECH_PATH, speech_body
 
-SPEECH = "/v1/audio/speech"
 CHUNKS = 12
 
 
@@ -57,7 +57,7 @@ class SlowUpstream:
 async def slow_upstream(request: pytest.FixtureRequest) -> AsyncIterator[tuple[SlowUpstream, str]]:
     fake = SlowUpstream(pause=getattr(request, "param", 0.25))
     app = web.Application()
-    app.router.add_post(SPEECH, fake.speech)
+    app.router.add_post(SPEECH_PATH, fake.speech)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     yield fake, str(server.make_url("")).rstrip("/")
@@ -112,10 +112,6 @@ async def _probe(base: str) -> int | None:
         return None
 
 
-def _speech(text: str) -> dict[str, str]:
-    return {"model": "tts-1", "input": text, "voice": "alloy", "response_format": "wav"}
-
-
 async def test_sigterm_drains_a_streamed_miss(
     slow_upstream: tuple[SlowUpstream, str],
     valkey: EmbeddedValkey,
@@ -131,7 +127,7 @@ async def test_sigterm_drains_a_streamed_miss(
     async def listen() -> tuple[int, str, bytes]:
         async with (
             aiohttp.ClientSession() as session,
-            session.post(base + SPEECH, json=_speech(text)) as r,
+            session.post(base + SPEECH_PATH, json=speech_body(text)) as r,
         ):
             return r.status, r.headers["X-Cache"], await r.read()
 
@@ -159,7 +155,7 @@ async def test_sigterm_drains_a_streamed_miss(
 
     # Stored before exit: another proxy on the same prefix answers from the cache.
     other = await make_proxy(upstream_url, prefix=prefix)
-    again = await other.post(SPEECH, json=_speech(text))
+    again = await other.post(SPEECH_PATH, json=speech_body(text))
     assert again.headers["X-Cache"] == "HIT" and await again.read() == audio
     assert fake.calls == 1
 
@@ -175,14 +171,14 @@ async def test_fill_without_a_reader_is_stored_during_the_drain(
     text = "The pool opens at eight"
     async with (
         aiohttp.ClientSession() as session,
-        session.post(base + SPEECH, json=_speech(text)) as r,
+        session.post(base + SPEECH_PATH, json=speech_body(text)) as r,
     ):
         await r.content.readany()  # the client hangs up mid-stream
     await asyncio.wait_for(fake.streaming.wait(), 10)
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), 20) == 0
     other = await make_proxy(upstream_url, prefix=prefix)
-    again = await other.post(SPEECH, json=_speech(text))
+    again = await other.post(SPEECH_PATH, json=speech_body(text))
     assert again.headers["X-Cache"] == "HIT"
     assert await again.read() == fake_wav(text, "alloy")
 
@@ -200,7 +196,7 @@ async def test_drain_is_bounded(
     async def listen() -> bytes:
         async with (
             aiohttp.ClientSession() as session,
-            session.post(base + SPEECH, json=_speech("A very slow sentence")) as r,
+            session.post(base + SPEECH_PATH, json=speech_body("A very slow sentence")) as r,
         ):
             return await r.read()
 

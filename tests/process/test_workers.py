@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.store.embedded import free_port
 from tests.support.loopback_upstream import fake_wav
+from tests.support.speech import speech_body
 
 
 def _children(pid: int) -> list[int]:
@@ -72,7 +73,7 @@ async def test_workers_share_port_and_store_and_stop_on_sigterm(
         assert len(workers) == 2, "two worker processes"
         stores = [c for c in _children(parent.pid) if "valkey-server" in _command(c).split()[0]]
         assert len(stores) == 1, "one embedded store, started by the parent"
-        body = {"model": "tts-1", "input": "Welcome to the hotel", "voice": "alloy"}
+        body = speech_body("Welcome to the hotel", response_format=None)
         seen = []
         for _ in range(30):
             connector = aiohttp.TCPConnector(force_close=True)

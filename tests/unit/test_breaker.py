@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from proxy.core.breaker import BreakerState, CircuitBreaker
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def test_opens_after_consecutive_failures_and_refuses_calls() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b = CircuitBreaker(failure_threshold=3, reset_seconds=2, clock=clock)
     for _ in range(2):
         assert b.allow()
@@ -27,7 +20,7 @@ def test_opens_after_consecutive_failures_and_refuses_calls() -> None:
 
 
 def test_a_success_resets_the_failure_count() -> None:
-    b = CircuitBreaker(failure_threshold=2, clock=Clock())
+    b = CircuitBreaker(failure_threshold=2, clock=FakeClock())
     b.failure()
     b.success()
     b.failure()
@@ -35,7 +28,7 @@ def test_a_success_resets_the_failure_count() -> None:
 
 
 def test_half_open_lets_one_probe_through() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b = CircuitBreaker(failure_threshold=1, reset_seconds=2, clock=clock)
     b.failure()
     clock.now += 1.9

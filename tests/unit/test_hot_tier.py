@@ -8,6 +8,7 @@ import pytest
 
 from proxy.store.hot_tier import ENTRY_OVERHEAD, HotTier
 from proxy.store.invalidation import parse_message
+from tests.support.clock import FakeClock
 
 NOW_MS = 1_700_000_000_000
 
@@ -18,16 +19,8 @@ class Entry:
     expires_ms: int = NOW_MS + 3_600_000
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def live_tier(max_bytes: int, clock: Clock | None = None) -> HotTier[Entry]:
-    tier: HotTier[Entry] = HotTier(max_bytes, clock=clock or Clock())
+def live_tier(max_bytes: int, clock: FakeClock | None = None) -> HotTier[Entry]:
+    tier: HotTier[Entry] = HotTier(max_bytes, clock=clock or FakeClock())
     tier.heard()
     return tier
 
@@ -150,7 +143,7 @@ def test_invalidate_and_clear_forget_entries() -> None:
 
 
 def test_serves_only_while_the_invalidation_channel_is_heard() -> None:
-    clock = Clock()
+    clock = FakeClock()
     tier: HotTier[Entry] = HotTier(1_000_000, clock=clock, live_seconds=1.0)
     assert not tier.live  # never heard yet
     assert not tier.offer("k", Entry(b"x"), tier.generation, NOW_MS)
