@@ -93,7 +93,7 @@ async def test_background_cleanup_reaches_target_and_removes_lowest_scored(
             for _ in range(5):
                 assert await service.get(key(name)) is not None
         await service.flush_counters()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # four of the runner's checks: time to (wrongly) clean
         assert runner.reports == []  # 94% is below the threshold
         await put(service, "default84")
         await put(service, "default85")  # 96%: past the threshold
@@ -363,7 +363,7 @@ async def test_bookkeeping_reloads_its_scripts_after_a_script_flush(
         assert await service.get(k) is not None
     await service.redis.script_flush()
     assert await service.flush_counters() == 2
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(1.1)  # the 1 s TTL of "short" runs out, so the sweep has work
     await service.redis.script_flush()
     assert await service.sweep() == 1
     totals = await service.totals()

@@ -82,7 +82,7 @@ async def test_ttl_expires_and_sweep_reconciles(store: AudioCacheService) -> Non
     await store.put(key, b"RIFF" + b"x" * 500, media_type="audio/wav", ttl_seconds=1,
                     labels=EntryLabels())  # fmt: skip
     assert 0 < await store.ttl_ms(key) <= 1000
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(1.2)  # the 1 s TTL runs out
     assert await store.fetch(key) is None
     assert await store.sweep() == 1
     totals = await store.totals()
@@ -186,7 +186,7 @@ async def test_proxy_miss_then_hit_and_ttl(
     second = await proxy.post(SPEECH_PATH, json=speech_body("Welcome to the hotel"))
     assert second.headers["X-Cache"] == "HIT" and await second.read() == audio
     assert fake.calls["openai"] == 1
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(1.2)  # the 1 s TTL runs out
     third = await proxy.post(SPEECH_PATH, json=speech_body("Welcome to the hotel"))
     assert third.headers["X-Cache"] == "MISS" and await third.read() == audio
     assert fake.calls["openai"] == 2

@@ -21,6 +21,7 @@ from proxy.store.service import Keyspace
 from tests.support.proxies import service_of
 from tests.support.speech import speech_body
 from tests.support.streaming_upstream import StreamingUpstream, serve
+from tests.support.waits import eventually
 
 TEXT = "Breakfast is served from seven to eleven"
 SPEECH = speech_body(TEXT)
@@ -77,12 +78,12 @@ async def test_fifty_concurrent_misses_on_two_replicas_make_one_upstream_call(
     # Nothing of the flight is left behind but the stored entry.
     keys = FlightKeys.of(Keyspace(a.app[PROCESSOR].settings.audio_cache_key_prefix), key_of(a))
     redis = a.app[REDIS]
-    for _ in range(50):  # the lock goes right after the last record
-        if not await redis.exists(keys.lock):
-            break
-        await asyncio.sleep(0.02)
-    else:
-        raise AssertionError("the leader kept its lock")
+
+    async def unlocked() -> bool:
+        return not await redis.exists(keys.lock)
+
+    # The lock goes right after the last record.
+    await eventually(unlocked, 2.0, what="the leader kept its lock")
     assert 0 < await redis.pttl(keys.stream) <= 10_000  # a short linger for late readers
     assert await service_of(b).fetch(key_of(b)) is not None
 
@@ -158,12 +159,9 @@ async def test_a_killed_leader_fill_hands_its_followers_the_error(make_proxy: An
     async with serve(upstream) as url:
         a, b = await pair(make_proxy, url, coalescing_wait_seconds=5.0)
         leader = asyncio.create_task(a.post("/v1/audio/speech", json=SPEECH))
-        for _ in range(300):
-            if upstream.calls:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(lambda: upstream.calls, 3.0)
         followers = [asyncio.create_task(b.post("/v1/audio/speech", json=SPEECH)) for _ in range(5)]
-        await asyncio.sleep(0.3)  # the followers wait on the leader's stream
+        await asyncio.sleep(0.3)  # time for the followers to reach the stream (and not end)
         assert not any(f.done() for f in followers)
         started = time.monotonic()
         (fill,) = a.app[PROCESSOR].fills.active()
@@ -228,12 +226,11 @@ async def test_an_abandoned_fill_is_kept_for_followers_on_other_replicas(
     await follower.read()
     assert upstream.aborted == 0
     assert upstream.calls == 1
-    for _ in range(100):
-        if await service_of(a).fetch(key_of(a)) is not None:
-            break
-        await asyncio.sleep(0.02)
-    else:
-        raise AssertionError("the completed audio was not stored")
+
+    async def stored() -> bool:
+        return await service_of(a).fetch(key_of(a)) is not None
+
+    await eventually(stored, 3.0, what="the completed audio was not stored")
 
 
 async def test_without_coalescing_each_replica_calls_the_upstream(

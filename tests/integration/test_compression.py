@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import uuid
@@ -21,6 +20,7 @@ from proxy.store.client import open_redis
 from proxy.store.service import AudioCacheService, EntryLabels
 from tests.support.proxies import service_of
 from tests.support.speech import speech_body
+from tests.support.waits import until_filled, until_stored
 
 SENTENCE = "Bienvenido al hotel. El desayuno se sirve de siete a diez en el comedor principal."
 SPEECH = speech_body(SENTENCE, voice="es")
@@ -80,7 +80,7 @@ async def test_real_speech_is_stored_compressed_and_served_byte_exact(
     assert first.headers["Cache-Status"] == "tts-cache; fwd=miss; stored"
     assert len(audio) > 40 * 1024
     hex_key = first.headers["X-Audio-Cache-Key"]
-    await asyncio.sleep(0.05)
+    await until_stored(client, first)
 
     info = await service_of(client).info(CacheKey(hex_key))
     assert info is not None and info.codec == "zlib"
@@ -177,7 +177,7 @@ async def test_corrupt_compressed_entry_is_a_miss_deleted_and_counted(
     first = await client.post("/v1/audio/speech", json=SPEECH)
     audio = await first.read()
     hex_key = first.headers["X-Audio-Cache-Key"]
-    await asyncio.sleep(0.05)
+    await until_stored(client, first)
     svc = service_of(client)
     body = bytearray(await stored_body(client, hex_key))
     body[HEADER_SIZE + len(body) // 3] ^= 0xFF  # one flipped bit pattern inside the payload
@@ -189,7 +189,7 @@ async def test_corrupt_compressed_entry_is_a_miss_deleted_and_counted(
     assert await again.read() == audio  # synthesized again, never the garbage
     assert ops("decompress", "corrupt") == corrupt + 1
     assert server.app[SPEECH_CALLS]["speech"] == 2
-    await asyncio.sleep(0.05)
+    await until_filled(client)
     totals = await svc.totals()
     assert totals["entries"] == 1  # the bad one deleted, the fresh one stored once
     third = await client.post("/v1/audio/speech", json=SPEECH)
@@ -202,7 +202,7 @@ async def test_ranges_and_etags_refer_to_the_original_audio(demo: Any, make_prox
     plain = await make_proxy(url, audio_cache_compression_enabled=False)
     audio = await (await packed.post("/v1/audio/speech", json=SPEECH)).read()
     await (await plain.post("/v1/audio/speech", json=SPEECH)).read()
-    await asyncio.sleep(0.05)
+    await until_filled(packed, plain)
 
     headers = {"Range": "bytes=1000-5999"}
     r1 = await packed.post("/v1/audio/speech", json=SPEECH, headers=headers)

@@ -17,6 +17,7 @@ from proxy.app import SERVICE
 from proxy.core.keys import CacheKey
 from tests.support.proxies import ProxyClient, raw_request
 from tests.support.speech import SPEECH_PATH, speech_body
+from tests.support.waits import until_filled
 
 
 async def speak(client: ProxyClient, text: str) -> tuple[int, bytes, str]:
@@ -30,7 +31,7 @@ async def bad_upstream() -> AsyncIterator[tuple[dict[str, int], str]]:
 
     async def hang(request: web.Request) -> web.Response:
         calls["n"] += 1
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # hangs: far longer than the proxy's timeouts under test
         return web.Response()
 
     async def reset(request: web.Request) -> web.Response:
@@ -45,7 +46,7 @@ async def bad_upstream() -> AsyncIterator[tuple[dict[str, int], str]]:
         response.content_length = 10_000
         await response.prepare(request)
         await response.write(b"RIFF" + b"\0" * 996)
-        await asyncio.sleep(30)
+        await asyncio.sleep(30)  # stalls mid-body: far longer than the read timeout
         return response
 
     app = web.Application()
@@ -83,7 +84,7 @@ async def test_upstream_stalling_mid_body_is_cut_and_not_stored(
     assert r.status == 200
     with pytest.raises(Exception):  # noqa: B017 - the connection is closed mid-body
         await r.read()
-    await asyncio.sleep(0.05)
+    await until_filled(client)
     assert (await client.app[SERVICE].totals())["entries"] == 0
 
 
@@ -92,7 +93,7 @@ async def test_corrupt_entry_is_a_miss_deleted_and_counted(upstream: Any, make_p
     client = await make_proxy(url)
     service = client.app[SERVICE]
     _, body, _ = await speak(client, "integrity")
-    await asyncio.sleep(0.05)
+    await until_filled(client)
     r = await client.post(SPEECH_PATH, json=speech_body("integrity", voice="es"))
     key = CacheKey(r.headers["X-Audio-Cache-Key"])
     stored = await service.redis.hget(service.keyspace.entry(key), "b")
@@ -100,7 +101,7 @@ async def test_corrupt_entry_is_a_miss_deleted_and_counted(upstream: Any, make_p
     await service.redis.hset(service.keyspace.entry(key), "b", flipped)
     status, again, x_cache = await speak(client, "integrity")
     assert (status, again, x_cache) == (200, body, "MISS")
-    await asyncio.sleep(0.05)
+    await until_filled(client)
     totals = await service.totals()
     assert totals["corrupt"] == 1
     assert totals["entries"] == 1  # the fresh answer replaced it

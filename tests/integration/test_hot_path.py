@@ -49,7 +49,7 @@ async def test_age_and_ttl_move_on_between_hot_hits(
     client = await hot_proxy(make_proxy, url, "Checkout is at noon.")
     body = speech_body("Checkout is at noon.")
     first = await client.post("/v1/audio/speech", json=body)
-    await asyncio.sleep(2.1)
+    await asyncio.sleep(2.1)  # two whole seconds pass: Age and the TTL must move by 2
     second = await client.post("/v1/audio/speech", json=body)
     assert second.headers["X-Cache"] == "HIT"
     assert int(second.headers["Age"]) >= int(first.headers["Age"]) + 2

@@ -83,7 +83,7 @@ async def test_the_hot_tier_honours_the_entry_expiry(
         assert (await store.get(key)) is not None
     assert key.hex in hot_of(b)
     expires_ms = hot_of(b)._residents[key.hex].entry.expires_ms
-    await asyncio.sleep(max(0.0, expires_ms / 1000 - time.time()) + 0.05)
+    await asyncio.sleep(max(0.0, expires_ms / 1000 - time.time()) + 0.05)  # until it expires
     assert (await store.get(key)) is None
     assert key.hex not in hot_of(b)
 

@@ -24,6 +24,7 @@ from tests.support.metrics import delta, samples, scrape_text, value
 from tests.support.paths import ROOT
 from tests.support.proxies import service_of
 from tests.support.speech import speech_body
+from tests.support.waits import eventually, until_filled
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "tts-cache-proxy.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
@@ -46,7 +47,7 @@ async def test_counters_move_by_exactly_what_happened(upstream: Any, make_proxy:
         r = await client.post("/v1/audio/speech", json=speech_body(text, voice="es"))
         assert r.headers["X-Cache"] == "MISS"
         await r.read()
-    await asyncio.sleep(0.05)
+    await until_filled(client)
     for text in (a, a, b):  # 3 hits
         r = await client.post("/v1/audio/speech", json=speech_body(text, voice="es"))
         assert r.headers["X-Cache"] == "HIT"
@@ -112,7 +113,7 @@ async def test_request_id_is_honoured_and_returned_on_every_kind_of_answer(
         r = await getattr(client, method)(path, json=body, headers={"X-Request-ID": rid})
         await r.read()
         assert r.headers["X-Request-ID"] == rid, path
-        await asyncio.sleep(0.05)
+        await until_filled(client)
     r = await client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"})
     assert re.fullmatch(r"[0-9a-f]{32}", r.headers["X-Request-ID"])
     r = await client.get("/healthz")
@@ -145,7 +146,7 @@ async def test_one_access_line_per_request_without_the_text(
     caplog.clear()
     with caplog.at_level(logging.DEBUG, logger="proxy.access"):
         await (await client.post("/v1/audio/speech", json=speech_body(secret, voice="es"))).read()
-        await asyncio.sleep(0.05)
+        await eventually(lambda: any(rec.name == "proxy.access" for rec in caplog.records))
     (line,) = [rec for rec in caplog.records if rec.name == "proxy.access"]
     assert line.fields["text"] == secret  # type: ignore[attr-defined]
     assert line.fields["result"] == "hit"  # type: ignore[attr-defined]
@@ -158,7 +159,7 @@ async def test_access_log_can_be_turned_off(
     client = await make_proxy(url, access_log=False)
     with caplog.at_level(logging.INFO, logger="proxy.access"):
         r = await client.get("/healthz")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # time for a line to be written, if one (wrongly) were
     assert "X-Request-ID" in r.headers
     assert not [rec for rec in caplog.records if rec.name == "proxy.access"]
 
@@ -190,7 +191,7 @@ async def test_dashboard_and_alert_metrics_exist_in_a_real_scrape(
     client = await make_proxy(url, audio_cache_compression_threshold_kb=1)
     for text in ("uno", "dos", "uno"):  # misses, a hit, a compressed entry
         await (await client.post("/v1/audio/speech", json=speech_body(text, voice="es"))).read()
-        await asyncio.sleep(0.05)
+        await until_filled(client)
     r = await client.post("/admin/audio-cache/cleanup?force=true&target_percent=0")
     assert r.status == 200
     exposed = _exposed(await scrape_text(client))

@@ -62,7 +62,7 @@ async def test_a_cancelled_read_does_not_shift_the_others(valkey: EmbeddedValkey
     keys = await fill(valkey.url, 50)
     reads = PipelinedReads(valkey.url, FIELDS)
     tasks = [asyncio.ensure_future(reads.hmget(k)) for k in keys]
-    await asyncio.sleep(0)  # sent, not yet answered
+    await asyncio.sleep(0)  # one turn of the loop: sent, not yet answered
     for task in tasks[::3]:
         task.cancel()
     done = await asyncio.gather(*tasks, return_exceptions=True)

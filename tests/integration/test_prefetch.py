@@ -24,15 +24,18 @@ PARAMS = {"model": "tts-1", "voice": "es", "response_format": "wav"}
 
 
 async def job_done(client: Any, job: str, seconds: float = 10.0) -> dict[str, Any]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    """The job's report, once it is done."""
+
+    async def done() -> dict[str, Any] | None:
         response = await client.get(f"/admin/audio-cache/prefetch/{job}", headers=AUTH)
         assert response.status == 200
         body: dict[str, Any] = await response.json()
-        if body["state"] == "done":
-            return body
-        await asyncio.sleep(0.02)
-    raise AssertionError("prefetch job did not finish in time")
+        return body if body["state"] == "done" else None
+
+    report: dict[str, Any] = await eventually(
+        done, seconds, interval=0.02, what="prefetch job did not finish in time"
+    )
+    return report
 
 
 def item(text: str, **extra: Any) -> dict[str, Any]:
@@ -133,7 +136,7 @@ async def test_keep_warm_entries_are_rewarmed_before_they_expire(
     processor_key = client.app[PROCESSOR].key_for
     warm_key, cold_key = processor_key(warm.speech), processor_key(cold.speech)
     deadline = time.monotonic() + 3.0  # beyond the 2 s TTL
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # watched while time passes, every 0.05 s
         assert await service.ttl_ms(warm_key) > 0  # never gone
         await asyncio.sleep(0.05)
     assert await service.ttl_ms(cold_key) < 0  # the other one expired
@@ -153,13 +156,11 @@ async def test_start_up_list_is_prefetched(upstream: Any, make_proxy: Any, tmp_p
     )
     client = await make_proxy(url, prefetch_file=str(path))
     service = service_of(client)
-    entries = 0
-    for _ in range(250):  # at most ~5 s
-        entries = (await service.totals())["entries"]
-        if entries == 3:
-            break
-        await asyncio.sleep(0.02)
-    assert entries == 3
+
+    async def three_entries() -> bool:
+        return (await service.totals())["entries"] == 3
+
+    await eventually(three_entries, 5.0, interval=0.02, what="the start-up list was not stored")
     assert (fake.calls["openai"], fake.calls["coqui"], fake.calls["elevenlabs"]) == (1, 1, 1)
     response = await client.get("/api/tts?text=Buenas%20noches&speaker_id=p1")
     assert response.headers["X-Cache"] == "HIT"

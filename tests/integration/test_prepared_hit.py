@@ -22,6 +22,7 @@ from proxy.store.service import EntryLabels
 from tests.support.hot_replicas import hot_proxy
 from tests.support.proxies import ProxyFactory
 from tests.support.speech import SPEECH_PATH, speech_body
+from tests.support.waits import eventually
 
 UNSTABLE = {"date", "x-request-id", "age", "cache-status", "cache-control"}
 
@@ -179,7 +180,8 @@ async def test_the_access_line_of_a_prepared_hit(
     with caplog.at_level(logging.INFO, logger="proxy.access"):
         writer.write(speech_request("Room service all night.", extra="X-Request-ID: line-1\r\n"))
         answer = await read_answer(reader)
-        await asyncio.sleep(0.05)
+        await eventually(lambda: any(getattr(r, "fields", {}).get("request_id") == "line-1"
+                                     for r in caplog.records))  # fmt: skip
     writer.close()
     lines = [rec for rec in caplog.records if rec.name == "proxy.access"]
     fields = lines[-1].fields  # type: ignore[attr-defined]
@@ -231,7 +233,7 @@ async def test_a_client_that_does_not_read_is_not_buffered_for(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     try:
         writer.write(speech_request("Nobody reads this.") * 2000)  # ~8 MB of answers
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # time for the proxy to (wrongly) buffer them all
         buffered = sum(
             h.transport.get_write_buffer_size() for h in server.connections if h.transport
         )

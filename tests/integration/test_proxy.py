@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Any
 
@@ -12,6 +11,7 @@ from proxy.core.keys import CacheKey
 from tests.support.loopback_upstream import fake_wav
 from tests.support.proxies import service_of
 from tests.support.speech import speech_body
+from tests.support.waits import until_filled, until_stored
 
 SPEECH = speech_body("Bienvenido al hotel", voice="es")
 
@@ -25,7 +25,7 @@ async def test_miss_then_hit_serves_identical_bytes(upstream: Any, make_proxy: A
     assert first.headers["X-Cache"] == "MISS"
     assert first.headers["Cache-Status"] == "tts-cache; fwd=miss; stored"
     key = first.headers["X-Audio-Cache-Key"]
-    await asyncio.sleep(0)  # the fill stores right after the last byte
+    await until_stored(client, first)
     second = await client.post("/v1/audio/speech", json=SPEECH)
     body2 = await second.read()
     assert second.status == 200
@@ -73,7 +73,7 @@ async def test_elevenlabs_preset(upstream: Any, make_proxy: Any) -> None:
     path = "/v1/text-to-speech/voice123?output_format=mp3_44100_128"
     r1 = await client.post(path, json=body)
     a = await r1.read()
-    await asyncio.sleep(0.01)
+    await until_stored(client, r1)
     r2 = await client.post(path + "&enable_logging=false", json=body)  # ignored field
     assert r2.headers["X-Cache"] == "HIT"
     assert await r2.read() == a
@@ -96,7 +96,7 @@ async def test_get_presets(upstream: Any, make_proxy: Any, path: str, route: str
     client = await make_proxy(url)
     r1 = await client.get(path)
     a = await r1.read()
-    await asyncio.sleep(0.01)
+    await until_stored(client, r1)
     r2 = await client.get(path)
     assert r2.headers["X-Cache"] == "HIT"
     assert await r2.read() == a
@@ -109,7 +109,7 @@ async def test_marytts_form_post(upstream: Any, make_proxy: Any) -> None:
     form = {"INPUT_TEXT": "Hello", "VOICE": "cmu-slt", "LOCALE": "en_US"}
     r1 = await client.post("/process", data=form)
     await r1.read()
-    await asyncio.sleep(0.01)
+    await until_stored(client, r1)
     r2 = await client.post("/process", data=form)
     assert r2.headers["X-Cache"] == "HIT"
     assert fake.calls["marytts"] == 1
@@ -144,7 +144,7 @@ async def test_ttl_follows_content_type(upstream: Any, make_proxy: Any) -> None:
             "/v1/audio/speech", json={**SPEECH, "input": f"text {i}"}, headers=headers
         )
         await r.read()
-        await asyncio.sleep(0.01)
+        await until_stored(client, r)
         ttl = await service.redis.ttl(
             service.keyspace.entry(CacheKey(r.headers["X-Audio-Cache-Key"]))
         )
@@ -157,7 +157,7 @@ async def test_content_type_from_text_rules(upstream: Any, make_proxy: Any) -> N
     client = await make_proxy(url, audio_cache_content_type_rules=rules)
     r = await client.post("/v1/audio/speech", json=SPEECH)
     await r.read()
-    await asyncio.sleep(0.01)
+    await until_stored(client, r)
     service = service_of(client)
     info = await service.info(CacheKey(r.headers["X-Audio-Cache-Key"]))
     assert info is not None and info.content_class == "welcome_message"
@@ -182,7 +182,7 @@ async def test_never_stores_bad_answers(upstream: Any, make_proxy: Any, mode: st
     r = await client.post("/v1/audio/speech", json=SPEECH)
     with contextlib.suppress(Exception):  # a truncated answer ends the connection
         await r.read()
-    await asyncio.sleep(0.05)
+    await until_filled(client)
     key = CacheKey(r.headers["X-Audio-Cache-Key"]) if "X-Audio-Cache-Key" in r.headers else None
     if mode == "error":
         assert r.status == 500  # upstream errors pass through as they are
@@ -200,7 +200,7 @@ async def test_over_size_limit_is_served_not_stored(upstream: Any, make_proxy: A
     client = await make_proxy(url, audio_cache_max_entry_size_mb=0.001)  # ~1 KB
     r = await client.post("/v1/audio/speech", json=SPEECH)
     assert len(await r.read()) > 1024
-    await asyncio.sleep(0.02)
+    await until_filled(client)
     r2 = await client.post("/v1/audio/speech", json=SPEECH)
     await r2.read()
     assert r2.headers["X-Cache"] == "MISS"
@@ -212,7 +212,7 @@ async def test_chunked_upstream_is_stored(upstream: Any, make_proxy: Any) -> Non
     fake.mode = "chunked"
     client = await make_proxy(url)
     a = await (await client.post("/v1/audio/speech", json=SPEECH)).read()
-    await asyncio.sleep(0.02)
+    await until_filled(client)
     r2 = await client.post("/v1/audio/speech", json=SPEECH)
     assert r2.headers["X-Cache"] == "HIT"
     assert await r2.read() == a
@@ -224,11 +224,11 @@ async def test_no_store_request_neither_reads_nor_writes(upstream: Any, make_pro
     r = await client.post("/v1/audio/speech", json=SPEECH, headers={"Cache-Control": "no-store"})
     await r.read()
     assert r.headers["X-Cache"] == "BYPASS"
-    await asyncio.sleep(0.02)
+    await until_filled(client)
     assert (await service_of(client).totals())["entries"] == 0
     r2 = await client.post("/v1/audio/speech", json=SPEECH)
     await r2.read()
-    await asyncio.sleep(0.02)
+    await until_stored(client, r2)
     r3 = await client.post("/v1/audio/speech", json=SPEECH, headers={"Cache-Control": "no-store"})
     await r3.read()
     assert r3.headers["X-Cache"] == "BYPASS"
@@ -239,12 +239,12 @@ async def test_no_cache_request_refreshes(upstream: Any, make_proxy: Any) -> Non
     fake, url = upstream
     client = await make_proxy(url)
     await (await client.post("/v1/audio/speech", json=SPEECH)).read()
-    await asyncio.sleep(0.02)
+    await until_filled(client)
     fake.extra_headers = {"X-Version": "2"}
     r = await client.post("/v1/audio/speech", json=SPEECH, headers={"Cache-Control": "no-cache"})
     await r.read()
     assert r.headers["Cache-Status"] == "tts-cache; fwd=request; stored"
-    await asyncio.sleep(0.02)
+    await until_filled(client)
     r2 = await client.post("/v1/audio/speech", json=SPEECH)
     assert r2.headers["X-Cache"] == "HIT"
     assert r2.headers["X-Version"] == "2"  # the refreshed entry
@@ -259,7 +259,7 @@ async def test_disabled_cache_is_pure_pass_through(upstream: Any, make_proxy: An
         r = await client.post("/v1/audio/speech", json=SPEECH)
         await r.read()
         assert r.headers["X-Cache"] == "BYPASS"
-    await asyncio.sleep(0.02)
+    await until_filled(client)
     assert (await service_of(client).totals())["entries"] == 0
     assert fake.calls["openai"] == 2
 

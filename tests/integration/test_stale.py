@@ -9,7 +9,7 @@ from proxy.core.keys import CacheKey
 from tests.support.loopback_upstream import fake_wav
 from tests.support.proxies import service_of
 from tests.support.speech import speech_body
-from tests.support.waits import eventually
+from tests.support.waits import eventually, until_filled
 
 SPEECH = speech_body("La piscina cierra a las nueve", voice="es", response_format=None)
 AUDIO = fake_wav(SPEECH["input"], "es", "tts-1|None|None")
@@ -63,10 +63,10 @@ async def test_upstream_failure_is_answered_with_the_stale_copy(
     assert fake.calls["openai"] == 2  # the upstream was asked first
 
     fake.mode = "ok"  # back: the stale copy is replaced, then hits are fresh again
-    await asyncio.sleep(0.2)  # (a request now would join the failed fill still reading)
+    await until_filled(client)  # (a request now would join the failed fill still reading)
     status, headers, body = await speak(client)
     assert headers["Cache-Status"] == "tts-cache; fwd=miss; stored" and body == AUDIO
-    await asyncio.sleep(0.05)
+    await until_filled(client)
     status, headers, body = await speak(client)
     assert headers["X-Cache"] == "HIT" and fake.calls["openai"] == 3
 
@@ -77,7 +77,7 @@ async def test_without_a_grace_period_the_error_passes_through(
     fake, url = upstream
     client = await proxy(make_proxy, url, grace=0)
     await speak(client)
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(1.1)  # past its 1 s TTL
     totals = await emptied(service_of(client))  # gone with its TTL
     assert totals["entries"] == 0
     fake.mode = "error"
@@ -92,9 +92,9 @@ async def test_a_stale_copy_is_never_a_hit_even_from_the_hot_tier(
     client = await proxy(make_proxy, url, grace=60)
     for _ in range(4):  # stored, then hits: admitted to the hot tier
         await speak(client)
-        await asyncio.sleep(0.05)
+        await until_filled(client)
     assert fake.calls["openai"] == 1
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(1.1)  # past its 1 s TTL, inside the grace period
     _, headers, body = await speak(client)  # upstream fine: a fresh miss
     assert headers["Cache-Status"] == "tts-cache; fwd=miss; stored" and body == AUDIO
     assert fake.calls["openai"] == 2
@@ -107,7 +107,7 @@ async def test_stale_copies_leave_when_the_grace_period_ends(
     client = await proxy(make_proxy, url, grace=1)
     await speak(client)
     service = service_of(client)
-    await asyncio.sleep(1.1)
+    await asyncio.sleep(1.1)  # past its 1 s TTL, inside the 1 s grace period
     assert (await service.totals())["entries"] == 1  # stale, kept
     totals = await emptied(service)
     assert totals["entries"] == 0 and totals["bytes"] == 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +17,7 @@ from proxy.core.keys import CacheKey
 from tests.support.proxies import service_of
 from tests.support.speech import speech_body
 from tests.support.streaming_upstream import StreamingUpstream, serve
+from tests.support.waits import eventually
 
 TEXT = "Welcome to the hotel, your room is ready"
 SPEECH = speech_body(TEXT)
@@ -32,12 +32,15 @@ async def slow() -> AsyncIterator[tuple[StreamingUpstream, str]]:
 
 async def stored(client: Any, key: str, *, within: float = 3.0) -> bool:
     """Whether the entry appears in the store within ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if await service_of(client).fetch(CacheKey(key)) is not None:
-            return True
-        await asyncio.sleep(0.02)
-    return False
+
+    async def present() -> bool:
+        return await service_of(client).fetch(CacheKey(key)) is not None
+
+    try:
+        await eventually(present, within, interval=0.02)
+    except AssertionError:
+        return False
+    return True
 
 
 # -- stream-through -------------------------------------------------------------------

@@ -16,7 +16,7 @@ import redis
 from proxy.store.embedded import EmbeddedValkey, free_port
 from tests.support.proxies import serve_process
 from tests.support.speech import speech_body
-from tests.support.waits import wait_ready
+from tests.support.waits import eventually, until_entries, wait_ready
 
 CLI = [sys.executable, "-m", "proxy.cli"]
 SPEECH = speech_body("Hello there", voice="en")
@@ -88,7 +88,7 @@ async def test_serve_on_the_embedded_store_end_to_end(upstream: Any, tmp_path: P
             async with session.post(base + "/v1/audio/speech", json=SPEECH) as r:
                 first = await r.read()
                 assert r.headers["Cache-Status"] == "tts-cache; fwd=miss; stored"
-            await asyncio.sleep(0.05)
+            await until_entries(session, base, 1)
             async with session.post(base + "/v1/audio/speech", json=SPEECH) as r:
                 assert r.headers["X-Cache"] == "HIT"
                 assert await r.read() == first
@@ -110,11 +110,10 @@ async def test_embedded_store_dies_with_a_killed_proxy(upstream: Any, tmp_path: 
         assert len(servers) == 1
         proc.kill()
         await proc.wait()
-        for _ in range(50):
-            if not _running(servers[0]):
-                break
-            await asyncio.sleep(0.1)
-        assert not _running(servers[0]), "valkey-server outlived the killed proxy"
+        await eventually(
+            lambda: not _running(servers[0]), 5.0, interval=0.1,
+            what="valkey-server outlived the killed proxy",
+        )  # fmt: skip
 
 
 def _valkey_children(pid: int) -> list[int]:
@@ -146,7 +145,7 @@ async def test_demo_speaks_through_the_proxy_end_to_end() -> None:
                 first = await r.read()
                 assert r.headers["Cache-Status"] == "tts-cache; fwd=miss; stored"
             assert first[:4] == b"RIFF" and len(first) > 20_000  # real speech
-            await asyncio.sleep(0.05)
+            await until_entries(session, base, 1)
             async with session.post(base + "/v1/audio/speech", json=body) as r:
                 assert r.headers["X-Cache"] == "HIT"
                 assert await r.read() == first
@@ -179,14 +178,7 @@ async def test_serve_with_a_separate_admin_port_and_a_token_file(
                 assert r.status == 404  # not on the proxy's port
             async with session.get(admin + "/admin/audio-cache/stats") as r:
                 assert r.status == 401
-            for _ in range(100):
-                async with session.get(admin + "/admin/audio-cache/stats", headers=auth) as r:
-                    assert r.status == 200
-                    if (await r.json())["entries"] == 1:
-                        break
-                await asyncio.sleep(0.02)
-            else:
-                raise AssertionError("the entry never showed in the stats")
+            await until_entries(session, admin, 1, headers=auth)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0

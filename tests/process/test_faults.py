@@ -19,6 +19,7 @@ from proxy.store.embedded import EmbeddedValkey, free_port
 from tests.support.loopback_upstream import fake_wav
 from tests.support.proxies import ProxyClient, proxy_on
 from tests.support.speech import SPEECH_PATH, speech_body
+from tests.support.waits import eventually, until_filled
 
 
 def expected(text: str) -> bytes:
@@ -38,7 +39,7 @@ async def test_valkey_killed_under_load_then_restarted(
     texts = [f"phrase {i}" for i in range(10)]
     for t in texts:
         await speak(client, t)
-    await asyncio.sleep(0.05)
+    await until_filled(client)
     results: list[tuple[int, bytes, str, str]] = []
     deadline = time.monotonic() + 15
     for i in range(300):
@@ -67,15 +68,14 @@ async def test_valkey_killed_under_load_then_restarted(
     assert (time.perf_counter() - t0) / len(texts) < 0.15
     # Restart: the cache recovers by itself once the breaker probes again.
     private_valkey.start()
-    recovered = False
-    for _ in range(60):
-        await asyncio.sleep(0.1)
+
+    async def recovered() -> bool:
         await speak(client, "after restart")
         _, _, x_cache = await speak(client, "after restart")
-        if x_cache == "HIT":
-            recovered = True
-            break
-    assert recovered
+        return x_cache == "HIT"
+
+    # Asked every 0.1 s, as a client would; the breaker lets a probe through after 0.5 s.
+    await eventually(recovered, 10, interval=0.1, what="the cache did not recover")
     ready = await client.get("/readyz")
     assert ready.status == 200, await ready.text()
 
@@ -152,7 +152,7 @@ async def test_full_valkey_rejects_writes_and_clients_still_get_audio(
         for i in range(5):
             status, body, _ = await speak(client, f"full {i}")
             assert status == 200 and body == expected(f"full {i}")
-        await asyncio.sleep(0.05)
+        await until_filled(client)
         # Whatever Redis accepted is exact and correct: no counter drift, no wrong audio.
         await service.redis.config_set("maxmemory", "0")
         report = await service.repair()
@@ -169,10 +169,7 @@ async def test_supervisor_restarts_a_dead_embedded_valkey() -> None:
     try:
         assert store.process is not None
         store.process.kill()
-        for _ in range(100):
-            await asyncio.sleep(0.05)
-            if store.restarts and store.alive():
-                break
+        await eventually(lambda: store.restarts and store.alive(), 5, interval=0.05)
         assert store.restarts == 1 and store.alive()
     finally:
         supervisor.cancel()

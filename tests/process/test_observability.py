@@ -3,15 +3,15 @@ size: the gauges are read from the shared Valkey, not from either process's memo
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
 import aiohttp
 
 from tests.support.metrics import samples, scrape_text, value
-from tests.support.proxies import serve_process
+from tests.support.proxies import serve_process, service_of
 from tests.support.speech import speech_body
+from tests.support.waits import eventually
 
 
 async def test_two_replicas_report_the_same_size(
@@ -33,7 +33,11 @@ async def test_two_replicas_report_the_same_size(
             await (
                 await first.post("/v1/audio/speech", json=speech_body(f"dos {i}", voice="es"))
             ).read()
-        await asyncio.sleep(0.1)
+
+        async def all_stored() -> bool:
+            return (await service_of(first).totals())["entries"] == 5
+
+        await eventually(all_stored)
         async with session.get(base + "/metrics") as r:
             theirs = samples(await r.text())
         ours = samples(await scrape_text(first))

@@ -25,6 +25,7 @@ from proxy.store.embedded import EmbeddedValkey, free_port
 from tests.support.loopback_upstream import fake_wav
 from tests.support.proxies import ProxyFactory, service_of
 from tests.support.speech import SPEECH_PATH, speech_body
+from tests.support.waits import wait_ready
 
 CHUNKS = 12
 
@@ -48,7 +49,7 @@ class SlowUpstream:
         for i in range(0, len(audio), step):
             await response.write(audio[i : i + step])
             self.streaming.set()
-            await asyncio.sleep(self.pause)
+            await asyncio.sleep(self.pause)  # a slow synthesis: the drain must outlast it
         await response.write_eof()
         return response
 
@@ -81,21 +82,16 @@ async def _serve(upstream_url: str, redis_url: str, prefix: str, **env: str) -> 
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(base + "/readyz") as r:
-                    if r.status == 200:
-                        return process, base
-            except aiohttp.ClientConnectionError:
-                pass
-            if process.returncode is not None:
-                break
-            await asyncio.sleep(0.05)
-    process.kill()
-    _, err = await process.communicate()
-    raise AssertionError(f"proxy did not become ready: {err.decode()[-800:]}")
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, base, process, seconds=15)
+    except AssertionError:
+        if process.returncode is not None:
+            raise  # it exited: the message carries its stderr
+        process.kill()
+        _, err = await process.communicate()
+        raise AssertionError(f"proxy did not become ready: {err.decode()[-800:]}") from None
+    return process, base
 
 
 async def _probe(base: str) -> int | None:
@@ -140,7 +136,7 @@ async def test_sigterm_drains_a_streamed_miss(
     seen: list[int | None] = []
     while not client.done() and time.monotonic() - signalled < 10:
         seen.append(await _probe(base))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # a sample of readiness every 0.1 s while the drain goes on
     # Not ready while still serving (the delay), then the listener is closed.
     assert 503 in seen and 200 not in seen
     assert seen[-1] is None, seen

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.store.embedded import free_port
 from tests.support.loopback_upstream import fake_wav
 from tests.support.speech import speech_body
+from tests.support.waits import eventually
 
 
 def _children(pid: int) -> list[int]:
@@ -69,7 +70,7 @@ async def test_workers_share_port_and_store_and_stop_on_sigterm(
                     pass
             if len(workers) == 2 and ready == 8:
                 break
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # (a bounded poll: at most 20 s)
         assert len(workers) == 2, "two worker processes"
         stores = [c for c in _children(parent.pid) if "valkey-server" in _command(c).split()[0]]
         assert len(stores) == 1, "one embedded store, started by the parent"
@@ -112,7 +113,7 @@ async def test_workers_share_port_and_store_and_stop_on_sigterm(
         get_hit = (("operation", "get"), ("result", "hit"))
         before = (await scrape())[("audio_cache_operations_total", get_hit)]
         assert before <= hits
-        await asyncio.sleep(1.5)
+        await asyncio.sleep(1.5)  # past one flush interval of every worker
         for _ in range(6):
             scraped = await scrape()
             assert scraped[("audio_cache_operations_total", get_hit)] == hits
@@ -121,11 +122,10 @@ async def test_workers_share_port_and_store_and_stop_on_sigterm(
         code = await asyncio.wait_for(parent.wait(), 40)
         assert code == 0
         for pid in workers + stores:
-            for _ in range(50):
-                if not _alive(pid):
-                    break
-                await asyncio.sleep(0.1)
-            assert not _alive(pid), f"process {pid} outlived the parent"
+            await eventually(
+                lambda p=pid: not _alive(p), 5.0, interval=0.1,
+                what=f"process {pid} outlived the parent",
+            )  # fmt: skip
     finally:
         if parent.returncode is None:  # the test failed midway: stop everything it started
             parent.send_signal(signal.SIGTERM)

@@ -80,3 +80,17 @@ async def wait_ready(
             return False
 
     await eventually(ready, seconds, interval=0.05, what="proxy did not become ready")
+
+
+async def until_entries(
+    session: aiohttp.ClientSession, base: str, count: int, headers: dict[str, str] | None = None
+) -> None:
+    """Until the admin stats at ``base`` count ``count`` entries: for a proxy running as its
+    own process, whose store the test cannot see."""
+
+    async def counted() -> bool:
+        async with session.get(base + "/admin/audio-cache/stats", headers=headers) as r:
+            assert r.status == 200
+            return int((await r.json())["entries"]) == count
+
+    await eventually(counted, 2.0, interval=0.02, what=f"the stats never showed {count} entries")

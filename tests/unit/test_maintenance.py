@@ -15,7 +15,7 @@ async def test_cancel_and_wait_stops_a_loop_that_swallowed_a_cancellation() -> N
         nonlocal swallowed
         while True:
             try:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # a loop's tick
             except asyncio.CancelledError:
                 if swallowed < 1:  # as Python 3.11's wait_for does when its future just ended
                     swallowed += 1
@@ -23,7 +23,7 @@ async def test_cancel_and_wait_stops_a_loop_that_swallowed_a_cancellation() -> N
                 raise
 
     task = asyncio.create_task(stubborn())
-    await asyncio.sleep(0.02)
+    await asyncio.sleep(0.02)  # into its loop: cancelled before it starts, it swallows nothing
     task.cancel()
     done, _ = await asyncio.wait([task], timeout=0.2)
     assert not done, "one cancel() is not enough for this loop"
