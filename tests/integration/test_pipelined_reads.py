@@ -1,0 +1,124 @@
+"""The hit path's own pipelined connection, against real Valkey servers: same answers as
+redis-py, in order under concurrency and cancellation, and store failures surfacing as
+redis-py's errors (a stuck server as a timeout) with the link coming back afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as StoreConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as StoreTimeoutError
+
+from proxy.store.embedded import EmbeddedValkey
+from proxy.store.pipelined import PipelinedReads
+
+FIELDS = (b"body", b"type", b"missing")
+
+
+async def fill(url: str, n: int) -> list[str]:
+    keys = [f"pr:{uuid.uuid4().hex}:{i}" for i in range(n)]
+    client = aioredis.Redis.from_url(url)
+    async with client.pipeline(transaction=False) as pipe:
+        for i, key in enumerate(keys):
+            pipe.hset(key, mapping={"body": os.urandom(i * 97 % 20000), "type": f"audio/{i}"})
+        await pipe.execute()
+    await client.aclose()
+    return keys
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+async def test_many_concurrent_reads_match_redis_py(transport: str, valkey: EmbeddedValkey) -> None:
+    if transport == "unix":
+        unix = EmbeddedValkey()
+        unix.start()
+        url = unix.url
+    else:
+        url = valkey.url
+    try:
+        keys = await fill(url, 300)
+        keys.insert(7, "pr:absent")
+        reads = PipelinedReads(url, FIELDS)
+        got = await asyncio.gather(*(reads.hmget(k) for k in keys))
+        client = aioredis.Redis.from_url(url)
+        want = [await client.hmget(k, FIELDS) for k in keys]
+        await client.aclose()
+        assert got == want
+        assert got[7] == [None, None, None]
+        assert all(values[2] is None and values[0] is not None for values in got[8:])
+        await reads.aclose()
+    finally:
+        if transport == "unix":
+            unix.stop()
+
+
+async def test_a_cancelled_read_does_not_shift_the_others(valkey: EmbeddedValkey) -> None:
+    keys = await fill(valkey.url, 50)
+    reads = PipelinedReads(valkey.url, FIELDS)
+    tasks = [asyncio.ensure_future(reads.hmget(k)) for k in keys]
+    await asyncio.sleep(0)  # one turn of the loop: sent, not yet answered
+    for task in tasks[::3]:
+        task.cancel()
+    done = await asyncio.gather(*tasks, return_exceptions=True)
+    for i, (key, result) in enumerate(zip(keys, done, strict=True)):
+        if i % 3:
+            assert isinstance(result, list) and result[1] == f"audio/{keys.index(key)}".encode()
+    assert (await reads.hmget(keys[4]))[1] == b"audio/4"
+    await reads.aclose()
+
+
+async def test_password_and_database_are_honoured(private_valkey: EmbeddedValkey) -> None:
+    admin = redis.Redis(port=private_valkey.port)
+    admin.config_set("requirepass", "s3cret")
+    try:
+        url = f"redis://:s3cret@127.0.0.1:{private_valkey.port}/3"
+        keys = await fill(url, 3)
+        reads = PipelinedReads(url, FIELDS)
+        assert (await reads.hmget(keys[2]))[1] == b"audio/2"
+        await reads.aclose()
+        wrong = PipelinedReads(f"redis://:nope@127.0.0.1:{private_valkey.port}/3", FIELDS)
+        with pytest.raises(ResponseError):
+            await wrong.hmget(keys[0])
+        await wrong.aclose()
+    finally:
+        redis.Redis(port=private_valkey.port, password="s3cret").config_set("requirepass", "")
+
+
+async def test_a_stuck_store_times_out_and_the_link_comes_back(
+    private_valkey: EmbeddedValkey,
+) -> None:
+    keys = await fill(private_valkey.url, 3)
+    reads = PipelinedReads(private_valkey.url, FIELDS, socket_timeout=0.3)
+    assert (await reads.hmget(keys[0]))[1] == b"audio/0"
+    assert private_valkey.process is not None
+    os.kill(private_valkey.process.pid, signal.SIGSTOP)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(StoreTimeoutError):
+        await asyncio.gather(reads.hmget(keys[1]), reads.hmget(keys[2]))
+    assert 0.25 < asyncio.get_running_loop().time() - started < 1.5
+    os.kill(private_valkey.process.pid, signal.SIGCONT)
+    assert (await reads.hmget(keys[1]))[1] == b"audio/1"
+    await reads.aclose()
+
+
+async def test_a_dead_store_fails_fast_and_a_restarted_one_is_read_again(
+    private_valkey: EmbeddedValkey,
+) -> None:
+    reads = PipelinedReads(private_valkey.url, FIELDS, socket_timeout=1.0, connect_timeout=0.5)
+    keys = await fill(private_valkey.url, 2)
+    assert (await reads.hmget(keys[1]))[1] == b"audio/1"
+    private_valkey.stop()
+    with pytest.raises(StoreConnectionError):
+        await reads.hmget(keys[1])
+    with pytest.raises(StoreConnectionError):
+        await reads.hmget(keys[1])  # reconnecting fails too, promptly
+    private_valkey.start()
+    keys = await fill(private_valkey.url, 2)
+    assert (await reads.hmget(keys[0]))[1] == b"audio/0"
+    await reads.aclose()

@@ -1,0 +1,186 @@
+"""The command line and the embedded store, as a user runs them: real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import redis
+
+from proxy.store.embedded import EmbeddedValkey, free_port
+from tests.support.proxies import serve_process
+from tests.support.speech import speech_body
+from tests.support.waits import eventually, until_entries, wait_ready
+
+CLI = [sys.executable, "-m", "proxy.cli"]
+SPEECH = speech_body("Hello there", voice="en")
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
+
+
+def test_serve_refuses_to_start_without_an_upstream() -> None:
+    result = run("serve", env={"UPSTREAM_URL": ""})
+    assert result.returncode == 2
+    assert "no upstream configured" in result.stderr
+    assert "--upstream" in result.stderr
+
+
+def test_check_config_prints_effective_settings(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("upstream_url: http://127.0.0.1:9\naudio_cache_max_size_mb: 42\n")
+    result = run("check-config", str(path), env={"UPSTREAM_API_KEY": "sk-hidden"})
+    assert result.returncode == 0, result.stderr
+    assert "audio_cache_max_size_mb: 42" in result.stdout
+    assert "sk-hidden" not in result.stdout
+
+
+def test_check_config_reports_one_clear_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("audio_cache_compression_level: 0\n")
+    result = run("check-config", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "tts-cache-proxy: config error: audio_cache_compression_level: must be between 1 and 9, got 0"
+    ]
+
+
+def test_embedded_store_starts_and_stops_cleanly() -> None:
+    store = EmbeddedValkey()
+    url = store.start()
+    assert url.startswith("unix://")
+    assert redis.Redis.from_url(url).ping()
+    process = store.process
+    assert process is not None
+    store.stop()
+    assert process.poll() is not None
+    assert not store.data_dir.exists()
+
+
+def test_embedded_store_with_a_data_dir_keeps_the_cache(tmp_path: Path) -> None:
+    with EmbeddedValkey(data_dir=tmp_path) as store:
+        redis.Redis.from_url(store.url).set("k", "v")
+    with EmbeddedValkey(data_dir=tmp_path) as store:
+        assert redis.Redis.from_url(store.url).get("k") == b"v"
+
+
+async def test_serve_on_the_embedded_store_end_to_end(upstream: Any, tmp_path: Path) -> None:
+    fake, url = upstream
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--upstream", url, "--port", str(port),
+        env={**os.environ, "EMBEDDED_DATA_DIR": str(tmp_path), "REDIS_URL": ""},
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, base, proc)
+            async with session.post(base + "/v1/audio/speech", json=SPEECH) as r:
+                first = await r.read()
+                assert r.headers["Cache-Status"] == "tts-cache; fwd=miss; stored"
+            await until_entries(session, base, 1)
+            async with session.post(base + "/v1/audio/speech", json=SPEECH) as r:
+                assert r.headers["X-Cache"] == "HIT"
+                assert await r.read() == first
+        assert fake.calls["openai"] == 1
+        assert (tmp_path / "valkey.sock").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    # The embedded server went with the proxy.
+    assert not (tmp_path / "valkey.sock").exists()
+
+
+async def test_embedded_store_dies_with_a_killed_proxy(upstream: Any, tmp_path: Path) -> None:
+    """kill -9 of the proxy leaves no orphaned valkey-server behind."""
+    _, url = upstream
+    env = {"EMBEDDED_DATA_DIR": str(tmp_path), "REDIS_URL": ""}
+    async with serve_process("--upstream", url, env=env) as (_, proc):
+        servers = _valkey_children(proc.pid)
+        assert len(servers) == 1
+        proc.kill()
+        await proc.wait()
+        await eventually(
+            lambda: not _running(servers[0]), 5.0, interval=0.1,
+            what="valkey-server outlived the killed proxy",
+        )  # fmt: skip
+
+
+def _valkey_children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if b"valkey" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan is reaped by init, a zombie is already dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+async def test_demo_speaks_through_the_proxy_end_to_end() -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "demo", "--port", str(port), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    body = speech_body("Bienvenido al hotel", voice="es")
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, base, proc)
+            async with session.post(base + "/v1/audio/speech", json=body) as r:
+                first = await r.read()
+                assert r.headers["Cache-Status"] == "tts-cache; fwd=miss; stored"
+            assert first[:4] == b"RIFF" and len(first) > 20_000  # real speech
+            await until_entries(session, base, 1)
+            async with session.post(base + "/v1/audio/speech", json=body) as r:
+                assert r.headers["X-Cache"] == "HIT"
+                assert await r.read() == first
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_serve_with_a_separate_admin_port_and_a_token_file(
+    upstream: Any, redis_url: str, tmp_path: Path
+) -> None:
+    _, url = upstream
+    port, admin_port = free_port(), free_port()
+    secret = tmp_path / "admin-token"
+    secret.write_text("from-a-mounted-secret\n")
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "serve", "--upstream", url, "--port", str(port), "--redis-url", redis_url,
+        env={**os.environ, "ADMIN_PORT": str(admin_port), "ADMIN_TOKEN_FILE": str(secret),
+             "AUDIO_CACHE_KEY_PREFIX": f"cli{admin_port}"},
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    base, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
+    auth = {"Authorization": "Bearer from-a-mounted-secret"}
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, base, proc)
+            async with session.post(base + "/v1/audio/speech", json=SPEECH) as r:
+                await r.read()
+            async with session.get(base + "/admin/audio-cache/stats", headers=auth) as r:
+                assert r.status == 404  # not on the proxy's port
+            async with session.get(admin + "/admin/audio-cache/stats") as r:
+                assert r.status == 401
+            await until_entries(session, admin, 1, headers=auth)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    assert proc.stderr is not None
+    assert b"admin API answers loopback clients only" not in await proc.stderr.read()
