@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -26,6 +27,7 @@ from .core.compression import CompressionAdvisor
 from .core.packing import Codec
 from .core.prefetch_items import ItemError, load_file
 from .observability.metrics import METRICS, MULTIPROCESS_DIR, multiprocess_exposition
+from .request.access import Access
 from .request.endpoints import tagged, wrapped
 from .request.processor import AudioProcessor
 from .request.upstream import UpstreamClient, UpstreamSettings
@@ -34,6 +36,7 @@ from .store.client import open_redis, open_subscriber
 from .store.hot_tier import HotTier
 from .store.invalidation import InvalidationListener
 from .store.pipelined import PipelinedReads
+from .store.secret import key_secret
 from .store.service import AudioCacheService, CachedAudio
 
 log = logging.getLogger(__name__)
@@ -117,6 +120,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[PROCESSOR] = AudioProcessor(
         settings, service, upstream, audio_path_prefix=settings.audio_path_prefix
     )
+    processor = app[PROCESSOR]
+    secret = await key_secret(
+        settings.audio_cache_key_secret, redis, f"{settings.audio_cache_key_prefix}:key-secret"
+    )
+    processor.attach(redis, secret)
+    keys_watch: asyncio.Task[None] | None = None
+    if processor.access.mode == "keys":
+        keys_watch = asyncio.create_task(_watch_keys(processor.access), name="client-keys")
     maintenance = Maintenance(
         service,
         flush_seconds=settings.audio_cache_stats_flush_seconds,
@@ -161,9 +172,25 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await maintenance.stop()
         if listener is not None:
             await cancel_and_wait(listener)
+        if keys_watch is not None:
+            await cancel_and_wait(keys_watch)
         await upstream.close()
         await service.close_reads()
         await redis.aclose()
+
+
+async def _watch_keys(access: Access, seconds: float = 1.0) -> None:
+    """Reload the client keys file when it changes (SIGHUP reloads it at once)."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, access.reload)  # main thread, POSIX only
+    try:
+        while True:
+            await asyncio.sleep(seconds)
+            access.reload_if_changed()
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGHUP)
 
 
 def _prefetch_at_startup(settings: Settings, prefetcher: Prefetcher) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from ..core.clients import SDK_KEY_HEADERS, ClientKeys, KeyFileError, parse_keys
 from ..core.packing import HAVE_ZSTD
 from ..core.routes import RouteRule, RuleError, build_rules
 from ..core.tenants import PolicyError, TenantPolicy, Tenants, parse_policies, parse_policy
@@ -38,7 +39,9 @@ SEED_CONTENT_TYPE_FACTORS: dict[str, float] = {
     "hotel_location": 0.7,
 }
 CONTENT_TYPE_NAME = re.compile(r"^[a-z0-9_][a-z0-9_.-]{0,63}$")
-_SECRETS = ("upstream_api_key", "admin_token")
+_SECRETS = ("upstream_api_key", "admin_token", "audio_cache_key_secret")
+AUTH_MODES = ("auto", "keys", "upstream", "none")
+_LOOPBACK_HOSTS = ("localhost", "::1")
 
 
 class ConfigError(ValueError):
@@ -173,9 +176,26 @@ class Settings:
     prefetch_max_requests: int = field(default=1000, metadata=_meta(lo=1, hi=100_000))
     prefetch_keep_warm_interval_seconds: float = field(default=60.0, metadata=_meta(lo=0.05))
     prefetch_keep_warm_margin_seconds: float = field(default=3600.0, metadata=_meta(lo=0))
+    # Who may use the proxy (README, "Security"): keys (a client keys file), upstream
+    # (clients bring the upstream's credential; hits only for credentials it accepted
+    # lately), none (behind a gateway that authenticates). auto: keys with a keys file,
+    # none with an injected upstream key (loopback only), else upstream.
+    client_auth: str = field(default="auto", metadata=_meta(choices=AUTH_MODES))
+    client_keys_file: str | None = None
+    # Headers a client key is read from; empty: Authorization and each SDK's own header.
+    client_key_headers: tuple[str, ...] = ()
+    credential_verify_seconds: float = field(default=300.0, metadata=_meta(lo=1, hi=86400))
+    allow_anonymous_clients: bool = False
+    # With an injected upstream key, what is forwarded besides the speech routes (globs).
+    passthrough_paths: tuple[str, ...] = ()
+    # A bare tenant header names the tenant only when the operator says it can be trusted.
+    tenant_header_trusted: bool = False
+    # Redis down: requests are let through (true) or refused with 503 (false) by limits.
+    limits_fail_open: bool = True
     # Secrets: environment only.
     upstream_api_key: str | None = field(default=None, repr=False)
     admin_token: str | None = field(default=None, repr=False)
+    audio_cache_key_secret: str | None = field(default=None, repr=False)
 
     @property
     def rules(self) -> tuple[RouteRule, ...]:
@@ -209,6 +229,29 @@ class Settings:
             policies=self.tenants,
             default=self.tenant_default_policy,
         )
+
+    @property
+    def auth_mode(self) -> str:
+        """The client authentication in force, ``auto`` resolved."""
+        if self.client_auth != "auto":
+            return self.client_auth
+        if self.client_keys_file:
+            return "keys"
+        return "none" if self.upstream_api_key else "upstream"
+
+    @property
+    def key_headers(self) -> tuple[str, ...]:
+        """Where client keys and upstream credentials are read from, lower-cased."""
+        return tuple(h.lower() for h in self.client_key_headers) or SDK_KEY_HEADERS
+
+    @property
+    def content_classes(self) -> frozenset[str]:
+        """The content types a client may name: those the configuration knows."""
+        return frozenset(
+            {"default", *self.audio_cache_content_type_ttls,
+             *self.audio_cache_cleanup_content_type_factors,
+             *(r.content_type for r in self.audio_cache_content_type_rules)}
+        )  # fmt: skip
 
     def classify(self, text: str) -> str | None:
         """The content type the YAML rules give this text, if any."""
@@ -303,6 +346,16 @@ def _coerce(name: str, value: Any) -> Any:
         if choices and text not in choices:
             raise ConfigError(f"{name}: must be one of {list(choices)}, got {text!r}")
         return text
+    if name in ("client_key_headers", "passthrough_paths"):
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{name}: expected a list of strings")
+        if name == "client_key_headers":
+            for header in value:
+                if not re.match(r"^[A-Za-z0-9-]{1,64}$", header):
+                    raise ConfigError(f"{name}: expected HTTP header names, got {header!r}")
+        elif any(not v.startswith("/") for v in value):
+            raise ConfigError(f"{name}: each entry must be a path starting with /")
+        return tuple(value)
     if name == "routes":
         if not isinstance(value, list) or not value:
             raise ConfigError("routes: expected a non-empty list of preset names or rules")
@@ -468,5 +521,53 @@ def _check_consistency(s: Settings) -> None:
             load_file(s.prefetch_file, s.rules, limit=s.prefetch_max_requests)
         except ItemError as exc:
             raise ConfigError(f"prefetch_file: {exc}") from None
+    _check_client_auth(s)
     if not re.match(r"^[A-Za-z0-9_.-]{1,32}$", s.audio_cache_key_prefix):
         raise ConfigError("audio_cache_key_prefix: 1-32 characters of A-Z a-z 0-9 _ . -")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach a listener on ``host``."""
+    return host in _LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def load_client_keys(path: str) -> ClientKeys:
+    """The client keys file at ``path``; ConfigError naming the bad entry and field."""
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"client_keys_file: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"client_keys_file {path}: not valid YAML: {_yaml_problem(exc)}"
+        ) from None
+    try:
+        return parse_keys(document, source=f"client_keys_file {path}")
+    except KeyFileError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _check_client_auth(s: Settings) -> None:
+    mode = s.auth_mode
+    if mode == "keys":
+        if not s.client_keys_file:
+            raise ConfigError(
+                "client_keys_file: client_auth keys needs a keys file (CLIENT_KEYS_FILE)"
+            )
+        load_client_keys(s.client_keys_file)
+    if mode == "upstream" and s.upstream_api_key:
+        raise ConfigError(
+            "client_auth: upstream forwards each client's own credential, and UPSTREAM_API_KEY "
+            "would replace it: use client_auth keys (with CLIENT_KEYS_FILE) or none"
+        )
+    if (
+        mode == "none"
+        and s.upstream_api_key
+        and not is_loopback(s.host)
+        and not s.allow_anonymous_clients
+    ):
+        raise ConfigError(
+            f"client_auth: none with UPSTREAM_API_KEY on host {s.host} lets anyone who reaches "
+            "the port synthesize on your account: use client_auth keys with CLIENT_KEYS_FILE, "
+            "or set allow_anonymous_clients: true if a gateway in front authenticates"
+        )

@@ -41,6 +41,10 @@ class CacheKey:
     def __str__(self) -> str:
         return self.hex
 
+    def for_credential(self, credential: str) -> CacheKey:
+        """A name of this key's own for one caller's credential (its private misses)."""
+        return CacheKey(hashlib.sha256(f"{self.hex}@{credential}".encode()).hexdigest())
+
 
 # The text transformations a route may key on, in the order they apply. Each changes the
 # key only; the upstream always receives the client's text as sent.

@@ -239,9 +239,12 @@ def _refs(items: Iterable[str]) -> frozenset[FieldRef]:
     return frozenset(FieldRef.parse(i) for i in items)
 
 
-# An upstream may pick the audio format by Accept; a key without it could replay an MP3 to
-# a client that asked for WAV.
-_NEGOTIATED = ("accept",)
+# None of these APIs picks the audio format by Accept (the body or query does), and SDKs
+# send different Accepts for the same request (the openai SDK application/octet-stream,
+# curl */*): keying it would split one sound into an entry per client. An upstream that
+# does negotiate by Accept says so with Vary, and such answers are stored only when the
+# rule keys the header (headers: [accept]).
+_NEGOTIATED: tuple[str, ...] = ()
 
 
 def _openai() -> list[RouteRule]:

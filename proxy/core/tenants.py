@@ -19,7 +19,15 @@ from typing import Any
 TENANT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _CONTENT_TYPE = re.compile(r"^[a-z0-9_][a-z0-9_.-]{0,63}$")
 NAMESPACES = ("isolated", "shared")
-_POLICY_FIELDS = ("enabled", "namespace", "quota_mb", "ttl_seconds", "ttls")
+_POLICY_FIELDS = (
+    "enabled",
+    "namespace",
+    "quota_mb",
+    "ttl_seconds",
+    "ttls",
+    "requests_per_minute",
+    "upstream_characters_per_day",
+)
 
 
 class PolicyError(ValueError):
@@ -35,6 +43,10 @@ class BadTenant(ValueError):
         self.message = message
 
 
+class TenantRefused(BadTenant):
+    """A request claims a tenant its caller cannot be trusted with."""
+
+
 @dataclass(frozen=True)
 class TenantPolicy:
     """What the cache does for one tenant."""
@@ -44,6 +56,8 @@ class TenantPolicy:
     quota_mb: float | None = None
     ttl_seconds: int | None = None
     ttls: Mapping[str, int] = field(default_factory=dict)
+    requests_per_minute: int | None = None
+    upstream_characters_per_day: int | None = None
 
     @property
     def quota_bytes(self) -> int | None:
@@ -56,6 +70,8 @@ class TenantPolicy:
             "quota_mb": self.quota_mb,
             "ttl_seconds": self.ttl_seconds,
             "ttls": dict(self.ttls),
+            "requests_per_minute": self.requests_per_minute,
+            "upstream_characters_per_day": self.upstream_characters_per_day,
         }
 
 
@@ -90,6 +106,12 @@ def parse_policy(raw: Any, where: str) -> TenantPolicy:
         raise PolicyError(
             f"{where}.namespace: must be one of {list(NAMESPACES)}, got {namespace!r}"
         )
+    limits = {
+        name: None
+        if raw.get(name) is None
+        else int(_number(f"{where}.{name}", raw[name], integer=True))
+        for name in ("requests_per_minute", "upstream_characters_per_day")
+    }
     quota = raw.get("quota_mb")
     ttl = raw.get("ttl_seconds")
     ttls_raw = raw.get("ttls") or {}
@@ -112,6 +134,7 @@ def parse_policy(raw: Any, where: str) -> TenantPolicy:
         if ttl is None
         else int(_number(f"{where}.ttl_seconds", ttl, integer=True)),
         ttls=ttls,
+        **limits,
     )
 
 
@@ -166,6 +189,10 @@ class Tenants:
         if not tenant:
             return NO_TENANT
         return self.policies.get(tenant, self.default)
+
+    def isolated(self, tenant: str) -> bool:
+        """Whether the tenant's entries are its own (not shared with other tenants)."""
+        return bool(tenant) and self.policy(tenant).namespace == "isolated"
 
     def namespace(self, tenant: str) -> str:
         """The key namespace of the tenant's entries: its own when isolated, else common."""

@@ -46,6 +46,9 @@ class Metrics:
     hot_tier_bytes: Gauge
     hot_tier_entries: Gauge
     hot_tier_live: Gauge
+    client_requests: Counter
+    client_refusals: Counter
+    client_upstream_characters: Counter
 
 
 def _build() -> Metrics:
@@ -159,6 +162,21 @@ def _build() -> Metrics:
             "tts_proxy_hot_tier_entries",
             "Entries held by the hot tiers (summed over --workers processes)",
             multiprocess_mode="livesum",
+        ),
+        client_requests=Counter(
+            "tts_proxy_client_requests_total",
+            "Requests admitted, by client (the key's name; anonymous without keys)",
+            ["client"],
+        ),
+        client_refusals=Counter(
+            "tts_proxy_client_refusals_total",
+            "Requests refused before any upstream call, by reason",
+            ["reason"],
+        ),
+        client_upstream_characters=Counter(
+            "tts_proxy_client_upstream_characters_total",
+            "Characters sent upstream on behalf of each client",
+            ["client"],
         ),
         hot_tier_live=Gauge(
             "tts_proxy_hot_tier_live",

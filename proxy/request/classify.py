@@ -9,17 +9,20 @@ JSON parsing, text normalization, header checks and hashing (most of a hot hit's
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from ..config.settings import CONTENT_TYPE_NAME, Settings
+from ..config.settings import Settings
 from ..core.keys import CacheKey, cache_key
 from ..core.policy import Directive, request_directive
 from ..core.routes import InvalidSpeechRequest, RouteRule, SpeechRequest, find_rule
-from ..core.tenants import BadTenant
+from ..core.tenants import BadTenant, TenantRefused
 from ..observability.access_log import ROUTE, TEXT
+from .access import Caller
 from .errors import json_error
 from .savings import RouteMetrics, Savings
 from .upstream import UnsafePath, check_path
@@ -47,6 +50,7 @@ class Bypass:
 
     body: bytes | None
     detail: str | None = None
+    speech_route: bool = True  # False: no rule claims the path
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +78,10 @@ class Classifier:
         self.identity = identity
         self.savings = savings
         self._class_header = settings.audio_cache_content_type_header.lower()
+        self._classes = settings.content_classes
+        # Mixed into isolated tenants' key namespaces, so their keys cannot be computed
+        # offline from a guessed sentence (set once the store is open).
+        self.key_secret = b""
         # Paths seen before, by method and raw path: their rule (None: not cacheable),
         # and they passed check_path.
         self._routed: dict[tuple[str, str], Any] = {}
@@ -101,12 +109,16 @@ class Classifier:
         }
 
     def key_for(self, speech: SpeechRequest, namespace: str = "") -> CacheKey:
+        if namespace and self.key_secret:
+            mac = hmac.new(self.key_secret, namespace.encode(), hashlib.sha256).hexdigest()
+            namespace = f"{namespace}:{mac[:32]}"
         return cache_key(
             upstream=self.identity,
             route=speech.route,
             text=speech.text,
             params=speech.params,
             namespace=namespace,
+            normalize=speech.normalize,
         )
 
     def route(self, request: web.Request) -> Any:
@@ -124,11 +136,13 @@ class Classifier:
             self._routed[(request.method, raw_path)] = routed
         return routed
 
-    async def classify(self, request: web.Request) -> Classified:
+    async def classify(self, request: web.Request, caller: Caller) -> Classified:
         routed = self.route(request)
         if isinstance(routed, web.Response):
             return routed
-        if routed is None or not self.settings.audio_cache_enabled:
+        if routed is None:
+            return Bypass(None, speech_route=False)
+        if not self.settings.audio_cache_enabled:
             return Bypass(None)
         rule, path_params = routed
         body = await self._body(request)
@@ -143,6 +157,7 @@ class Classifier:
             request.path,
             query,
             body,
+            caller.scope,
             *[tuple(headers.getall(h, ())) for h in self._read_headers[rule.name]],
         )
         described = self._known.get(fingerprint)
@@ -171,19 +186,24 @@ class Classifier:
             )
         if directive is Directive.BYPASS:
             return Bypass(body, "no-store")
+        if directive is Directive.REFRESH and not caller.may_refresh:
+            directive = Directive.USE  # only callers allowed to may make the cache pay again
         if described is not None:
             return Speech(rule, described, body, query, directive, seen_before=True)
         # Checked once per distinct request: these headers are part of the fingerprint.
-        content_class = headers.get(self._class_header)
-        if content_class is not None and not CONTENT_TYPE_NAME.match(content_class):
+        content_class = headers.get(self._class_header) if caller.may_classify else None
+        if content_class is not None and content_class not in self._classes:
             name = self.settings.audio_cache_content_type_header
             return json_error(
-                400, f"{name} must match {CONTENT_TYPE_NAME.pattern}", field=f"header:{name}"
+                400,
+                f"{name} must be one of the configured content types: {sorted(self._classes)}",
+                field=f"header:{name}",
             )
         try:
-            tenant = self.tenants.identify(lowered)
+            tenant = self.tenant_of(lowered, caller)
         except BadTenant as exc:
-            return json_error(400, exc.message, field=exc.field)
+            status = 403 if isinstance(exc, TenantRefused) else 400
+            return json_error(status, exc.message, field=exc.field)
         if not self.tenants.policy(tenant).enabled:
             return Bypass(body, "tenant-disabled")
         key = self.key_for(speech, self.tenants.namespace(tenant))
@@ -195,6 +215,29 @@ class Classifier:
                 del self._known[next(iter(self._known))]
             self._known[fingerprint] = described
         return Speech(rule, described, body, query, directive, seen_before=False)
+
+    def tenant_of(self, headers: dict[str, str], caller: Caller) -> str:
+        """The request's tenant, from an authenticated source: the caller's key, a tenant
+        header the operator trusts, or the hash of the client's API key header."""
+        header = self.tenants.header
+        claimed = headers.get(header.lower()) if header else None
+        if caller.tenant is not None:
+            if claimed is not None and claimed.strip() != caller.tenant:
+                raise TenantRefused(
+                    f"header:{header}", "the tenant header does not match your key's tenant"
+                )
+            return caller.tenant
+        if claimed is not None:
+            if not self.settings.tenant_header_trusted:
+                raise TenantRefused(
+                    f"header:{header}",
+                    f"{header} is not trusted here: the tenant comes from your client key "
+                    "(the operator sets tenant_header_trusted only behind a gateway)",
+                )
+            return self.tenants.check_id(claimed.strip(), field=f"header:{header}")
+        return self.tenants.identify(
+            {k: v for k, v in headers.items() if k != (header or "").lower()}
+        )
 
     async def _body(self, request: web.Request) -> bytes | web.Response:
         content = request.content

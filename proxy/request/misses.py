@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from zlib import crc32
 
@@ -20,10 +21,12 @@ from redis.exceptions import RedisError
 from ..config.settings import Settings
 from ..core.keys import CacheKey
 from ..core.outcomes import CacheStatus, Forward, Result
-from ..core.policy import Directive, refusal_after_body, refusal_before_body
+from ..core.policy import Directive, refusal_after_body, refusal_before_body, replayable
+from ..core.routes import RouteRule
 from ..observability.access_log import tag
 from ..observability.metrics import METRICS
-from ..store.service import AudioCacheService, CachedAudio, EntryLabels, replayable_headers
+from ..store.service import AudioCacheService, CachedAudio, EntryLabels
+from .access import Access
 from .coalescing import ClusterFlights, FlightSettings
 from .errors import json_error
 from .fill import Fill, FillRegistry
@@ -58,7 +61,9 @@ class Misses:
         service: AudioCacheService,
         upstream: UpstreamClient,
         hits: Hits,
+        access: Access,
     ) -> None:
+        self.access = access
         self.settings = settings
         self.service = service
         self.upstream = upstream
@@ -79,37 +84,50 @@ class Misses:
 
     def start(
         self,
+        rule: RouteRule,
         key: CacheKey,
         outgoing: Outgoing,
         labels: EntryLabels,
         ttl: int,
         directive: Directive,
         started: float,
+        *,
+        credential: str | None = None,
+        private: bool = False,
     ) -> tuple[Fill, bool]:
         """Join the fill in flight for ``key`` (False), or start one (True): identical
-        misses, in this process or on any replica, make one upstream call."""
+        misses, in this process or on any replica, make one upstream call. A ``private``
+        fill (an upstream credential not yet accepted) is shared only by requests with the
+        same credential, here and on other replicas, and never settles for a stored
+        answer: no one gets audio through another caller's call unless the upstream
+        accepted their own credential."""
 
         async def lead(fill: Fill) -> None:
-            await self._run(fill, outgoing, key, labels, ttl, started)
+            await self._run(fill, rule, outgoing, key, labels, ttl, started, credential)
+
+        flight = key.for_credential(credential or "") if private else key
 
         async def runner(fill: Fill) -> None:
             if self.flights is None:
                 await lead(fill)
                 return
             # A refresh must reach the upstream, so it never settles for a stored answer.
-            recheck = self.service.fetch_fresh if directive is Directive.USE else None
-            await self.flights.run(fill, key, lead, recheck=recheck)
+            use = directive is Directive.USE and not private
+            recheck = self.service.fetch_fresh if use else None
+            await self.flights.run(fill, flight, lead, recheck=recheck)
 
-        return self.fills.join_or_start(key.hex, runner)
+        return self.fills.join_or_start(flight.hex, runner)
 
     async def _run(
         self,
         fill: Fill,
+        rule: RouteRule,
         outgoing: Outgoing,
         key: CacheKey,
         labels: EntryLabels,
         ttl: int,
         started: float,
+        credential: str | None,
     ) -> None:
         t0 = time.perf_counter()
         try:
@@ -121,9 +139,13 @@ class Misses:
             await fill.finish(complete=False, error=exc)
             fill.settle(stored=False, refusal="upstream_error")
             return
-        lowered = {k.lower(): v for k, v in upstream.headers.items()}
+        await self.access.upstream_answered(credential, upstream.status)
+        lowered = _lowered(upstream.headers.items())
         refusal = refusal_before_body(
-            status=upstream.status, headers=lowered, max_entry_bytes=self.settings.max_entry_bytes
+            status=upstream.status,
+            headers=lowered,
+            max_entry_bytes=self.settings.max_entry_bytes,
+            keyed_headers=rule.headers,
         )
         await fill.set_head(
             upstream.status,
@@ -155,6 +177,7 @@ class Misses:
                 body=audio,
                 complete=complete,
                 max_entry_bytes=self.settings.max_entry_bytes,
+                pcm_types=rule.pcm_types,
             )
         if refusal is not None:
             METRICS.not_stored.labels(refusal).inc()
@@ -168,7 +191,7 @@ class Misses:
                 media_type=lowered.get("content-type", "application/octet-stream"),
                 ttl_seconds=ttl,
                 labels=labels,
-                headers=replayable_headers(upstream.headers.items()),
+                headers=replayable(upstream.headers.items(), rule.replay_headers),
             )
         except RedisError as exc:
             log.warning("could not store %s: %s", key.hex[:12], exc)
@@ -181,6 +204,7 @@ class Misses:
     async def serve(
         self,
         request: web.Request,
+        rule: RouteRule,
         fill: Fill,
         key: CacheKey,
         *,
@@ -210,19 +234,25 @@ class Misses:
             if wants_whole and fill.status == 200:
                 await fill.wait_done()
                 if fill.stored:
-                    cached = await self._stored_answer(fill, key)
+                    cached = await self._stored_answer(fill, key, rule)
                     status = status.but(stored=True)
                     return await self.hits.serve(request, cached, status=status), status.result
-            return await self._stream(request, fill, key, status), status.result
+            return await self._stream(request, rule, fill, key, status), status.result
 
     async def _stream(
-        self, request: web.Request, fill: Fill, key: CacheKey, status: CacheStatus
+        self,
+        request: web.Request,
+        rule: RouteRule,
+        fill: Fill,
+        key: CacheKey,
+        status: CacheStatus,
     ) -> web.StreamResponse:
         assert fill.status is not None
         refusal = refusal_before_body(
             status=fill.status,
-            headers={k.lower(): v for k, v in fill.headers},
+            headers=_lowered(fill.headers),
             max_entry_bytes=self.settings.max_entry_bytes,
+            keyed_headers=rule.headers,
         )
         response = web.StreamResponse(status=fill.status)
         for name, value in strip_hop_by_hop(fill.headers).items():
@@ -256,15 +286,15 @@ class Misses:
             log.debug("client left during the miss of %s; the fill goes on", key.hex[:12])
         return response
 
-    async def _stored_answer(self, fill: Fill, key: CacheKey) -> CachedAudio:
+    async def _stored_answer(self, fill: Fill, key: CacheKey, rule: RouteRule) -> CachedAudio:
         """The entry just stored, read back so its validators match later hits."""
         try:
             cached = await self.service.fetch(key)
         except RedisError:
             cached = None
-        return cached if cached is not None else self._as_cached(fill, key)
+        return cached if cached is not None else self._as_cached(fill, key, rule)
 
-    def _as_cached(self, fill: Fill, key: CacheKey) -> CachedAudio:
+    def _as_cached(self, fill: Fill, key: CacheKey, rule: RouteRule) -> CachedAudio:
         audio = fill.body()
         now = int(time.time() * 1000)
         ttl_ms = max(self.settings.audio_cache_ttl_seconds * 1000, 0)
@@ -273,9 +303,18 @@ class Misses:
             key=key,
             audio=audio,
             media_type=headers.get("content-type", "application/octet-stream"),
-            headers=tuple(replayable_headers(fill.headers)),
+            headers=tuple(replayable(fill.headers, rule.replay_headers)),
             created_ms=now,
             expires_ms=now + ttl_ms,
             content_class="",
             checksum=crc32(audio),
         )
+
+
+def _lowered(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Headers by lower-cased name; a repeated Vary's values all kept (RFC 9110 §5.3)."""
+    out: dict[str, str] = {}
+    for name, value in headers:
+        name = name.lower()
+        out[name] = f"{out[name]}, {value}" if name == "vary" and name in out else value
+    return out

@@ -11,6 +11,7 @@ from aiohttp import web
 from ..core.outcomes import CacheStatus, Forward
 from ..observability.access_log import tag
 from ..observability.metrics import METRICS
+from .access import Access, Caller
 from .errors import json_error
 from .upstream import HOP_BY_HOP, UpstreamClient, UpstreamError
 
@@ -20,14 +21,22 @@ log = logging.getLogger(__name__)
 class PassThrough:
     """Forwards to the upstream and streams its answer back, storing nothing."""
 
-    def __init__(self, upstream: UpstreamClient) -> None:
+    def __init__(self, upstream: UpstreamClient, access: Access) -> None:
         self.upstream = upstream
+        self.access = access
 
     async def __call__(
-        self, request: web.Request, body: bytes | None, *, detail: str | None = None
+        self,
+        request: web.Request,
+        body: bytes | None,
+        caller: Caller,
+        *,
+        detail: str | None = None,
     ) -> web.StreamResponse:
         started = time.perf_counter()
-        headers = self.upstream.outgoing_headers(request.headers, identity=False)
+        headers = self.upstream.outgoing_headers(
+            self.access.forwarded(request.headers), identity=False
+        )
         payload: Any = (
             body if body is not None else (request.content if request.can_read_body else None)
         )
@@ -39,6 +48,7 @@ class PassThrough:
         except UpstreamError as exc:
             METRICS.upstream_errors.labels(exc.kind).inc()
             return json_error(exc.status, exc.message, upstream_error=exc.kind)
+        await self.access.upstream_answered(caller.credential, upstream.status)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for name, value in upstream.headers.items():
             if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from redis.exceptions import RedisError
@@ -26,9 +27,11 @@ from ..core.keys import CacheKey, upstream_identity
 from ..core.outcomes import HIT, CacheStatus, Forward, Result
 from ..core.policy import Directive
 from ..core.routes import RouteRule, SpeechRequest
+from ..core.tenants import BadTenant
 from ..observability.metrics import METRICS
 from ..observability.tally import TALLY
 from ..store.service import AudioCacheService, CachedAudio, EntryLabels
+from .access import Access, Caller, openai_error
 from .classify import Bypass, Classifier, Speech
 from .errors import json_error
 from .fill import Fill
@@ -73,41 +76,72 @@ class AudioProcessor:
             settings.upstream_url or ""
         )
         self.savings = Savings(settings.cost_per_million_characters)
+        self.access = Access(settings)
         self.classifier = Classifier(settings, self.identity, self.savings)
         self.hits = Hits(audio_path_prefix)
-        self.misses = Misses(settings, service, upstream, self.hits)
-        self.pass_through = PassThrough(upstream)
+        self.misses = Misses(settings, service, upstream, self.hits, self.access)
+        self.pass_through = PassThrough(upstream, self.access)
         self.fills = self.misses.fills
         self.flights = self.misses.flights
 
+    def attach(self, redis: Any, key_secret: bytes) -> None:
+        """Connect what the request path shares through the store, once it is open."""
+        self.access.attach(redis, key_secret)
+        self.classifier.key_secret = key_secret
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        step = await self.classifier.classify(request)
+        caller = self.access.identify(request)
+        if isinstance(caller, web.Response):
+            return caller  # no credential the proxy accepts: nothing goes upstream
+        step = await self.classifier.classify(request, caller)
         if isinstance(step, Bypass):
-            return await self.pass_through(request, step.body, detail=step.detail)
+            if not step.speech_route and not self.access.may_forward(request.path):
+                METRICS.client_refusals.labels("path_not_forwarded").inc()
+                message = f"no route {request.method} {request.path} on this proxy"
+                return openai_error(404, message, code="not_found")
+            refused = await self.access.admit(caller, caller.tenant or "")
+            if refused is not None:
+                return refused
+            return await self.pass_through(request, step.body, caller, detail=step.detail)
         if not isinstance(step, Speech):
             return step  # refused
         described = step.described
+        refused = await self.access.admit(caller, described.tenant)
+        if refused is not None:
+            return refused
+        verified = await self.access.verified(caller)
         hot_tried = False
-        if step.seen_before and step.directive is Directive.USE and is_plain(request):
+        if verified and step.seen_before and step.directive is Directive.USE and is_plain(request):
             # The hot path: a plain request for an entry of the in-process hot tier.
             cached = self.service.hot_hit(described.key)
             if cached is not None:
                 characters = len(described.speech.text)
                 return self.hits.plain(request, cached, described.metrics, characters, started)
             hot_tried = True
-        response, result = await self._serve(request, step, started, hot_tried=hot_tried)
-        if result is not Result.HIT:  # hits are tallied with their route's metrics
+        response, result = await self._serve(
+            request, step, caller, started, hot_tried=hot_tried, verified=verified
+        )
+        if result is not None and result is not Result.HIT:  # hits are tallied apart
             METRICS.requests.labels(step.rule.name, result).observe(time.perf_counter() - started)
         return response
 
     async def _serve(
-        self, request: web.Request, step: Speech, started: float, *, hot_tried: bool
-    ) -> tuple[web.StreamResponse, Result]:
+        self,
+        request: web.Request,
+        step: Speech,
+        caller: Caller,
+        started: float,
+        *,
+        hot_tried: bool,
+        verified: bool,
+    ) -> tuple[web.StreamResponse, Result | None]:
         described = step.described
         characters = len(described.speech.text)
         stale = None
-        if step.directive is Directive.USE:
+        # An upstream credential not yet accepted gets no stored audio: its request goes
+        # upstream with it (RFC 9111 §3.5), and a success lets it hit from then on.
+        if step.directive is Directive.USE and verified:
             try:
                 cached, stale = await self.service.get_or_stale(described.key, hot_tried=hot_tried)
             except RedisError as exc:
@@ -125,6 +159,11 @@ class AudioProcessor:
                 response = await self.hits.serve(request, cached)
                 TALLY.observe(described.metrics.hit_duration, time.perf_counter() - started)
                 return response, Result.HIT
+        if not verified:
+            self.service.count_miss(described.key)
+        refused = await self.access.charge(caller, described.tenant, characters)
+        if refused is not None:
+            return refused, None
         labels = self.labels_for(
             described.speech, step.rule, described.content_class, described.tenant
         )
@@ -133,15 +172,28 @@ class AudioProcessor:
             method="GET" if request.method == "HEAD" else request.method,
             path=request.rel_url.raw_path,
             query=step.query,
-            headers=self.upstream.outgoing_headers(request.headers, identity=True),
+            headers=self.upstream.outgoing_headers(
+                self.access.forwarded(request.headers), identity=True
+            ),
             body=step.body,
         )
-        fill, leader = self.start_fill(described.key, outgoing, labels, step.directive, started)
+        fill, leader = self.misses.start(
+            step.rule,
+            described.key,
+            outgoing,
+            labels,
+            self.ttl_for(labels),
+            step.directive,
+            started,
+            credential=caller.credential,
+            private=not verified,
+        )
         if not leader:
             METRICS.coalesced.labels("process").inc()
+            await self.access.refund(caller, described.tenant, characters)
         fwd = Forward.REQUEST if step.directive is Directive.REFRESH else Forward.MISS
         response, result = await self.misses.serve(
-            request, fill, described.key, fwd=fwd, leader=leader, stale=stale
+            request, step.rule, fill, described.key, fwd=fwd, leader=leader, stale=stale
         )
         if result is Result.COALESCED and fill.status == 200:
             described.metrics.saved(characters)
@@ -180,7 +232,10 @@ class AudioProcessor:
         started: float,
     ) -> tuple[Fill, bool]:
         """Join the fill in flight for ``key`` (False), or start one (True)."""
-        return self.misses.start(key, outgoing, labels, self.ttl_for(labels), directive, started)
+        rule = next(r for r in self.rules if r.name == labels.route)
+        return self.misses.start(
+            rule, key, outgoing, labels, self.ttl_for(labels), directive, started
+        )
 
     async def serve_cached(
         self, request: web.Request, cached: CachedAudio, *, status: CacheStatus = HIT
@@ -218,15 +273,36 @@ class AudioProcessor:
         return Warmed(key, fill.refusal or "not_stored", called)
 
     async def serve_by_key(self, request: web.Request) -> web.StreamResponse:
-        """``GET /audio/{key}``: a cached entry by its key, for players and browsers."""
+        """``GET /audio/{key}``: a cached entry by its key, for players and browsers. The
+        same callers as on the speech routes; another tenant's isolated entry is a 404."""
         key = CacheKey.parse(request.match_info["key"])
         if key is None:
             return json_error(400, "the key must be 64 lowercase hex characters", field="key")
+        caller = self.access.identify(request)
+        if isinstance(caller, web.Response):
+            return caller
+        if not await self.access.verified(caller):
+            seconds = int(self.settings.credential_verify_seconds)
+            message = (
+                "Cached audio is served to credentials the upstream accepted in the last "
+                f"{seconds} s: make a speech request with this credential first."
+            )
+            return openai_error(401, message, code="credential_not_verified")
         try:
+            tenant = self.classifier.tenant_of(
+                {k.lower(): v for k, v in request.headers.items()}, caller
+            )
+        except BadTenant as exc:
+            return json_error(403, exc.message, field=exc.field)
+        missing = json_error(404, "no cached audio for this key", field="key")
+        try:
+            info = await self.service.info(key)
+            if info is not None and info.tenant != tenant and self.tenants.isolated(info.tenant):
+                return missing  # said the same way as absent: keys are not an oracle
             cached = await self.service.get(key)
         except RedisError:
             METRICS.redis_errors.labels("get").inc()
             return json_error(503, "the cache store is unavailable")
         if cached is None:
-            return json_error(404, "no cached audio for this key", field="key")
+            return missing
         return await self.hits.serve(request, cached)

@@ -166,12 +166,16 @@ class AudioCacheService:
         if found is not None and self.stale_grace_ms and found.expires_ms <= _now_ms():
             stale, found = found, None
         if found is None:
-            self._pending_misses[shard_of(key)] += 1
-            self.session_misses += 1
-            self._miss.inc()
+            self.count_miss(key)
         else:
             self._count_hit(key)
         return found, stale
+
+    def count_miss(self, key: CacheKey) -> None:
+        """A request for ``key`` that the cache did not answer (batched)."""
+        self._pending_misses[shard_of(key)] += 1
+        self.session_misses += 1
+        self._miss.inc()
 
     def _usable_hot(self) -> HotTier[CachedAudio] | None:
         """The hot tier, when it may be used: only while invalidations reach it and the

@@ -317,7 +317,8 @@ def _pod_environment(objects: list[Object], container: Object, tmp_path: Path) -
     for name in [n for n in env if n.endswith("_FILE")]:
         local = tmp_path / Path(env[name]).name
         secret_name, key = _secret_file(objects, container, env[name])
-        local.write_text(secrets.get(secret_name, {}).get(key, "stand-in"))
+        stand_in = "keys: []\n" if key.endswith(".yaml") else "stand-in"
+        local.write_text(secrets.get(secret_name, {}).get(key, stand_in))
         env[name] = str(local)
     return env
 
@@ -356,6 +357,7 @@ def test_container_runs_the_proxy_with_valid_settings(
     assert [p["containerPort"] for p in container["ports"]] == [settings.port]
     assert settings.redis_url, "a pod never starts the embedded store"
     assert settings.upstream_url and settings.admin_token
+    assert settings.auth_mode == "keys", "a pod injects the upstream key: clients need keys"
     assert not settings.readiness_requires_redis
     # Kubernetes waits longer than the proxy's own shutdown takes.
     budget = settings.shutdown_delay_seconds + settings.shutdown_drain_seconds

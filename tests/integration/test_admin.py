@@ -180,7 +180,7 @@ async def test_separate_admin_port(upstream: Any, redis_url: str, aiohttp_client
 async def test_stats_from_counters(upstream: Any, make_proxy: Any) -> None:
     _, url = upstream
     client = await make_proxy(
-        url, env=EXPLICIT_FLUSH, tenant_header="X-Tenant", audio_cache_max_size_mb=1,
+        url, env=EXPLICIT_FLUSH, tenant_header="X-Tenant", tenant_header_trusted=True, audio_cache_max_size_mb=1,
         tenants={"globex": {"quota_mb": 2, "namespace": "shared"}},
     )  # fmt: skip
     await speak(client, "Bienvenido", headers={"X-Audio-Cache-Content-Type": "welcome_message"})
@@ -248,7 +248,9 @@ async def test_clear_touches_only_this_caches_prefix(upstream: Any, make_proxy: 
 
 async def test_clear_one_tenant(upstream: Any, make_proxy: Any) -> None:
     _, url = upstream
-    client = await make_proxy(url, env=WITH_TOKEN, tenant_header="X-Tenant")
+    client = await make_proxy(
+        url, env=WITH_TOKEN, tenant_header="X-Tenant", tenant_header_trusted=True
+    )
     a = [await speak(client, f"acme {i}", headers={"X-Tenant": "acme"}) for i in range(3)]
     b = await speak(client, "globex", headers={"X-Tenant": "globex"})
     status, body = await call(client, "DELETE", "/admin/audio-cache?tenant=acme", headers=AUTH)
@@ -277,7 +279,9 @@ async def test_purge_by_selector_removes_only_matches(
     upstream: Any, make_proxy: Any, selector: dict[str, str]
 ) -> None:
     _, url = upstream
-    client = await make_proxy(url, env=WITH_TOKEN, tenant_header="X-Tenant")
+    client = await make_proxy(
+        url, env=WITH_TOKEN, tenant_header="X-Tenant", tenant_header_trusted=True
+    )
     keys: dict[str, dict[str, str]] = {}
     for text, voice, model, tenant, ctype in ENTRIES:
         headers = {"X-Tenant": tenant, "X-Audio-Cache-Content-Type": ctype}
@@ -344,7 +348,9 @@ async def test_lookup_leaves_ttl_hits_and_recency_alone(upstream: Any, make_prox
 
 async def test_entry_by_request_description(upstream: Any, make_proxy: Any) -> None:
     _, url = upstream
-    client = await make_proxy(url, env=WITH_TOKEN, tenant_header="X-Tenant")
+    client = await make_proxy(
+        url, env=WITH_TOKEN, tenant_header="X-Tenant", tenant_header_trusted=True
+    )
     key = await speak(client, "Hasta luego")
     tenant_key = await speak(client, "Hasta luego", headers={"X-Tenant": "acme"})
     assert key != tenant_key
@@ -486,7 +492,7 @@ async def test_redis_down_is_503_not_500(upstream: Any, aiohttp_client: Any) -> 
 async def test_cleanup_route_enforces_a_tenant_quota(upstream: Any, make_proxy: Any) -> None:
     _, url = upstream
     client = await make_proxy(
-        url, env=WITH_TOKEN, tenant_header="X-Tenant",
+        url, env=WITH_TOKEN, tenant_header="X-Tenant", tenant_header_trusted=True,
         tenants={"acme": {"quota_mb": 10 / 1024}},  # 10 KB; answers are ~4 KB
         audio_cache_sweep_interval_seconds=30,  # the background check stays out of the way
     )  # fmt: skip

@@ -39,7 +39,9 @@ async def streaming() -> AsyncIterator[tuple[StreamingUpstream, str]]:
 
 
 async def pair(make_proxy: Any, url: str, **settings: Any) -> tuple[Any, Any]:
-    """Two replicas sharing one Valkey and one key prefix."""
+    """Two replicas sharing one Valkey and one key prefix. Anonymous clients: these tests
+    are about flights; how upstream credentials share them is in test_client_auth."""
+    settings.setdefault("client_auth", "none")
     prefix = f"c{uuid.uuid4().hex[:10]}"
     return (
         await make_proxy(url, prefix=prefix, **settings),

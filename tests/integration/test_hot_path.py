@@ -104,7 +104,7 @@ async def test_the_memo_tells_apart_what_the_headers_decide(
     body = speech_body("Dinner is at eight.")
     header = "X-Audio-Cache-Content-Type"
     for _ in range(2):
-        good = await client.post("/v1/audio/speech", json=body, headers={header: "menu"})
+        good = await client.post("/v1/audio/speech", json=body, headers={header: "room_options"})
         assert good.status == 200
         await good.read()
         bad = await client.post("/v1/audio/speech", json=body, headers={header: "no spaces!"})
@@ -112,6 +112,6 @@ async def test_the_memo_tells_apart_what_the_headers_decide(
         assert (await bad.json())["error"]["field"] == f"header:{header}"
     assert good.headers["X-Cache"] == "HIT"
     bypass = await client.post(
-        "/v1/audio/speech", json=body, headers={header: "menu", "Cache-Control": "no-store"}
+        "/v1/audio/speech", json=body, headers={header: "room_options", "Cache-Control": "no-store"}
     )
     assert bypass.headers["X-Cache"] == "BYPASS"

@@ -88,7 +88,11 @@ async def test_prefetch_20_phrases_calls_upstream_once_per_missing_one(
 async def test_prefetch_coalesces_with_itself_and_with_clients(make_proxy: Any) -> None:
     upstream = StreamingUpstream(mode="hang")  # first chunk, then waits for `release`
     async with serve(upstream) as url:
-        client = await make_proxy(url, env={"ADMIN_TOKEN": TOKEN}, prefetch_concurrency=8)
+        # Anonymous clients share the prefetched entry at once (with client_auth upstream, a
+        # credential is served it once the upstream accepted that credential).
+        client = await make_proxy(
+            url, env={"ADMIN_TOKEN": TOKEN}, prefetch_concurrency=8, client_auth="none"
+        )
         requests = [item("Repetida")] * 4
         response = await client.post(
             "/admin/audio-cache/prefetch", json={"requests": requests}, headers=AUTH
@@ -154,7 +158,7 @@ async def test_start_up_list_is_prefetched(upstream: Any, make_proxy: Any, tmp_p
         "- route: coqui\n  query: {text: Buenas noches, speaker_id: p1}\n"
         "- route: elevenlabs\n  path_params: {voice_id: v1}\n  body: {text: Hola, model_id: m}\n"
     )
-    client = await make_proxy(url, prefetch_file=str(path))
+    client = await make_proxy(url, prefetch_file=str(path), client_auth="none")
     service = service_of(client)
 
     async def three_entries() -> bool:
@@ -169,7 +173,7 @@ async def test_start_up_list_is_prefetched(upstream: Any, make_proxy: Any, tmp_p
 async def test_prefetch_writes_nothing_when_caching_is_off(upstream: Any, make_proxy: Any) -> None:
     fake, url = upstream
     client = await make_proxy(
-        url, env={"ADMIN_TOKEN": TOKEN}, audio_cache_enabled=False, tenant_header="X-Tenant",
+        url, env={"ADMIN_TOKEN": TOKEN}, audio_cache_enabled=False, tenant_header="X-Tenant", tenant_header_trusted=True,
         tenants={"acme": {"enabled": False}},
     )  # fmt: skip
     response = await client.post(

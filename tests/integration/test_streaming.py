@@ -383,7 +383,7 @@ async def test_audio_by_key_validates_and_404s(
     quick: Any, make_proxy: Any, path: str, status: int
 ) -> None:
     _, url = quick
-    client = await make_proxy(url)
+    client = await make_proxy(url, client_auth="none")  # who may read by key: test_client_auth
     response = await client.get(path)
     assert response.status == status
     error = (await response.json())["error"]

@@ -26,7 +26,7 @@ async def speak(client: Any, tenant: str | None, text: str = SPEECH["input"]) ->
 
 async def test_isolated_tenants_get_their_own_entries(upstream: Any, make_proxy: Any) -> None:
     fake, url = upstream
-    client = await make_proxy(url, tenant_header="X-Tenant")
+    client = await make_proxy(url, tenant_header="X-Tenant", tenant_header_trusted=True)
     a, b = await speak(client, "acme"), await speak(client, "globex")
     assert a.headers["X-Audio-Cache-Key"] != b.headers["X-Audio-Cache-Key"]
     assert (a.headers["X-Cache"], b.headers["X-Cache"]) == ("MISS", "MISS")
@@ -41,7 +41,10 @@ async def test_shared_tenants_share_one_entry(upstream: Any, make_proxy: Any) ->
     fake, url = upstream
     shared = {"namespace": "shared"}
     client = await make_proxy(
-        url, tenant_header="X-Tenant", tenants={"acme": shared, "globex": shared}
+        url,
+        tenant_header="X-Tenant",
+        tenant_header_trusted=True,
+        tenants={"acme": shared, "globex": shared},
     )
     a, b = await speak(client, "acme"), await speak(client, "globex")
     assert a.headers["X-Audio-Cache-Key"] == b.headers["X-Audio-Cache-Key"]
@@ -67,7 +70,12 @@ async def test_api_key_hash_names_the_tenant(upstream: Any, make_proxy: Any) -> 
 
 async def test_disabled_tenant_is_passed_through(upstream: Any, make_proxy: Any) -> None:
     fake, url = upstream
-    client = await make_proxy(url, tenant_header="X-Tenant", tenants={"acme": {"enabled": False}})
+    client = await make_proxy(
+        url,
+        tenant_header="X-Tenant",
+        tenant_header_trusted=True,
+        tenants={"acme": {"enabled": False}},
+    )
     for _ in range(2):
         response = await speak(client, "acme")
         assert response.status == 200 and response.headers["X-Cache"] == "BYPASS"
@@ -77,7 +85,7 @@ async def test_disabled_tenant_is_passed_through(upstream: Any, make_proxy: Any)
 
 async def test_bad_tenant_header_is_a_400(upstream: Any, make_proxy: Any) -> None:
     fake, url = upstream
-    client = await make_proxy(url, tenant_header="X-Tenant")
+    client = await make_proxy(url, tenant_header="X-Tenant", tenant_header_trusted=True)
     response = await client.post("/v1/audio/speech", json=SPEECH, headers={"X-Tenant": "a/b:c"})
     assert response.status == 400
     assert (await response.json())["error"]["field"] == "header:X-Tenant"
@@ -87,7 +95,7 @@ async def test_bad_tenant_header_is_a_400(upstream: Any, make_proxy: Any) -> Non
 async def test_tenant_ttl_overrides(upstream: Any, make_proxy: Any) -> None:
     _, url = upstream
     client = await make_proxy(
-        url, tenant_header="X-Tenant",
+        url, tenant_header="X-Tenant", tenant_header_trusted=True,
         tenants={"acme": {"ttl_seconds": 600, "ttls": {"room_options": 120}}},
     )  # fmt: skip
     service = service_of(client)
@@ -112,7 +120,12 @@ async def test_quota_is_enforced_by_cleanup_for_that_tenant_only(
 ) -> None:
     _, url = upstream
     quota = 20 / 1024  # 20 KB; each answer is ~4 KB
-    client = await make_proxy(url, tenant_header="X-Tenant", tenants={"acme": {"quota_mb": quota}})
+    client = await make_proxy(
+        url,
+        tenant_header="X-Tenant",
+        tenant_header_trusted=True,
+        tenants={"acme": {"quota_mb": quota}},
+    )
     service = service_of(client)
     for i in range(4):
         await speak(client, "globex", f"globex {i}")

@@ -144,7 +144,7 @@ async def test_connection_cannot_strip_a_header_the_rule_keys_on(
     recorder: Any, make_proxy: ProxyFactory
 ) -> None:
     fake, url = recorder
-    client = await make_proxy(url, tenant_header="X-Tenant")
+    client = await make_proxy(url, tenant_header="X-Tenant", tenant_header_trusted=True)
     assert client.port is not None
     body = b'{"model": "tts-1", "input": "Hola", "voice": "es"}'
     head = (

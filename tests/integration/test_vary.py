@@ -60,15 +60,25 @@ def describe(rule: Any, headers: dict[str, str]) -> Any:
 
 
 @pytest.mark.parametrize("preset", ["openai", "elevenlabs", "get"])
-def test_the_presets_key_accept(preset: str) -> None:
+def test_the_presets_do_not_split_one_sound_by_accept(preset: str) -> None:
     for rule in PRESETS[preset]():
-        assert "accept" in rule.headers
+        assert "accept" not in rule.headers
         plain = describe(rule, {}).params
-        assert describe(rule, {"accept": "*/*"}).params == plain  # absent means */* anyway
-        wav = describe(rule, {"accept": "audio/wav"}).params
-        mp3 = describe(rule, {"accept": "audio/mpeg"}).params
-        assert wav["header:accept"] == "audio/wav"
-        assert len({json.dumps(p, sort_keys=True) for p in (plain, wav, mp3)}) == 3
+        for accept in ("*/*", "application/octet-stream", "audio/mpeg"):  # SDKs differ
+            assert describe(rule, {"accept": accept}).params == plain
+
+
+def test_a_rule_that_keys_accept_tells_formats_apart() -> None:
+    rule = rule_from_mapping(
+        {"name": "negotiating", "method": "POST", "path": "/v1/audio/speech",
+         "text": "json:input", "headers": ["Accept"]}
+    )  # fmt: skip
+    plain = describe(rule, {}).params
+    assert describe(rule, {"accept": "*/*"}).params == plain  # absent means */* anyway
+    wav = describe(rule, {"accept": "audio/wav"}).params
+    mp3 = describe(rule, {"accept": "audio/mpeg"}).params
+    assert wav["header:accept"] == "audio/wav"
+    assert len({json.dumps(p, sort_keys=True) for p in (plain, wav, mp3)}) == 3
 
 
 def test_a_rule_keys_provider_format_headers() -> None:
@@ -117,11 +127,28 @@ async def varying() -> AsyncIterator[tuple[VaryingUpstream, str]]:
 SPEECH = {"model": "tts-1", "input": "Hola", "voice": "es", "response_format": "wav"}
 
 
-async def test_through_the_proxy_accept_picks_the_entry(
+async def test_an_upstream_negotiating_by_accept_is_not_stored_unless_keyed(
     varying: Any, make_proxy: ProxyFactory
 ) -> None:
     fake, url = varying
-    client = await make_proxy(url)
+    fake.vary = "Accept"
+    client = await make_proxy(url)  # the openai preset does not key Accept
+    wav = await client.post("/v1/audio/speech", json=SPEECH, headers={"Accept": "audio/wav"})
+    mp3 = await client.post("/v1/audio/speech", json=SPEECH, headers={"Accept": "audio/mpeg"})
+    assert await wav.read() == fake_wav("Hola", "audio/wav")
+    assert await mp3.read() == fake_wav("Hola", "audio/mpeg")  # never the wav entry
+    assert "stored" not in mp3.headers["Cache-Status"]
+    assert fake.calls == 2
+
+
+async def test_through_a_rule_keying_accept_each_format_has_its_entry(
+    varying: Any, make_proxy: ProxyFactory
+) -> None:
+    fake, url = varying
+    fake.vary = "Accept"
+    rule = {"name": "negotiating", "method": "POST", "path": "/v1/audio/speech",
+            "text": "json:input", "headers": ["Accept"]}  # fmt: skip
+    client = await make_proxy(url, routes=[rule])
     wav = await client.post("/v1/audio/speech", json=SPEECH, headers={"Accept": "audio/wav"})
     mp3 = await client.post("/v1/audio/speech", json=SPEECH, headers={"Accept": "audio/mpeg"})
     assert await wav.read() != await mp3.read()
