@@ -109,7 +109,7 @@ CleanupLock = TokenLock
 
 
 class Cleaner:
-    """Runs the seed's size-based cleanup against one ``AudioCacheService``."""
+    """Runs the design document's size-based cleanup against one ``AudioCacheService``."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Which entries cleanup removes first: the seed's multi-factor score, as pure functions.
+"""Which entries cleanup removes first: the design document's multi-factor score, as pure functions.
 
     score = (age_weight * age + frequency_weight * rarity) * content_type_factor
 
@@ -6,12 +6,12 @@
 
 - ``age`` = the entry's age / the largest age, counted since the last hit
   (``age_basis="last_access"``, the default: it wins on every cache size of
-  bench/hit_ratio.py) or since creation (``"created"``, the seed read literally).
+  bench/hit_ratio.py) or since creation (``"created"``, the design document read literally).
 - ``rarity`` = 1 - log1p(hits) / log1p(most hits): less used goes first. The log keeps one
   very popular phrase from flattening every other entry's frequency to zero.
 - ``content_type_factor`` (1.0 unless configured) protects classes such as welcome_message.
 
-Higher scores go first; equal scores go larger first (the seed's tie-breaker), then by key so
+Higher scores go first; equal scores go larger first (the design document's tie-breaker), then by key so
 the order is deterministic.
 """
 
@@ -47,7 +47,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class ScoreWeights:
-    """The knobs of the score (defaults are the seed's)."""
+    """The knobs of the score (defaults are the design document's)."""
 
     age: float = 0.7
     frequency: float = 0.3
@@ -152,10 +152,10 @@ def percent_of(max_bytes: int, percent: float) -> int:
 
 
 def needs_cleanup(current_bytes: int, max_bytes: int, threshold_percent: float) -> bool:
-    """True once the stored bytes reach the threshold (the seed's 95%)."""
+    """True once the stored bytes reach the threshold (the design document's 95%)."""
     return current_bytes >= percent_of(max_bytes, threshold_percent)
 
 
 def bytes_to_free(current_bytes: int, target_bytes: int) -> int:
-    """How much must go to get down to ``target_bytes`` (the seed's 80%)."""
+    """How much must go to get down to ``target_bytes`` (the design document's 80%)."""
     return max(0, current_bytes - target_bytes)
