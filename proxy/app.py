@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 
 from .admin import routes as admin
 from .admin.auth import admin_only
+from .admin.params import admin_errors
 from .background.cleanup import CLEANER, Cleaner, CleanupRunner
 from .background.maintenance import Maintenance, cancel_and_wait, refresh_gauges
 from .background.prefetch import Prefetcher
@@ -277,7 +278,7 @@ def create_app(settings: Settings, *, redis_url: str) -> web.Application:
     app[DRAINING] = []
     app.cleanup_ctx.append(_lifecycle)
     if settings.admin_port is None:
-        admin_routes = wrapped(admin.routes(), admin_only(settings.admin_token), admin.admin_errors)
+        admin_routes = wrapped(admin.routes(), admin_only(settings.admin_token), admin_errors)
     else:
         admin_routes = admin.fence()
     routes = [
@@ -299,5 +300,5 @@ def create_admin_app(proxy: web.Application) -> web.Application:
     app = web.Application(client_max_size=int(settings.max_request_body_kb * 1024))
     app[HOME] = proxy
     routes = [*admin.routes(), web.route("*", "/{tail:.*}", admin.not_found)]
-    app.add_routes(wrapped(routes, tagged, admin_only(settings.admin_token), admin.admin_errors))
+    app.add_routes(wrapped(routes, tagged, admin_only(settings.admin_token), admin_errors))
     return app

@@ -11,53 +11,37 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..background.cleanup import CLEANER, run_cleanup
-from ..core.tenants import TENANT_ID
-from ..request.errors import json_error
 from ..state import SETTINGS, home
+from .params import BadQuery, flag, query
+from .params import tenant as valid_tenant
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off", "")
 _PARAMS = ("force", "target_percent", "tenant")
 
 
-def _parse(request: web.Request) -> tuple[bool, float | None] | web.Response:
-    for name in request.query:
-        if name not in _PARAMS:
-            return json_error(
-                400, f"unknown query parameter {name!r}; allowed: {list(_PARAMS)}", field=name
-            )
-    raw_force = request.query.get("force", "false").strip().lower()
-    if raw_force not in _TRUE + _FALSE:
-        return json_error(400, f"force: expected true or false, got {raw_force!r}", field="force")
-    raw_target = request.query.get("target_percent")
-    target: float | None = None
-    if raw_target is not None:
-        try:
-            target = float(raw_target)
-        except ValueError:
-            target = None
-        if target is None or not 0 <= target < 100:
-            return json_error(
-                400,
-                f"target_percent: expected a number from 0 to below 100, got {raw_target!r}",
-                field="target_percent",
-            )
-    return raw_force in _TRUE, target
+def _target(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        target = float(raw)
+    except ValueError:
+        target = -1.0
+    if not 0 <= target < 100:
+        raise BadQuery(
+            "target_percent", f"target_percent: expected a number from 0 to below 100, got {raw!r}"
+        )
+    return target
 
 
 async def cleanup(request: web.Request) -> web.Response:
-    parsed = _parse(request)
-    if isinstance(parsed, web.Response):
-        return parsed
-    force, target = parsed
+    params = query(request, _PARAMS)
+    force = flag(params.get("force"), "force")
+    target = _target(params.get("target_percent"))
     app = home(request.app)
-    tenant = request.query.get("tenant")
-    if tenant is not None:
-        if not TENANT_ID.match(tenant):
-            return json_error(400, f"tenant must match {TENANT_ID.pattern}", field="tenant")
+    if "tenant" in params:
+        tenant = valid_tenant(params["tenant"])
         quota = app[SETTINGS].tenancy.quota_bytes(tenant)
         if quota is None:
-            return json_error(400, f"tenant {tenant!r} has no quota_mb", field="tenant")
+            raise BadQuery("tenant", f"tenant {tenant!r} has no quota_mb")
         cleaner = app[CLEANER]
         report = await cleaner.clean(
             target_bytes=cleaner.quota_target(quota), tenant=tenant, trigger="admin"

@@ -1,14 +1,13 @@
 """The admin API under /admin: stats, purges, lookups and prefetch (cleanup is its own module).
 
-Every route sits behind :mod:`proxy.admin.auth`. Query parameters are checked strictly — an
-unknown one is a 400, so a typo such as ``?tennant=acme`` can never widen a purge to the
-whole cache. Nothing under /admin is ever forwarded upstream: unknown admin paths answer
-404 (or 405) here. On a Redis failure admin routes answer 503; they never fail open.
+Every route sits behind :mod:`proxy.admin.auth` and reads its input through
+:mod:`proxy.admin.params` (one way of refusing it, for every route). Nothing under /admin
+is ever forwarded upstream: unknown admin paths answer 404 (or 405) here. On a Redis
+failure admin routes answer 503; they never fail open.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import time
@@ -16,18 +15,19 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from ..background.cleanup import CLEANER
 from ..core.descriptions import BadDescription, describe
 from ..core.keys import CacheKey
 from ..core.prefetch_items import ItemError, parse_items
-from ..core.tenants import TENANT_ID
 from ..request.errors import json_error
 from ..state import PREFETCHER, PROCESSOR, SERVICE, SETTINGS, home
 from ..store.service import EntryInfo
 from . import cleanup as admin_cleanup
 from . import openapi
+from .params import BadQuery
+from .params import query as query_params
+from .params import tenant as tenant_param
 from .stats import ReplicaCounts, build_stats
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -43,51 +43,11 @@ SELECTORS = {
 _LOOKUP_PARAMS = ("key", "route", "body", "query", "path", "headers", "tenant")
 
 
-class BadQuery(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-
-def _query(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
-    """The query parameters, each at most once, none unknown."""
-    out: dict[str, str] = {}
-    for name, value in request.query.items():
-        if name not in allowed:
-            raise BadQuery(name, f"unknown query parameter {name!r}; allowed: {list(allowed)}")
-        if name in out:
-            raise BadQuery(name, f"query parameter {name!r} given more than once")
-        out[name] = value
-    return out
-
-
-def _tenant(value: str, field: str = "tenant") -> str:
-    if not TENANT_ID.match(value):
-        raise BadQuery(field, f"{field} must match {TENANT_ID.pattern}")
-    return value
-
-
-def admin_errors(handler: Handler) -> Handler:
-    """Bad input → 400 naming the field; a failing store → 503 (admin never fails open)."""
-
-    @functools.wraps(handler)
-    async def answer(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except BadQuery as exc:
-            return json_error(400, exc.message, field=exc.field)
-        except (RedisError, OSError) as exc:
-            return json_error(503, f"the cache store is unavailable: {exc}")
-
-    return answer
-
-
 # -- stats -----------------------------------------------------------------------------
 
 
 async def stats(request: web.Request) -> web.Response:
-    _query(request, ())
+    query_params(request, ())
     app = home(request.app)
     service = app[SERVICE]
     totals = await service.totals()
@@ -115,10 +75,10 @@ async def stats(request: web.Request) -> web.Response:
 
 async def clear(request: web.Request) -> web.Response:
     """DELETE /admin/audio-cache: every entry under this cache's prefix (or one tenant's)."""
-    query = _query(request, ("tenant",))
+    query = query_params(request, ("tenant",))
     service = home(request.app)[SERVICE]
     if "tenant" in query:
-        tenant = _tenant(query["tenant"])
+        tenant = tenant_param(query["tenant"])
         removed, freed = await service.purge(tenant=tenant)
         return web.json_response({"deleted": removed, "bytes_freed": freed, "tenant": tenant})
     removed, freed = await service.purge()
@@ -127,7 +87,7 @@ async def clear(request: web.Request) -> web.Response:
 
 async def purge_by_selector(request: web.Request) -> web.Response:
     """DELETE /admin/audio-cache/entries?voice=&model=&tenant=&content_type=&route="""
-    query = _query(request, tuple(SELECTORS))
+    query = query_params(request, tuple(SELECTORS))
     if not query:
         raise BadQuery(
             "voice",
@@ -138,7 +98,7 @@ async def purge_by_selector(request: web.Request) -> web.Response:
         if not value or len(value) > 256:
             raise BadQuery(name, f"{name}: a non-empty value of at most 256 characters")
     if "tenant" in query:
-        _tenant(query["tenant"])
+        tenant_param(query["tenant"])
     selector = {SELECTORS[name]: value for name, value in query.items()}
     removed, freed = await home(request.app)[SERVICE].purge_matching(selector)
     return web.json_response({"deleted": removed, "bytes_freed": freed, "selector": query})
@@ -149,7 +109,7 @@ async def purge_by_selector(request: web.Request) -> web.Response:
 
 def _entry_key(request: web.Request) -> CacheKey:
     """The key named by ``key=``, or computed from a request description."""
-    query = _query(request, _LOOKUP_PARAMS)
+    query = query_params(request, _LOOKUP_PARAMS)
     if "key" in query:
         extra = sorted(set(query) - {"key"})
         if extra:
@@ -169,7 +129,7 @@ def _entry_key(request: web.Request) -> CacheKey:
             description["headers"] = json.loads(query["headers"])
         except ValueError:
             raise BadQuery("headers", "headers: a JSON object of header names to values") from None
-    tenant = _tenant(query["tenant"]) if "tenant" in query else ""
+    tenant = tenant_param(query["tenant"]) if "tenant" in query else ""
     try:
         described = describe(processor.rules, description)
     except BadDescription as exc:
@@ -221,7 +181,7 @@ async def delete_entry(request: web.Request) -> web.Response:
 
 
 async def start_prefetch(request: web.Request) -> web.Response:
-    _query(request, ())
+    query_params(request, ())
     app = home(request.app)
     raw = await request.read()
     try:
@@ -247,7 +207,7 @@ async def start_prefetch(request: web.Request) -> web.Response:
 
 
 async def prefetch_status(request: web.Request) -> web.Response:
-    _query(request, ())
+    query_params(request, ())
     job_id = request.match_info["job"]
     if len(job_id) != _JOB_ID_LENGTH or not all(c in "0123456789abcdef" for c in job_id):
         return json_error(400, "job: 16 lowercase hex characters", field="job")

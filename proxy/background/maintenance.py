@@ -55,8 +55,8 @@ def report_hot_tier(service: AudioCacheService) -> None:
 
 
 async def refresh_gauges(service: AudioCacheService) -> None:
-    """The size gauges of the design document, from the shared counters in Redis (so replicas agree), and
-    this process's counts kept outside Prometheus until now."""
+    """The design document's size gauges, from the shared counters in Redis (so replicas
+    agree), and this process's counts kept outside Prometheus until now."""
     TALLY.flush()
     report_hot_tier(service)
     totals = await service.totals()

@@ -11,8 +11,8 @@
   very popular phrase from flattening every other entry's frequency to zero.
 - ``content_type_factor`` (1.0 unless configured) protects classes such as welcome_message.
 
-Higher scores go first; equal scores go larger first (the design document's tie-breaker), then by key so
-the order is deterministic.
+Higher scores go first; equal scores go larger first (the design document's tie-breaker),
+then by key so the order is deterministic.
 """
 
 from __future__ import annotations
