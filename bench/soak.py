@@ -91,9 +91,16 @@ def _body(text: str, voice: str) -> dict[str, str]:
 
 
 async def run_soak(
-    seconds: float, *, concurrency: int = 8, max_requests: int = 200_000, sentences: int = 120
+    seconds: float,
+    *,
+    concurrency: int = 8,
+    max_requests: int = 200_000,
+    sentences: int = 120,
+    min_requests: int = 0,
+    max_seconds: float | None = None,
 ) -> SoakReport:
-    """Run the soak; the report says what happened."""
+    """Run the soak for ``seconds`` and at least ``min_requests`` requests (a busy machine
+    makes fewer per second), but never past ``max_seconds``; the report says what happened."""
     report = SoakReport(rss_start_kb=rss_kb(), fds_start=open_fds())
     up_port, proxy_port = free_port(), free_port()
     pool = [(f"Sentence number {i} for the soak test.", VOICES[i % 3]) for i in range(sentences)]
@@ -116,6 +123,13 @@ async def run_soak(
         service = proxy_app[SERVICE]
         deadline = time.monotonic() + seconds
         started = time.monotonic()
+        hard_deadline = started + max(seconds, max_seconds or seconds)
+
+        def going() -> bool:
+            now = time.monotonic()
+            wanted = now < deadline or report.requests < min_requests
+            return wanted and now < hard_deadline and report.requests < max_requests
+
         rng = random.Random(7)
         async with aiohttp.ClientSession() as session:
             direct = f"http://127.0.0.1:{up_port}/v1/audio/speech"
@@ -125,7 +139,7 @@ async def run_soak(
                     expected[(text, voice)] = await r.read()
 
             async def client() -> None:
-                while time.monotonic() < deadline and report.requests < max_requests:
+                while going():
                     text, voice = rng.choices(pool, weights)[0]
                     report.requests += 1
                     try:
@@ -142,7 +156,7 @@ async def run_soak(
 
             async def purger() -> None:
                 rounds = 0
-                while time.monotonic() < deadline:
+                while going() or rounds == 0:
                     rounds += 1
                     await asyncio.sleep(0.5)
                     text, voice = rng.choice(pool)

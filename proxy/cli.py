@@ -85,7 +85,8 @@ async def _serve_forever(
     proxy keeps serving for ``shutdown_delay_seconds`` (a second signal cuts it short),
     stops accepting, and lets in-flight requests and fills finish (``shutdown_drain_seconds``).
     A worker (``parent_pid`` given) also stops when its parent is gone."""
-    from .app import SETTINGS, start_draining
+    from .runtime import start_draining
+    from .state import SETTINGS
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -30,6 +30,7 @@ from ..core.routes import RouteRule, SpeechRequest
 from ..core.tenants import BadTenant
 from ..observability.metrics import METRICS
 from ..observability.tally import TALLY
+from ..store.guard import GuardedRedis
 from ..store.service import AudioCacheService, CachedAudio, EntryLabels
 from .access import Access, Caller, openai_error
 from .classify import Bypass, Classifier, Speech
@@ -86,7 +87,7 @@ class AudioProcessor:
 
     def attach(self, redis: Any, key_secret: bytes) -> None:
         """Connect what the request path shares through the store, once it is open."""
-        self.access.attach(redis, key_secret)
+        self.access.attach(GuardedRedis(redis, self.service.guard), key_secret)
         self.classifier.key_secret = key_secret
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
