@@ -102,7 +102,9 @@ class ProviderStubs:
                 "error": {"code": 400, "message": "audioEncoding", "status": "INVALID_ARGUMENT"}
             }
             return web.json_response(error, status=400)
-        audio = audio_for(_GOOGLE_TYPES[encoding], body)
+        # "mp3-always": an upstream that ignores the requested encoding.
+        media = "audio/mpeg" if self.mode == "mp3-always" else _GOOGLE_TYPES[encoding]
+        audio = audio_for(media, body)
         document: dict[str, Any] = {"audioContent": base64.b64encode(audio).decode()}
         if beta:
             document["timepoints"] = []
