@@ -447,7 +447,9 @@ def _google() -> list[RouteRule]:
         ssml=FieldRef("json", "input.ssml"),
         voice=FieldRef("json", "voice.name"),
         model=FieldRef("json", "voice.languageCode"),
-        headers=_NEGOTIATED,
+        # Google's API answers carry "Vary: Origin, X-Origin, Referer" (for CORS): keyed, so
+        # those answers can be stored. Server-side clients send none of them.
+        headers=("origin", "x-origin", "referer"),
         json_audio=JsonAudio(
             field="audioContent",
             type_from="json:audioConfig.audioEncoding",

@@ -218,3 +218,25 @@ async def test_a_bad_request_on_a_preset_route_names_the_field(
     )
     assert r.status == 400 and (await r.json())["error"]["field"] == "body"
     assert sum(stubs.calls.values()) == 0
+
+
+async def test_google_answers_vary_on_origin_and_a_browser_origin_gets_its_own_entry(
+    make_proxy: ProxyFactory, providers: tuple[ProviderStubs, str]
+) -> None:
+    stubs, url = providers
+    client = await proxy_for(make_proxy, url)
+    server = await client.post("/v1/text:synthesize", json=GOOGLE)
+    assert server.headers.getall("Vary") == ["Origin", "X-Origin", "Referer"]
+    await server.read()
+    await until_stored(client, server)
+    browser = await client.post(
+        "/v1/text:synthesize", json=GOOGLE, headers={"Origin": "https://hotel.example"}
+    )
+    await browser.read()
+    assert browser.headers["X-Cache"] == "MISS"
+    await until_stored(client, browser)
+    again = await client.post(
+        "/v1/text:synthesize", json=GOOGLE, headers={"Origin": "https://hotel.example"}
+    )
+    assert again.headers["X-Cache"] == "HIT"
+    assert stubs.calls["google"] == 2

@@ -80,7 +80,9 @@ class ProviderStubs:
              "body": body}
         )  # fmt: skip
 
-    def _json_audio(self, document: dict[str, Any], field: str) -> web.Response:
+    def _json_audio(
+        self, document: dict[str, Any], field: str, vary: tuple[str, ...] = ()
+    ) -> web.Response:
         if self.mode == "error-json":
             return web.json_response({"error": {"code": 429, "message": "quota"}})
         if self.mode == "bad-base64":
@@ -90,7 +92,10 @@ class ProviderStubs:
         # Not aiohttp's json_response: the stub picks its own spacing, which a proxy that
         # re-serialized the answer would not reproduce.
         text = json.dumps(document, indent=2)
-        return web.Response(text=text, content_type="application/json")
+        response = web.Response(text=text, content_type="application/json")
+        for name in vary:
+            response.headers.add("Vary", name)
+        return response
 
     async def google(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -109,7 +114,8 @@ class ProviderStubs:
         if beta:
             document["timepoints"] = []
             document["audioConfig"] = body["audioConfig"]
-        return self._json_audio(document, "audioContent")
+        # As Google's API front ends answer, for CORS.
+        return self._json_audio(document, "audioContent", vary=("Origin", "X-Origin", "Referer"))
 
     async def timestamps(self, request: web.Request) -> web.Response:
         body = await request.json()
