@@ -6,6 +6,7 @@ import re
 from collections.abc import Collection, Iterable, Mapping
 from enum import Enum
 
+from .json_audio import ExpectedAudio, is_json, refusal
 from .media import SNIFF_BYTES, sniff
 
 
@@ -92,9 +93,12 @@ def refusal_after_body(
     complete: bool,
     max_entry_bytes: int,
     pcm_types: Collection[str] = (),
+    json_audio: ExpectedAudio | None = None,
 ) -> str | None:
     """Why a finished upstream answer must not be stored, judged from its body.
-    ``pcm_types``: media types the route declares as headerless PCM (see media.sniff)."""
+    ``pcm_types``: media types the route declares as headerless PCM (see media.sniff).
+    ``json_audio``: where a JSON answer of this request holds its base64 audio; such an
+    answer is judged by decoding that field (see proxy.core.json_audio)."""
     if not complete:
         return "truncated"
     if not body:
@@ -104,7 +108,10 @@ def refusal_after_body(
         return "truncated"
     if len(body) > max_entry_bytes:
         return "too_large"
-    if not sniff(headers.get("content-type", ""), body[:SNIFF_BYTES], pcm_types=pcm_types):
+    content_type = headers.get("content-type", "")
+    if json_audio is not None and is_json(content_type):
+        return refusal(json_audio, body, pcm_types=pcm_types)
+    if not sniff(content_type, body[:SNIFF_BYTES], pcm_types=pcm_types):
         return "not_audio"
     return None
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
+from .json_audio import UNKNOWN_ENCODING, ExpectedAudio, JsonAudio
 from .keys import DEFAULT_NORMALIZATION, normalization
 from .media import base_type
 from .policy import DEFAULT_REPLAY_HEADERS, never_replayed
 from .request_json import BadJSON, load_object
 
-Source = Literal["json", "query", "path", "header", "form"]
-SOURCES: tuple[Source, ...] = ("json", "query", "path", "header", "form")
+Source = Literal["json", "query", "path", "header", "form", "body"]
+SOURCES: tuple[Source, ...] = ("json", "query", "path", "header", "form", "body")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -39,13 +40,19 @@ class InvalidSpeechRequest(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class FieldRef:
-    """Where one value lives in a request, written ``source:name`` (e.g. ``json:input``)."""
+    """Where one value lives in a request, written ``source:name`` (e.g. ``json:input``).
+
+    A JSON name may be a dotted path into nested objects (``json:input.text``). ``body``
+    alone is the whole request body as text (an SSML document).
+    """
 
     source: Source
     name: str
 
     @classmethod
     def parse(cls, text: str) -> FieldRef:
+        if text == "body":
+            return cls("body", "")
         source, sep, name = text.partition(":")
         if not sep or not name or source not in SOURCES:
             raise RuleError(
@@ -55,7 +62,7 @@ class FieldRef:
         return cls(source, name.lower() if source == "header" else name)
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.name}"
+        return "body" if self.source == "body" else f"{self.source}:{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,12 @@ class RouteRule:
     replay_headers: tuple[str, ...] = DEFAULT_REPLAY_HEADERS
     # Media types this upstream uses for headerless PCM, e.g. application/octet-stream.
     pcm_types: frozenset[str] = frozenset()
+    # Where the request holds SSML when it sends that instead of ``text`` (Google's
+    # input.ssml). SSML is keyed whole, never normalized, and apart from the same
+    # characters sent as text (which would be read out, tags and all).
+    ssml: FieldRef | None = None
+    # Where a JSON answer holds its base64 audio; such answers are validated by decoding it.
+    json_audio: JsonAudio | None = None
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -123,9 +136,13 @@ class RouteRule:
         regex += re.escape(self.path[last:])
         object.__setattr__(self, "_pattern", re.compile(f"^{regex}$"))
         placeholders = set(_PLACEHOLDER.findall(self.path))
-        for ref in (self.text, self.voice, self.model):
+        for ref in (self.text, self.voice, self.model, self.ssml):
             if ref is not None and ref.source == "path" and ref.name not in placeholders:
                 raise RuleError(f"route {self.name!r}: no {{{ref.name}}} in path {self.path!r}")
+            if ref is not None and ref.source == "body" and ref is not self.text:
+                raise RuleError(f"route {self.name!r}: only 'text' may be the whole body")
+        if self.text.source == "body" and self.ssml is not None:
+            raise RuleError(f"route {self.name!r}: a whole-body text has no 'ssml' field")
 
     def match(self, method: str, path: str) -> dict[str, str] | None:
         """Path parameters when this rule serves ``method path``, else None."""
@@ -155,30 +172,66 @@ class RouteRule:
             said = _keyed_header(name, headers.get(name))
             if said is not None:
                 fields[f"header:{name}"] = said
-        if self.method != "GET" and body:
+        if self.text.source == "body":
+            fields["body"] = _body_text(body)
+        elif self.method != "GET" and body:
             fields.update(_body_fields(body, headers.get("content-type", "")))
         _reject_surrogates(fields)
 
         for ref, values in self.bypass.items():
-            if str(fields.get(str(ref))) in values:
+            if str(_lookup(fields, ref)) in values:
                 return None
 
-        text = fields.pop(str(self.text), None)
+        text_ref, normalize = self.text, self.normalize
+        text = _take(fields, self.text)
+        if text is None and self.ssml is not None:
+            text = _take(fields, self.ssml)
+            if text is not None:
+                text_ref, normalize = self.ssml, ()
+                # No request field is named without a source, so this cannot collide.
+                fields["text_field"] = str(self.ssml)
         if not isinstance(text, str):
             problem = "is required" if text is None else "must be a string"
-            raise InvalidSpeechRequest(str(self.text), f"{self.text.name!r} {problem}")
+            if text is None and self.ssml is not None:
+                problem += f" (or {self.ssml.name!r})"
+            raise InvalidSpeechRequest(str(text_ref), f"{text_ref.name or 'body'!r} {problem}")
         if not text.strip():
-            raise InvalidSpeechRequest(str(self.text), f"{self.text.name!r} must not be empty")
+            raise InvalidSpeechRequest(
+                str(text_ref), f"{text_ref.name or 'body'!r} must not be empty"
+            )
         for ref in self.ignore:
-            fields.pop(str(ref), None)
+            _take(fields, ref)
         return SpeechRequest(
             route=self.name,
             text=text,
             params=fields,
             voice=_label(fields, self.voice),
             model=_label(fields, self.model),
-            normalize=self.normalize,
+            normalize=normalize,
         )
+
+    def expected_audio(self, query: str, body: bytes) -> ExpectedAudio | None:
+        """For a ``json_audio`` route, what the answer to this request must hold; None on
+        other routes. The type field is read again from the request as sent upstream."""
+        spec = self.json_audio
+        if spec is None:
+            return None
+        value = None
+        if spec.type_from is not None:
+            ref = FieldRef.parse(spec.type_from)
+            fields: dict[str, Any] = {}
+            if ref.source == "query":
+                fields.update(
+                    (f"query:{k}", v) for k, v in parse_qsl(query, keep_blank_values=True)
+                )
+            elif ref.source == "json" and body:
+                try:
+                    document = load_object(body.decode("utf-8"))
+                except (BadJSON, UnicodeDecodeError):
+                    document = {}
+                fields.update((f"json:{k}", v) for k, v in document.items())
+            value = _lookup(fields, ref)
+        return ExpectedAudio(spec.field, spec.media_type_for(value))
 
 
 def _keyed_header(name: str, value: str | None) -> str | None:
@@ -193,8 +246,54 @@ def _keyed_header(name: str, value: str | None) -> str | None:
 
 
 def _label(fields: Mapping[str, Any], ref: FieldRef | None) -> str:
-    value = fields.get(str(ref)) if ref is not None else None
+    value = _lookup(fields, ref) if ref is not None else None
     return value if isinstance(value, str) else ""
+
+
+def _lookup(fields: Mapping[str, Any], ref: FieldRef) -> Any:
+    """The value ``ref`` names among a request's fields, or None; JSON paths walk into
+    nested objects (a top-level name holding a dot is taken as it is first)."""
+    name = str(ref)
+    if name in fields or ref.source != "json" or "." not in ref.name:
+        return fields.get(name)
+    top, *rest = ref.name.split(".")
+    value = fields.get(f"json:{top}")
+    for part in rest:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _take(fields: dict[str, Any], ref: FieldRef) -> Any:
+    """Remove and return the value ``ref`` names; a nested one is taken out of copies of
+    its parents, so the rest of them is still keyed."""
+    name = str(ref)
+    if name in fields or ref.source != "json" or "." not in ref.name:
+        return fields.pop(name, None)
+    top, *rest = ref.name.split(".")
+    parent = fields.get(f"json:{top}")
+    if not isinstance(parent, dict):
+        return None
+    root = parent = dict(parent)
+    for part in rest[:-1]:
+        child = parent.get(part)
+        if not isinstance(child, dict):
+            return None
+        parent[part] = child = dict(child)
+        parent = child
+    if rest[-1] not in parent:
+        return None
+    value = parent.pop(rest[-1])
+    fields[f"json:{top}"] = root
+    return value
+
+
+def _body_text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidSpeechRequest("body", "request body is not valid UTF-8") from exc
 
 
 def _multi(pairs: Iterable[tuple[str, str]]) -> dict[str, str | list[str]]:
@@ -274,7 +373,27 @@ def _elevenlabs() -> list[RouteRule]:
     return [
         RouteRule(name="elevenlabs", path="/v1/text-to-speech/{voice_id}", **common),
         RouteRule(name="elevenlabs-stream", path="/v1/text-to-speech/{voice_id}/stream", **common),
+        RouteRule(
+            name="elevenlabs-timestamps",
+            path="/v1/text-to-speech/{voice_id}/with-timestamps",
+            json_audio=JsonAudio(
+                field="audio_base64",
+                media_type="audio/mpeg",  # the documented default, mp3_44100_128
+                type_from="query:output_format",
+                types=_ELEVENLABS_FORMATS,
+            ),
+            **common,
+        ),
     ]
+
+
+_ELEVENLABS_FORMATS = {
+    "mp3_*": "audio/mpeg",
+    "pcm_*": "audio/pcm",
+    "ulaw_*": "audio/mulaw",
+    "alaw_*": "audio/alaw",
+    "opus_*": "audio/ogg",
+}
 
 
 def _get() -> list[RouteRule]:
@@ -307,14 +426,121 @@ def _get() -> list[RouteRule]:
     ]
 
 
-PRESETS = {"openai": _openai, "elevenlabs": _elevenlabs, "get": _get}
+# Google's audioEncoding values. LINEAR16 (and, in practice, MULAW and ALAW) come with a
+# WAV header; the raw types accept a header too, so only LINEAR16 is held to it.
+_GOOGLE_ENCODINGS = {
+    "LINEAR16": "audio/wav",
+    "MP3": "audio/mpeg",
+    "MP3_64_KBPS": "audio/mpeg",
+    "OGG_OPUS": "audio/ogg",
+    "MULAW": "audio/mulaw",
+    "ALAW": "audio/alaw",
+    "PCM": "audio/pcm",
+    "M4A": "audio/mp4",
+}
+
+
+def _google() -> list[RouteRule]:
+    common: dict[str, Any] = dict(
+        method="POST",
+        text=FieldRef("json", "input.text"),
+        ssml=FieldRef("json", "input.ssml"),
+        voice=FieldRef("json", "voice.name"),
+        model=FieldRef("json", "voice.languageCode"),
+        # Google's API answers carry "Vary: Origin, X-Origin, Referer" (for CORS): keyed, so
+        # those answers can be stored. Server-side clients send none of them.
+        headers=("origin", "x-origin", "referer"),
+        json_audio=JsonAudio(
+            field="audioContent",
+            type_from="json:audioConfig.audioEncoding",
+            types=_GOOGLE_ENCODINGS,
+        ),
+    )
+    return [
+        RouteRule(name="google", path="/v1/text:synthesize", **common),
+        RouteRule(name="google-beta", path="/v1beta1/text:synthesize", **common),
+    ]
+
+
+def _azure() -> list[RouteRule]:
+    # The body is the SSML document; the voice, language and prosody are inside it, so it
+    # is keyed whole and never normalized.
+    return [
+        RouteRule(
+            name="azure",
+            method="POST",
+            path="/cognitiveservices/v1",
+            text=FieldRef("body", ""),
+            headers=("x-microsoft-outputformat",),
+            normalize=(),
+        )
+    ]
+
+
+def _deepgram() -> list[RouteRule]:
+    # model, encoding, container, sample_rate and bit_rate are query fields: all keyed.
+    return [
+        RouteRule(
+            name="deepgram",
+            method="POST",
+            path="/v1/speak",
+            text=FieldRef("json", "text"),
+            voice=FieldRef("query", "model"),
+            model=FieldRef("query", "model"),
+            headers=_NEGOTIATED,
+        )
+    ]
+
+
+def _cartesia() -> list[RouteRule]:
+    return [
+        RouteRule(
+            name="cartesia",
+            method="POST",
+            path="/tts/bytes",
+            text=FieldRef("json", "transcript"),
+            voice=FieldRef("json", "voice.id"),
+            model=FieldRef("json", "model_id"),
+            headers=("cartesia-version",),
+            # Raw PCM comes as application/octet-stream when output_format.container is raw.
+            pcm_types=frozenset({"application/octet-stream"}),
+        )
+    ]
+
+
+def _polly() -> list[RouteRule]:
+    # Speech marks (OutputFormat json) are not audio: passed through.
+    return [
+        RouteRule(
+            name="polly",
+            method="POST",
+            path="/v1/speech",
+            text=FieldRef("json", "Text"),
+            voice=FieldRef("json", "VoiceId"),
+            model=FieldRef("json", "Engine"),
+            headers=_NEGOTIATED,
+            bypass={FieldRef("json", "OutputFormat"): frozenset({"json"})},
+        )
+    ]
+
+
+PRESETS = {
+    "openai": _openai,
+    "elevenlabs": _elevenlabs,
+    "get": _get,
+    "google": _google,
+    "azure": _azure,
+    "deepgram": _deepgram,
+    "cartesia": _cartesia,
+    "polly": _polly,
+}
 
 
 def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
     """A rule from its YAML form; raises RuleError naming the bad field."""
     allowed = {
         "name", "method", "path", "text", "voice", "model", "ignore", "headers", "bypass",
-        "normalize", "replay_headers", "pcm_types",
+        "normalize", "replay_headers", "pcm_types", "ssml", "json_audio",
     }  # fmt: skip
     unknown = set(raw) - allowed
     if unknown:
@@ -348,6 +574,39 @@ def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
         replay_headers=DEFAULT_REPLAY_HEADERS
         + tuple(_strings(raw.get("replay_headers"), "replay_headers")),
         pcm_types=frozenset(_strings(raw.get("pcm_types"), "pcm_types")),
+        ssml=FieldRef.parse(raw["ssml"]) if raw.get("ssml") else None,
+        json_audio=_json_audio(raw.get("json_audio")),
+    )
+
+
+def _json_audio(raw: Any) -> JsonAudio | None:
+    """``json_audio: {field, media_type, type_from, types}`` of a YAML rule."""
+    if raw is None:
+        return None
+    allowed = {"field", "media_type", "type_from", "types"}
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("field"), str) or not raw["field"]:
+        raise RuleError("route field 'json_audio' must be a mapping with a 'field' string")
+    unknown = set(raw) - allowed
+    if unknown:
+        raise RuleError(
+            f"unknown json_audio field(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+        )
+    types = raw.get("types") or {}
+    if not isinstance(types, Mapping) or not all(isinstance(v, str) for v in types.values()):
+        raise RuleError("json_audio 'types' must map request values to media types")
+    type_from = raw.get("type_from")
+    if type_from is not None and (
+        not isinstance(type_from, str) or FieldRef.parse(type_from).source not in ("json", "query")
+    ):
+        raise RuleError("json_audio 'type_from' must be a json: or query: field reference")
+    media_type = raw.get("media_type", UNKNOWN_ENCODING)
+    if not isinstance(media_type, str):
+        raise RuleError("json_audio 'media_type' must be a media type")
+    return JsonAudio(
+        field=raw["field"],
+        media_type=base_type(media_type),
+        type_from=type_from,
+        types={str(k): base_type(v) for k, v in types.items()},
     )
 
 

@@ -178,6 +178,7 @@ class Misses:
                 complete=complete,
                 max_entry_bytes=self.settings.max_entry_bytes,
                 pcm_types=rule.pcm_types,
+                json_audio=rule.expected_audio(outgoing.query, outgoing.body),
             )
         if refusal is not None:
             METRICS.not_stored.labels(refusal).inc()

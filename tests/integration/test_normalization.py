@@ -120,7 +120,9 @@ def test_a_rule_reads_its_normalize_list() -> None:
     assert speech is not None and speech.normalize == ("nfc", "trim")
     assert speech.text == " a "  # the upstream gets the text as sent
     for preset in PRESETS.values():
-        assert all(r.normalize == DEFAULT_NORMALIZATION for r in preset())
+        for r in preset():
+            # A whole SSML document (Azure) is keyed as sent: its markup is not plain text.
+            assert r.normalize == (() if r.text.source == "body" else DEFAULT_NORMALIZATION)
 
 
 def test_a_bad_normalize_list_names_the_route_field() -> None:
