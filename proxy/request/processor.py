@@ -40,6 +40,7 @@ from .misses import Misses, Outgoing
 from .passthrough import PassThrough
 from .prepared_hit import is_plain
 from .savings import Savings
+from .sse import audio_type
 from .upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,9 @@ class AudioProcessor:
             return refused
         verified = await self.access.verified(caller)
         hot_tried = False
-        if verified and step.seen_before and step.directive is Directive.USE and is_plain(request):
+        sse = step.described.speech.sse
+        plain = not sse and is_plain(request)
+        if verified and step.seen_before and step.directive is Directive.USE and plain:
             # The hot path: a plain request for an entry of the in-process hot tier.
             cached = self.service.hot_hit(described.key)
             if cached is not None:
@@ -150,6 +153,11 @@ class AudioProcessor:
                 METRICS.fail_open.inc()
                 cached = None
             if cached is not None:
+                if described.speech.sse:
+                    described.metrics.saved(characters)
+                    events = self.hits.events(cached)
+                    TALLY.observe(described.metrics.hit_duration, time.perf_counter() - started)
+                    return events, Result.HIT
                 if is_plain(request):
                     answer = self.hits.plain(
                         request, cached, described.metrics, characters, started
@@ -176,6 +184,7 @@ class AudioProcessor:
                 self.access.forwarded(request.headers), identity=True
             ),
             body=step.body,
+            sse_media_type=audio_type(described.speech) if described.speech.sse else None,
         )
         fill, leader = self.misses.start(
             step.rule,
@@ -193,8 +202,9 @@ class AudioProcessor:
             await self.access.refund(caller, described.tenant, characters)
         fwd = Forward.REQUEST if step.directive is Directive.REFRESH else Forward.MISS
         response, result = await self.misses.serve(
-            request, step.rule, fill, described.key, fwd=fwd, leader=leader, stale=stale
-        )
+            request, step.rule, fill, described.key, fwd=fwd, leader=leader, stale=stale,
+            sse=described.speech.sse,
+        )  # fmt: skip
         if result is Result.COALESCED and fill.status == 200:
             described.metrics.saved(characters)
         return response, result
