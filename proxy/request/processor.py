@@ -4,6 +4,7 @@ Every request that is not an admin or health route arrives here and goes through
 stages of this folder, one module each::
 
     classify ──► Bypass ──────────────────────────────► passthrough
+        │          └──► a WebSocket upgrade ─────────────► websocket (relayed)
         │
         └──► Speech ──► hits (hot tier, then Redis) ──► answered from the cache
                               │
@@ -42,6 +43,7 @@ from .prepared_hit import is_plain
 from .savings import Savings
 from .sse import audio_type
 from .upstream import UpstreamClient
+from .websocket import WebSocketRelay, is_upgrade
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ class AudioProcessor:
         self.hits = Hits(audio_path_prefix)
         self.misses = Misses(settings, service, upstream, self.hits, self.access)
         self.pass_through = PassThrough(upstream, self.access)
+        self.websockets = WebSocketRelay(settings, upstream, self.access)
         self.fills = self.misses.fills
         self.flights = self.misses.flights
 
@@ -104,6 +107,8 @@ class AudioProcessor:
             refused = await self.access.admit(caller, caller.tenant or "")
             if refused is not None:
                 return refused
+            if not step.speech_route and is_upgrade(request):
+                return await self.websockets(request, caller)
             return await self.pass_through(request, step.body, caller, detail=step.detail)
         if not isinstance(step, Speech):
             return step  # refused
