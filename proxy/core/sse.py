@@ -86,9 +86,11 @@ def decode_events(body: bytes) -> DecodedSpeech:
         except ValueError:
             return DecodedSpeech(b"", False, "", "not_json")
         kind = event.get("type") if isinstance(event, dict) else None
-        if kind == DELTA and isinstance(event.get("audio"), str):
+        # "audio" in OpenAI's reference; "delta" in some compatible servers.
+        piece = event.get("audio", event.get("delta")) if kind == DELTA else None
+        if isinstance(piece, str):
             try:
-                pieces.append(base64.b64decode(event["audio"], validate=True))
+                pieces.append(base64.b64decode(piece, validate=True))
             except (binascii.Error, ValueError):
                 return DecodedSpeech(b"", False, "", "bad_base64")
         elif kind == DONE:

@@ -212,3 +212,23 @@ async def test_the_openai_sdk_streams_sse_through_the_cache(demo: Any, make_prox
     assert sse_audio(events) == sse_audio(again)
     assert calls(app) == 1
     await sdk.close()
+
+
+async def test_livekit_openai_tts_with_its_defaults_is_cached_on_the_second_run(
+    demo: Any, make_proxy: Any
+) -> None:
+    plugin = pytest.importorskip("livekit.plugins.openai")
+    app, url = demo
+    client = await make_proxy(url, client_auth="none")
+    tts = plugin.TTS(base_url=str(client.make_url("/v1")), api_key="sk-test")
+    runs = []
+    for _ in range(2):
+        pcm = b""
+        async with tts.synthesize("Welcome to the hotel") as stream:
+            async for event in stream:
+                pcm += bytes(event.frame.data)
+        runs.append(pcm)
+        await until_filled(client)
+    assert runs[0] and runs[0] == runs[1]
+    assert calls(app) == 1  # its default request (gpt-4o-mini-tts, mp3, sse) hit the second time
+    await tts.aclose()
