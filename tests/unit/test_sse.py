@@ -113,3 +113,10 @@ def test_each_form_of_an_answer_fills_apart() -> None:
     key = CacheKey("a" * 64)
     assert key.variant("sse") != key and key.variant("sse") == CacheKey("a" * 64).variant("sse")
     assert key.variant("sse") != key.for_credential("sse")
+
+
+def test_deltas_named_delta_as_some_compatible_servers_send_them_decode() -> None:
+    piece = base64.b64encode(b"pcm!").decode()
+    body = _event({"type": "speech.audio.delta", "delta": piece}) + _event({"type": DONE})
+    decoded = decode_events(body)
+    assert decoded.audio == b"pcm!" and decoded.done and decoded.usage == ""
