@@ -145,6 +145,11 @@ class Settings:
     # client_body_timeout_seconds (408 otherwise).
     client_idle_timeout_seconds: float = field(default=15.0, metadata=_meta(lo=0.1))
     client_body_timeout_seconds: float = field(default=10.0, metadata=_meta(lo=0.1))
+    # WebSocket sessions passed through to the upstream (paths no route claims): the
+    # largest message relayed either way (a larger one closes the session with 1009), and
+    # how long a session may carry no message at all before it is closed (1001).
+    websocket_max_message_kb: int = field(default=1024, metadata=_meta(lo=1))
+    websocket_idle_timeout_seconds: float = field(default=60.0, metadata=_meta(lo=0.1))
     log_level: str = field(
         default="INFO", metadata=_meta(choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     )

@@ -179,4 +179,10 @@ def describe(rules: Sequence[RouteRule], raw: Mapping[str, Any], *, prefix: str 
         raise BadDescription(
             _where(prefix, "body"), f"this request is never cached by route {rule.name!r}"
         )
+    if speech.sse:
+        raise BadDescription(
+            _where(prefix, "body"),
+            "speech events are the form of an answer, not another sound: describe the "
+            "plain request (its entry answers both)",
+        )
     return Described(rule, speech, rule.method, path, query, headers, body)

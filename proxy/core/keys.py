@@ -45,6 +45,10 @@ class CacheKey:
         """A name of this key's own for one caller's credential (its private misses)."""
         return CacheKey(hashlib.sha256(f"{self.hex}@{credential}".encode()).hexdigest())
 
+    def variant(self, form: str) -> CacheKey:
+        """A name of this key's own for one form of its answer (its fills in that form)."""
+        return CacheKey(hashlib.sha256(f"{self.hex}#{form}".encode()).hexdigest())
+
 
 # The text transformations a route may key on, in the order they apply. Each changes the
 # key only; the upstream always receives the client's text as sent.

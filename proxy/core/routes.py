@@ -76,6 +76,14 @@ class SpeechRequest:
     model: str
     # The route's text normalization, for the key (see proxy.core.keys.normalize_text).
     normalize: tuple[str, ...] = DEFAULT_NORMALIZATION
+    # Asked for as speech events (OpenAI's stream_format "sse"): the same entry as the
+    # plain request, answered in another form.
+    sse: bool = False
+
+
+# The values of a rule's ``sse`` field: the events, and the plain file by name.
+SSE_VALUE = "sse"
+PLAIN_VALUE = "audio"
 
 
 @dataclass(frozen=True)
@@ -93,8 +101,11 @@ class RouteRule:
     ignore: frozenset[FieldRef] = frozenset()
     # Request headers that change the audio (most APIs have none).
     headers: tuple[str, ...] = ()
-    # Field values that make an answer uncacheable, e.g. OpenAI's stream_format=sse.
+    # Field values that make an answer uncacheable.
     bypass: Mapping[FieldRef, frozenset[str]] = field(default_factory=dict)
+    # The field that asks for the answer as speech events (value "sse") or as the file
+    # ("audio"). Either value is left out of the key: both are one sound, one entry.
+    sse: FieldRef | None = None
     # How the text is normalized for the key; only what leaves the sound unchanged.
     normalize: tuple[str, ...] = DEFAULT_NORMALIZATION
     # Upstream headers a hit replays (names, or prefixes ending in '*').
@@ -182,6 +193,9 @@ class RouteRule:
             if str(_lookup(fields, ref)) in values:
                 return None
 
+        sse = False
+        if self.sse is not None and _lookup(fields, self.sse) in (SSE_VALUE, PLAIN_VALUE):
+            sse = _take(fields, self.sse) == SSE_VALUE
         text_ref, normalize = self.text, self.normalize
         text = _take(fields, self.text)
         if text is None and self.ssml is not None:
@@ -208,6 +222,7 @@ class RouteRule:
             voice=_label(fields, self.voice),
             model=_label(fields, self.model),
             normalize=normalize,
+            sse=sse,
         )
 
     def expected_audio(self, query: str, body: bytes) -> ExpectedAudio | None:
@@ -356,7 +371,7 @@ def _openai() -> list[RouteRule]:
             voice=FieldRef("json", "voice"),
             model=FieldRef("json", "model"),
             headers=_NEGOTIATED,
-            bypass={FieldRef("json", "stream_format"): frozenset({"sse"})},
+            sse=FieldRef("json", "stream_format"),
         )
     ]
 

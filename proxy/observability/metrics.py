@@ -49,6 +49,9 @@ class Metrics:
     client_requests: Counter
     client_refusals: Counter
     client_upstream_characters: Counter
+    websocket_sessions: Counter
+    websocket_bytes: Counter
+    websocket_active: Gauge
 
 
 def _build() -> Metrics:
@@ -182,6 +185,22 @@ def _build() -> Metrics:
             "tts_proxy_hot_tier_live",
             "1 while the hot tier serves (invalidations heard); 0 if any worker's is down",
             multiprocess_mode="livemin",
+        ),
+        websocket_sessions=Counter(
+            "tts_proxy_websocket_sessions_total",
+            "WebSocket sessions relayed to the upstream, by how they ended (closed, idle, "
+            "too_large, upstream_refused, upstream_unreachable)",
+            ["result"],
+        ),
+        websocket_bytes=Counter(
+            "tts_proxy_websocket_bytes_total",
+            "WebSocket message bytes relayed, by direction (to_upstream, to_client)",
+            ["direction"],
+        ),
+        websocket_active=Gauge(
+            "tts_proxy_websocket_active",
+            "WebSocket sessions open now (summed over --workers processes)",
+            multiprocess_mode="livesum",
         ),
     )
 

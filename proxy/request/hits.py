@@ -23,6 +23,7 @@ from ..store.service import CachedAudio
 from .errors import json_error
 from .prepared_hit import HitWire, UnsafeHeader
 from .savings import RouteMetrics
+from .sse import events_answer
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,11 @@ class Hits:
             TALLY.add(METRICS.bytes_served_from_cache, len(part))
         # On HEAD aiohttp sends the headers (Content-Length included) and not the body.
         return web.Response(status=plan.status, body=part, headers=CIMultiDict(headers))
+
+    def events(self, cached: CachedAudio, *, status: CacheStatus = HIT) -> web.Response:
+        """A stored answer as speech events, for a request that asked for them."""
+        TALLY.add(METRICS.bytes_served_from_cache, len(cached.audio))
+        return events_answer(cached, status, self.location(cached.key))
 
     def entry_headers(self, cached: CachedAudio, etag: str) -> list[tuple[str, str]]:
         """What every stored answer of an entry carries, whatever the request. (The

@@ -26,6 +26,7 @@ from ..core.routes import RouteRule
 from ..observability.access_log import tag
 from ..observability.metrics import METRICS
 from ..store.service import AudioCacheService, CachedAudio, EntryLabels
+from . import sse as sse_form
 from .access import Access
 from .coalescing import ClusterFlights, FlightSettings
 from .errors import json_error
@@ -50,6 +51,8 @@ class Outgoing:
     query: str
     headers: CIMultiDict[str]
     body: bytes
+    # Speech events asked for: the media type of the audio they carry (see request.sse).
+    sse_media_type: str | None = None
 
 
 class Misses:
@@ -105,14 +108,16 @@ class Misses:
         async def lead(fill: Fill) -> None:
             await self._run(fill, rule, outgoing, key, labels, ttl, started, credential)
 
-        flight = key.for_credential(credential or "") if private else key
+        sse = outgoing.sse_media_type is not None
+        flight = sse_form.flight_key(key) if sse else key
+        flight = flight.for_credential(credential or "") if private else flight
 
         async def runner(fill: Fill) -> None:
             if self.flights is None:
                 await lead(fill)
                 return
             # A refresh must reach the upstream, so it never settles for a stored answer.
-            use = directive is Directive.USE and not private
+            use = directive is Directive.USE and not private and not sse
             recheck = self.service.fetch_fresh if use else None
             await self.flights.run(fill, flight, lead, recheck=recheck)
 
@@ -171,9 +176,24 @@ class Misses:
         )
         await fill.finish(complete=complete)
         audio = fill.body()
+        media_type = lowered.get("content-type", "application/octet-stream")
+        headers = replayable(upstream.headers.items(), rule.replay_headers)
+        checked = lowered
+        if (
+            refusal is None
+            and complete
+            and outgoing.sse_media_type is not None
+            and sse_form.is_events(media_type)
+        ):
+            stored = sse_form.entry_of(audio, outgoing.sse_media_type, headers)
+            if isinstance(stored, str):
+                refusal = stored
+            else:
+                audio, media_type, headers = stored.audio, stored.media_type, stored.headers
+                checked = {"content-type": media_type}  # the events' length is not the audio's
         if refusal is None:
             refusal = refusal_after_body(
-                headers=lowered,
+                headers=checked,
                 body=audio,
                 complete=complete,
                 max_entry_bytes=self.settings.max_entry_bytes,
@@ -189,10 +209,10 @@ class Misses:
             result = await self.service.put(
                 key,
                 audio,
-                media_type=lowered.get("content-type", "application/octet-stream"),
+                media_type=media_type,
                 ttl_seconds=ttl,
                 labels=labels,
-                headers=replayable(upstream.headers.items(), rule.replay_headers),
+                headers=headers,
             )
         except RedisError as exc:
             log.warning("could not store %s: %s", key.hex[:12], exc)
@@ -212,14 +232,18 @@ class Misses:
         fwd: Forward,
         leader: bool = True,
         stale: CachedAudio | None = None,
+        sse: bool = False,
     ) -> tuple[web.StreamResponse, Result]:
         """Stream a fill to this client; ranged or conditional requests wait for it to end.
-        With a ``stale`` copy, an upstream failure is answered with it instead."""
+        With a ``stale`` copy, an upstream failure is answered with it instead. ``sse``:
+        the client asked for speech events (the fill holds the upstream's)."""
         with fill.reader():  # entered before any await: an abandoned fill counts its readers
             await fill.wait_head()
             if stale is not None and (fill.status is None or fill.status >= 500):
                 failed = fill.status or (fill.error.status if fill.error else 502)
                 status = CacheStatus(fwd=Forward.STALE, fwd_status=failed, detail="stale-if-error")
+                if sse:
+                    return self.hits.events(stale, status=status), status.result
                 return await self.hits.serve(request, stale, status=status), status.result
             # RFC 9211: a request that rode on another's upstream call was "collapsed".
             collapsed = not leader or fill.origin != "upstream"
@@ -229,8 +253,8 @@ class Misses:
                 response = json_error(error.status, error.message, upstream_error=error.kind)
                 response.headers["Cache-Status"] = status.render()
                 return response, status.result
-            wants_whole = request.method == "HEAD" or any(
-                h in request.headers for h in _WHOLE_ANSWER_HEADERS
+            wants_whole = not sse and (
+                request.method == "HEAD" or any(h in request.headers for h in _WHOLE_ANSWER_HEADERS)
             )
             if wants_whole and fill.status == 200:
                 await fill.wait_done()

@@ -4,6 +4,7 @@ Every request that is not an admin or health route arrives here and goes through
 stages of this folder, one module each::
 
     classify ──► Bypass ──────────────────────────────► passthrough
+        │          └──► a WebSocket upgrade ─────────────► websocket (relayed)
         │
         └──► Speech ──► hits (hot tier, then Redis) ──► answered from the cache
                               │
@@ -41,7 +42,9 @@ from .misses import Misses, Outgoing
 from .passthrough import PassThrough
 from .prepared_hit import is_plain
 from .savings import Savings
+from .sse import audio_type
 from .upstream import UpstreamClient
+from .websocket import WebSocketRelay, is_upgrade
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class AudioProcessor:
         self.hits = Hits(audio_path_prefix)
         self.misses = Misses(settings, service, upstream, self.hits, self.access)
         self.pass_through = PassThrough(upstream, self.access)
+        self.websockets = WebSocketRelay(settings, upstream, self.access)
         self.fills = self.misses.fills
         self.flights = self.misses.flights
 
@@ -104,6 +108,8 @@ class AudioProcessor:
             refused = await self.access.admit(caller, caller.tenant or "")
             if refused is not None:
                 return refused
+            if not step.speech_route and is_upgrade(request):
+                return await self.websockets(request, caller)
             return await self.pass_through(request, step.body, caller, detail=step.detail)
         if not isinstance(step, Speech):
             return step  # refused
@@ -113,7 +119,9 @@ class AudioProcessor:
             return refused
         verified = await self.access.verified(caller)
         hot_tried = False
-        if verified and step.seen_before and step.directive is Directive.USE and is_plain(request):
+        sse = step.described.speech.sse
+        plain = not sse and is_plain(request)
+        if verified and step.seen_before and step.directive is Directive.USE and plain:
             # The hot path: a plain request for an entry of the in-process hot tier.
             cached = self.service.hot_hit(described.key)
             if cached is not None:
@@ -151,6 +159,11 @@ class AudioProcessor:
                 METRICS.fail_open.inc()
                 cached = None
             if cached is not None:
+                if described.speech.sse:
+                    described.metrics.saved(characters)
+                    events = self.hits.events(cached)
+                    TALLY.observe(described.metrics.hit_duration, time.perf_counter() - started)
+                    return events, Result.HIT
                 if is_plain(request):
                     answer = self.hits.plain(
                         request, cached, described.metrics, characters, started
@@ -177,6 +190,7 @@ class AudioProcessor:
                 self.access.forwarded(request.headers), identity=True
             ),
             body=step.body,
+            sse_media_type=audio_type(described.speech) if described.speech.sse else None,
         )
         fill, leader = self.misses.start(
             step.rule,
@@ -194,8 +208,9 @@ class AudioProcessor:
             await self.access.refund(caller, described.tenant, characters)
         fwd = Forward.REQUEST if step.directive is Directive.REFRESH else Forward.MISS
         response, result = await self.misses.serve(
-            request, step.rule, fill, described.key, fwd=fwd, leader=leader, stale=stale
-        )
+            request, step.rule, fill, described.key, fwd=fwd, leader=leader, stale=stale,
+            sse=described.speech.sse,
+        )  # fmt: skip
         if result is Result.COALESCED and fill.status == 200:
             described.metrics.saved(characters)
         return response, result

@@ -98,6 +98,8 @@ class UpstreamClient:
         self.base = URL(settings.base_url)
         self._base_path = self.base.raw_path.rstrip("/")
         self.session: aiohttp.ClientSession | None = None
+        # WebSocket sessions last as long as they are used: no total timeout applies.
+        self.ws_session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         # auto_decompress off: bytes pass through (and are cached) exactly as sent.
@@ -112,9 +114,21 @@ class UpstreamClient:
             cookie_jar=aiohttp.DummyCookieJar(),
         )
 
+        self.ws_session = aiohttp.ClientSession(
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=self.settings.connect_timeout,
+                sock_connect=self.settings.connect_timeout,
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
+        if self.ws_session is not None:
+            await self.ws_session.close()
 
     def url_for(self, raw_path: str, raw_query: str) -> URL:
         check_path(raw_path)
@@ -164,4 +178,43 @@ class UpstreamClient:
                 502, "connect", "cannot connect to the upstream TTS service"
             ) from exc
         except (aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
+            raise UpstreamError(502, "protocol", f"the upstream TTS service failed: {exc}") from exc
+
+    async def ws_connect(
+        self,
+        raw_path: str,
+        raw_query: str,
+        headers: CIMultiDict[str],
+        *,
+        protocols: tuple[str, ...],
+        max_msg_size: int,
+    ) -> aiohttp.ClientWebSocketResponse:
+        """Open a WebSocket to the upstream (its base URL with the ws or wss scheme). Raises
+        UpstreamError, with the upstream's status when it refused the handshake."""
+        assert self.ws_session is not None, "UpstreamClient.start() was not awaited"
+        url = self.url_for(raw_path, raw_query)
+        url = url.with_scheme("wss" if url.scheme == "https" else "ws")
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout + self.settings.read_timeout):
+                return await self.ws_session.ws_connect(
+                    url,
+                    headers=headers,
+                    protocols=protocols,
+                    max_msg_size=max_msg_size,
+                    autoping=False,  # pings and pongs are the client's, relayed
+                    autoclose=True,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            status = exc.status if 400 <= exc.status < 500 else 502
+            raise UpstreamError(
+                status, "handshake", f"the upstream refused the WebSocket ({exc.status})"
+            ) from exc
+        except TimeoutError as exc:
+            raise UpstreamError(504, "timeout", "the upstream TTS service timed out") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(
+                502, "connect", "cannot connect to the upstream TTS service"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(502, "protocol", f"the upstream TTS service failed: {exc}") from exc

@@ -23,12 +23,15 @@ from typing import Any
 from ..core.keys import CacheKey
 from ..core.packing import Packed
 from ..core.policy import replayable
+from ..core.sse import USAGE_HEADER
 
 # -- the entry's hash fields ------------------------------------------------------------
 
 BODY = "b"  # packed audio: proxy.core.packing's header, then the payload
 MEDIA_TYPE = "ct"
-HEADERS = "hd"  # replayed upstream headers: a JSON list of [name, value]
+# Replayed upstream headers: a JSON list of [name, value]. One more pair may be there,
+# never replayed: core.sse.USAGE_HEADER, the usage reported with speech events.
+HEADERS = "hd"
 CREATED = "c"  # ms since the epoch
 EXPIRES = "x"  # ms: the end of freshness (the key itself may be kept longer, stale)
 TTL = "t"  # seconds of freshness it was stored with
@@ -90,6 +93,9 @@ class CachedAudio:
     expires_ms: int
     content_class: str
     checksum: int
+    # The usage the upstream reported when the entry was filled from speech events
+    # (compact JSON), "" when it was filled from a plain request.
+    sse_usage: str = ""
     # What the HTTP layer derived from this entry (validators, header blocks), kept with
     # it so that a hot-tier hit does not derive them again. Not part of its value.
     memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -221,14 +227,21 @@ def load_record(raw: bytes | str) -> dict[str, Any]:
     return decoded
 
 
-@lru_cache(maxsize=1024)
 def replayed(stored: bytes) -> tuple[tuple[str, str], ...]:
     """An entry's replayed upstream headers, from their stored JSON. Entries of one upstream
     store the same few header sets, so each is decoded once, not on every read."""
+    return stored_headers(stored)[0]
+
+
+@lru_cache(maxsize=1024)
+def stored_headers(stored: bytes) -> tuple[tuple[tuple[str, str], ...], str]:
+    """An entry's stored headers: (those replayed, the speech events' usage or "")."""
     decoded = json.loads(stored)
     if not isinstance(decoded, list):
         raise TypeError("replayed headers are not a list")
-    return tuple((str(name), str(value)) for name, value in decoded)
+    pairs = tuple((str(name), str(value)) for name, value in decoded)
+    usage = next((v for n, v in pairs if n.lower() == USAGE_HEADER), "")
+    return tuple(p for p in pairs if p[0].lower() != USAGE_HEADER), usage
 
 
 def cached_audio(
@@ -237,11 +250,13 @@ def cached_audio(
     """A hit from its :data:`HIT_FIELDS` values and its verified audio. ValueError or
     TypeError when a field does not decode."""
     _, media_type, headers, created, expires, content_class = values
+    replayed_headers, sse_usage = stored_headers(headers or b"[]")
     return CachedAudio(
         key=key,
         audio=audio,
         media_type=(media_type or b"application/octet-stream").decode(),
-        headers=replayed(headers or b"[]"),
+        headers=replayed_headers,
+        sse_usage=sse_usage,
         created_ms=int(created or 0),
         expires_ms=int(expires or 0),
         content_class=(content_class or b"default").decode(),

@@ -264,14 +264,17 @@ async def test_disabled_cache_is_pure_pass_through(upstream: Any, make_proxy: An
     assert fake.calls["openai"] == 2
 
 
-async def test_sse_streams_are_passed_through(upstream: Any, make_proxy: Any) -> None:
+async def test_sse_requests_share_the_plain_entry(upstream: Any, make_proxy: Any) -> None:
+    # More in tests/integration/test_sse.py; this upstream ignores stream_format.
     fake, url = upstream
-    client = await make_proxy(url)
-    for _ in range(2):
-        r = await client.post("/v1/audio/speech", json={**SPEECH, "stream_format": "sse"})
-        await r.read()
-        assert r.headers["Cache-Status"] == "tts-cache; fwd=bypass; detail=uncacheable"
-    assert fake.calls["openai"] == 2
+    client = await make_proxy(url, client_auth="none")
+    r = await client.post("/v1/audio/speech", json=SPEECH)
+    await r.read()
+    await until_filled(client)
+    r = await client.post("/v1/audio/speech", json={**SPEECH, "stream_format": "sse"})
+    assert b"speech.audio.done" in await r.read()
+    assert r.headers["X-Cache"] == "HIT" and r.headers["Content-Type"] == "text/event-stream"
+    assert fake.calls["openai"] == 1
 
 
 @pytest.mark.parametrize(

@@ -75,19 +75,14 @@ def test_elevenlabs_takes_voice_from_path_and_ignores_logging_flag() -> None:
     }
 
 
-def test_sse_stream_format_bypasses_the_cache() -> None:
-    assert (
-        describe(
-            "POST", "/v1/audio/speech", body={"input": "Hi", "voice": "a", "stream_format": "sse"}
-        )
-        is None
-    )
-    assert (
-        describe(
-            "POST", "/v1/audio/speech", body={"input": "Hi", "voice": "a", "stream_format": "audio"}
-        )
-        is not None
-    )
+def test_sse_stream_format_is_the_plain_requests_entry_in_another_form() -> None:
+    body = {"input": "Hi", "voice": "a"}
+    plain = describe("POST", "/v1/audio/speech", body=body)
+    sse = describe("POST", "/v1/audio/speech", body={**body, "stream_format": "sse"})
+    audio = describe("POST", "/v1/audio/speech", body={**body, "stream_format": "audio"})
+    assert plain is not None and sse is not None and audio is not None
+    assert sse.sse and not plain.sse and not audio.sse
+    assert plain.params == sse.params == audio.params
 
 
 @pytest.mark.parametrize(
