@@ -1,16 +1,19 @@
-"""The ``tts-cache-proxy`` command: serve, demo, demo-upstream, check-config."""
+"""The ``tts-cache-proxy`` command: serve, demo, demo-upstream, check-config, settings-reference."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
+import importlib.metadata
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -19,6 +22,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from . import __version__
 from .config.settings import ConfigError, Settings, load_settings
 from .observability.access_log import runner_options
 from .observability.metrics import MULTIPROCESS_DIR
@@ -33,6 +37,51 @@ NO_UPSTREAM = (
 )
 # Set by `serve --workers N` in the environment of the processes it starts.
 WORKER_ENV = "TTS_CACHE_PROXY_WORKER"
+
+
+class PortInUse(OSError):
+    """The address a listener needs is taken by another process."""
+
+    def __init__(self, host: str, port: int, what: str = "port") -> None:
+        setting = "" if what == "port" else f" ({what})"
+        super().__init__(
+            errno.EADDRINUSE,
+            f"port {port} is already in use on {host}{setting}: stop what listens there "
+            "or choose another port",
+        )
+
+
+def check_port_free(host: str, port: int, what: str = "port") -> None:
+    """PortInUse when ``host:port`` cannot be bound, before anything else is started.
+
+    Binds as asyncio's server does (SO_REUSEADDR, v6-only), so a port held by a listener
+    fails here and one in TIME_WAIT does not."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror:
+        return  # the real bind reports it
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(host, port, what) from None
+
+
+def version() -> str:
+    """The installed distribution's version, else the package's own."""
+    try:
+        return importlib.metadata.version("tts-cache-proxy")
+    except importlib.metadata.PackageNotFoundError:
+        return __version__
 
 
 class JsonFormatter(logging.Formatter):
@@ -67,7 +116,8 @@ def configure_logging(settings: Settings) -> None:
     logging.logMultiprocessing = False
 
 
-def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+def _settings(args: argparse.Namespace, **extra: Any) -> tuple[Settings, list[str]]:
+    """The settings (command-line flags over everything) and the environment warnings."""
     overrides = {
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
@@ -75,7 +125,24 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
         "redis_url": getattr(args, "redis_url", None),
         **extra,
     }
-    return load_settings(getattr(args, "config", None), overrides=overrides)
+    warnings: list[str] = []
+    settings = load_settings(getattr(args, "config", None), overrides=overrides, warnings=warnings)
+    return settings, warnings
+
+
+def _configured(args: argparse.Namespace, **extra: Any) -> Settings:
+    """The settings, logging configured from them and the environment warnings logged."""
+    settings, warnings = _settings(args, **extra)
+    configure_logging(settings)
+    for warning in warnings:
+        log.warning("environment: %s", warning)
+    return settings
+
+
+def _check_ports(settings: Settings) -> None:
+    check_port_free(settings.host, settings.port)
+    if settings.admin_port is not None:
+        check_port_free(settings.admin_host or settings.host, settings.admin_port, "admin_port")
 
 
 async def _serve_forever(
@@ -140,8 +207,13 @@ async def _start(
         )
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=drain_seconds, **options)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port)
-    await site.start()
+    try:
+        await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+    except OSError as exc:
+        await runner.cleanup()  # its background tasks would keep the process alive
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(host, port) from None
+        raise
     return runner
 
 
@@ -156,24 +228,24 @@ async def _start_proxy(
     runners = [await _start(app, host, port, drain_seconds=drain, reuse_port=reuse_port)]
     if settings.admin_port is not None:
         admin_host = settings.admin_host or host
-        runners.append(
-            await _start(
+        try:
+            admin = await _start(
                 create_admin_app(app),
                 admin_host,
                 settings.admin_port,
                 drain_seconds=drain,
                 reuse_port=reuse_port,
             )
-        )
+        except BaseException:
+            await runners[0].cleanup()
+            raise
+        runners.append(admin)
         log.info("admin API on http://%s:%d/admin", admin_host, settings.admin_port)
     return runners
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .app import create_app
-
-    settings = _settings(args)
-    configure_logging(settings)
+    settings = _configured(args)
     if not settings.upstream_url:
         print(f"tts-cache-proxy: {NO_UPSTREAM}", file=sys.stderr)
         return 2
@@ -183,6 +255,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     parent_pid = int(os.environ.get(WORKER_ENV) or 0) or None
     is_worker = parent_pid is not None
+    if not is_worker:  # workers share the port with their siblings on purpose
+        _check_ports(settings)
+    from .app import create_app
+
     embedded: EmbeddedValkey | None = None
     redis_url = settings.redis_url
     if redis_url is None:
@@ -300,19 +376,26 @@ async def _supervise_workers(
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    upstream_port = free_port()
+    settings = _configured(args, upstream_url=f"http://127.0.0.1:{upstream_port}", redis_url=None)
+    _check_ports(settings)
     from .app import create_app
     from .demo.upstream import create_demo_upstream_app
 
-    upstream_port = free_port()
-    settings = _settings(args, upstream_url=f"http://127.0.0.1:{upstream_port}", redis_url=None)
-    configure_logging(settings)
     with EmbeddedValkey(data_dir=settings.embedded_data_dir) as store:
 
         async def main() -> None:
             upstream = await _start(create_demo_upstream_app(), "127.0.0.1", upstream_port)
-            proxy = await _start_proxy(
-                create_app(settings, redis_url=store.url), settings, settings.host, settings.port
-            )
+            try:
+                proxy = await _start_proxy(
+                    create_app(settings, redis_url=store.url),
+                    settings,
+                    settings.host,
+                    settings.port,
+                )
+            except BaseException:
+                await upstream.cleanup()
+                raise
             print(
                 f"demo: proxy on http://{settings.host}:{settings.port} -> espeak-ng demo "
                 f"upstream on http://127.0.0.1:{upstream_port}, embedded Valkey at {store.url}\n"
@@ -330,55 +413,120 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_upstream(args: argparse.Namespace) -> int:
+    check_port_free(args.host, args.port)
     from .demo.upstream import run_demo_upstream
 
     logging.basicConfig(level=logging.INFO)
-    run_demo_upstream(args.host, args.port)
+    try:
+        run_demo_upstream(args.host, args.port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(args.host, args.port) from None
+        raise
     return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    settings = load_settings(args.file)
+    warnings: list[str] = []
+    try:
+        settings = load_settings(args.file, warnings=warnings)
+    finally:  # also beside the errors: a typo in a name may be the cause of one
+        for warning in warnings:
+            print(f"# warning: environment: {warning}", file=sys.stderr)
     yaml.safe_dump(settings.public(), sys.stdout, sort_keys=False, allow_unicode=True)
     if not settings.upstream_url:
         print(f"# warning: {NO_UPSTREAM}", file=sys.stderr)
     return 0
 
 
+def cmd_settings_reference(args: argparse.Namespace) -> int:
+    from .config.reference import render_reference
+
+    sys.stdout.write(render_reference())
+    return 0
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default, unless it has none (the settings decide) or says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _default(name: str) -> str:
+    value = Settings.__dataclass_fields__[name].default
+    return f"the {name} setting, default {value}"
+
+
+def _listener_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--config", metavar="FILE", help="YAML settings file (default: none, built-in settings)"
+    )
+    command.add_argument(
+        "--host", help=f"address to listen on, over the settings ({_default('host')})"
+    )
+    command.add_argument(
+        "--port", type=int, help=f"port to listen on, over the settings ({_default('port')})"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="tts-cache-proxy", description="A caching reverse proxy for text-to-speech APIs."
+        prog="tts-cache-proxy",
+        description="A caching reverse proxy for text-to-speech APIs.",
+        formatter_class=_HelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the proxy in front of a TTS API")
-    serve.add_argument("--config", help="YAML settings file")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
-    serve.add_argument("--upstream", help="TTS API base URL, e.g. https://api.openai.com")
-    serve.add_argument("--redis-url", help="redis://, rediss://, unix:// or redis+cluster://")
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name, help=summary, description=summary, formatter_class=_HelpFormatter
+        )
+
+    serve = command("serve", "run the proxy in front of a TTS API")
+    _listener_flags(serve)
+    serve.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="TTS API base URL, e.g. https://api.openai.com (default: the upstream_url setting)",
+    )
+    serve.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="redis://, rediss://, unix:// or redis+cluster:// (default: the redis_url "
+        "setting; empty starts an embedded Valkey)",
+    )
     serve.add_argument(
         "--workers",
         type=int,
         default=1,
-        help="processes sharing the port (SO_REUSEPORT) and the store; default 1",
+        help="processes sharing the port (SO_REUSEPORT) and the store",
     )
     serve.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser("demo", help="embedded Valkey + speaking demo upstream + proxy")
-    demo.add_argument("--config", help="YAML settings file")
-    demo.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    demo.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    demo = command("demo", "embedded Valkey + speaking demo upstream + proxy")
+    _listener_flags(demo)
     demo.set_defaults(func=cmd_demo)
 
-    up = sub.add_parser("demo-upstream", help="an OpenAI-compatible TTS server on espeak-ng")
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--port", type=int, default=9000)
+    up = command("demo-upstream", "an OpenAI-compatible TTS server on espeak-ng")
+    up.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    up.add_argument("--port", type=int, default=9000, help="port to listen on")
     up.set_defaults(func=cmd_demo_upstream)
 
-    check = sub.add_parser("check-config", help="validate a config file, print the settings")
+    check = command(
+        "check-config", "validate a config file (and the environment), print the settings"
+    )
     check.add_argument("file", help="YAML settings file")
     check.set_defaults(func=cmd_check_config)
+
+    reference = command(
+        "settings-reference", "print the configuration reference (markdown) of every setting"
+    )
+    reference.set_defaults(func=cmd_settings_reference)
     return p
 
 
@@ -387,8 +535,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"tts-cache-proxy: config error: {exc}", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"tts-cache-proxy: config error: {problem}", file=sys.stderr)
         return 2
+    except PortInUse as exc:
+        print(f"tts-cache-proxy: {exc.strerror}", file=sys.stderr)
+        return 1
     except EmbeddedStoreError as exc:
         print(f"tts-cache-proxy: {exc}", file=sys.stderr)
         return 2

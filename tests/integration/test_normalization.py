@@ -132,7 +132,7 @@ def test_a_bad_normalize_list_names_the_route_field() -> None:
         rule_from_mapping({**RULE, "normalize": "nfc"})
     with pytest.raises(RuleError, match="unknown normalization"):
         RouteRule(name="x", method="POST", path="/x", text=FieldRef("json", "t"), normalize=("x",))
-    with pytest.raises(ConfigError, match=r"routes:.*normalize"):
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.normalize: .*'nope'"):
         load_settings(env={}, overrides={"routes": [{**RULE, "normalize": ["nope"]}]})
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import redis
 
 from proxy.store.embedded import EmbeddedValkey, free_port
@@ -184,3 +188,121 @@ async def test_serve_with_a_separate_admin_port_and_a_token_file(
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     assert proc.stderr is not None
     assert b"admin API answers loopback clients only" not in await proc.stderr.read()
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A free loopback port with a real listener on it."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["serve", "--upstream", "http://127.0.0.1:9"], ["demo"], ["demo-upstream"]],
+    ids=lambda c: c[0],
+)
+def test_a_busy_port_is_refused_at_once(command: list[str], busy_port: int) -> None:
+    # The bound is about not hanging (they used to wait forever), not about speed.
+    result = subprocess.run(
+        [*CLI, *command, "--port", str(busy_port)],
+        capture_output=True, text=True, timeout=20, env={**os.environ, "REDIS_URL": ""},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"tts-cache-proxy: port {busy_port} is already in use on 127.0.0.1: stop what "
+        "listens there or choose another port"
+    ]
+
+
+def test_a_busy_admin_port_is_named(busy_port: int) -> None:
+    result = run(
+        "serve", "--upstream", "http://127.0.0.1:9", "--port", str(free_port()),
+        env={"ADMIN_PORT": str(busy_port)},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"port {busy_port} is already in use on 127.0.0.1 (admin_port)" in result.stderr
+
+
+async def test_a_listener_losing_the_race_for_its_port_cleans_up(busy_port: int) -> None:
+    """Taken between the check and the bind: the same error, and the app is shut down."""
+    from aiohttp import web
+
+    from proxy.cli import PortInUse, _start
+
+    cleaned: list[bool] = []
+    app = web.Application()
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        yield
+        cleaned.append(True)
+
+    app.cleanup_ctx.append(ctx)
+    with pytest.raises(PortInUse, match=f"port {busy_port} is already in use"):
+        await _start(app, "127.0.0.1", busy_port)
+    assert cleaned == [True]
+
+
+def test_version() -> None:
+    from proxy import __version__
+
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"tts-cache-proxy {__version__}"
+
+
+def test_every_flag_has_help_that_shows_its_default() -> None:
+    from proxy.cli import parser
+
+    def walk(p: argparse.ArgumentParser, where: str) -> Iterator[tuple[str, argparse.Action, str]]:
+        formatter = p._get_formatter()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, f"{where} {name}")
+            else:
+                yield where, action, formatter._get_help_string(action) or ""
+
+    actions = list(walk(parser(), "tts-cache-proxy"))
+    assert {a.dest for _, a, _ in actions} >= {"config", "host", "port", "workers", "file"}
+    for where, action, text in actions:
+        assert action.help, f"{where} {action.option_strings or action.dest} has no help"
+        if action.option_strings and action.default is not argparse.SUPPRESS:
+            assert "default" in text, f"{where} {action.option_strings} does not show its default"
+    result = run("serve", "--help")
+    assert "(default: 1)" in result.stdout and "default 8080" in result.stdout
+
+
+def test_check_config_prints_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("audio_cache_compression_level: 0\nlog_formt: json\n")
+    result = run("check-config", str(path), env={"AUDIO_CACHE_TTL_SECNDS": "60"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "# warning: environment: AUDIO_CACHE_TTL_SECNDS: not a setting, ignored; "
+        "did you mean 'AUDIO_CACHE_TTL_SECONDS'?",
+        "tts-cache-proxy: config error: log_formt: unknown setting; did you mean 'log_format'? "
+        "(see config/default.yaml)",
+        "tts-cache-proxy: config error: audio_cache_compression_level: must be between 1 and 9, got 0",
+    ]
+
+
+def test_check_config_warns_about_environment_typos(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("upstream_url: http://127.0.0.1:9\n")
+    result = run("check-config", str(path), env={"AUDIO_CACHE_TTL_SECNDS": "60"})
+    assert result.returncode == 0, result.stderr
+    assert (
+        "# warning: environment: AUDIO_CACHE_TTL_SECNDS: not a setting, ignored; "
+        "did you mean 'AUDIO_CACHE_TTL_SECONDS'?"
+    ) in result.stderr.splitlines()
+
+
+def test_settings_reference_prints_the_committed_reference() -> None:
+    from tests.support.paths import ROOT
+
+    result = run("settings-reference")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
