@@ -15,12 +15,14 @@ only the base URL and the API key (a dummy one):
 
 Each client speaks the same sentences twice. Per client and run the table shows the proxy's
 requests and their cache results (from its access-log records), the calls that reached the
-upstream, the store's get hits and misses (``audio_cache_operations_total`` scraped from
-``/metrics`` before and after), the audio frames, the sample rate they claim, the seconds
-of audio and whether it is plausible: about the duration espeak-ng needs for the text, no
-frame of silence only. With the default ``client_auth`` (``upstream``) the first request of
-a credential is never served from the cache, so a first run is all misses; the second run
-should come from the cache. A client whose requests the proxy bypasses says so.
+upstream, the store's get hits, misses and stores (``audio_cache_operations_total`` scraped
+from ``/metrics`` before and after), the audio frames, the sample rate and channels they
+claim, the seconds of audio, whether that is plausible (about the duration espeak-ng needs
+for the text, at most a few frames of silence only: an MP3 decoder's priming), and whether a
+later run decoded to the same samples as the first. With the default ``client_auth``
+(``upstream``) the first request of a credential is never served from the cache, so a first
+run is all misses; the second run should come from the cache. A client whose requests the
+proxy bypasses says so.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import time
@@ -81,6 +84,7 @@ class Run:
     silent_samples: int = 0
     characters: int = 0
     error: str = ""
+    audio: Any = field(default_factory=hashlib.sha256, repr=False)
 
     @property
     def seconds(self) -> float:
@@ -97,6 +101,7 @@ class Run:
         self.sample_rates.add(rate)
         self.channels.add(channels)
         self.samples += samples
+        self.audio.update(pcm)
         if is_silent(pcm):
             self.silent_frames += 1
             self.silent_samples += samples
@@ -157,6 +162,14 @@ def plausible(run: Run) -> str:
     return "ok"
 
 
+def same_audio(runs: Sequence[Run], run: Run) -> str:
+    """Whether ``run`` decoded to the same samples as the same client's first run."""
+    first = next((r for r in runs if r.client == run.client and r.run == 1), None)
+    if first is None or first is run:
+        return "-"
+    return "yes" if first.audio.digest() == run.audio.digest() else "no"
+
+
 def cache_verdict(run: Run) -> str:
     """The second run's answer to "served from the cache?", stated from what was seen."""
     if run.served_from_cache:
@@ -182,7 +195,7 @@ def format_table(runs: Sequence[Run]) -> str:
     header = (
         f"{'client':<10}{'run':>4}{'reqs':>6}  {'proxy results':<20}{'upstr':>6}"
         f"{'hit/miss/set':>14}{'frames':>8}{'rate Hz':>9}{'ch':>4}{'audio s':>9}"
-        f"{'silent':>13}{'chars/s':>8}  {'audio check':<14}{'from cache'}"
+        f"{'silent':>13}{'chars/s':>8}  {'audio check':<14}{'as run 1':<10}{'from cache'}"
     )
     lines = [header, "-" * len(header)]
     for r in runs:
@@ -193,7 +206,8 @@ def format_table(runs: Sequence[Run]) -> str:
             f"{r.client:<10}{r.run:>4}{r.requests:>6}  {_results(r.results):<20}"
             f"{r.upstream_calls:>6}{_store(r.store):>14}{r.frames:>8}{rates:>9}{channels:>4}"
             f"{r.seconds:>9.2f}{f'{r.silent_frames} / {r.silent_seconds:.2f}s':>13}"
-            f"{r.characters / r.seconds if r.seconds else 0:>8.1f}  {plausible(r):<14}{from_cache}"
+            f"{r.characters / r.seconds if r.seconds else 0:>8.1f}  {plausible(r):<14}"
+            f"{same_audio(runs, r):<10}{from_cache}"
         )
         if r.error:
             lines.append(f"    error: {r.error}")

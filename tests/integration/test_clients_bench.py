@@ -20,6 +20,7 @@ from bench.clients import (
     format_table,
     operations_delta,
     plausible,
+    same_audio,
     store_operations,
     tally,
 )
@@ -126,3 +127,13 @@ def test_audio_is_plausible_only_at_a_speaking_rate_and_mostly_sound() -> None:
     silent.add_frame(bytes(48000), 24000, 1, 24000)
     assert (silent.silent_frames, plausible(silent)) == (1, "1.00 s silent")
     assert plausible(_run()) == "no audio"
+
+
+def test_a_later_run_is_compared_with_the_same_clients_first() -> None:
+    sound = (1000).to_bytes(2, "little", signed=True) * 2400
+    first, again, other = Run("a", 1), Run("a", 2), Run("a", 3)
+    for run in (first, again):
+        run.add_frame(sound, 24000, 1, 2400)
+    other.add_frame(sound[:-2] + bytes(2), 24000, 1, 2400)
+    runs = [first, again, other]
+    assert [same_audio(runs, r) for r in runs] == ["-", "yes", "no"]
