@@ -83,6 +83,8 @@ class Settings:
     redis_connect_timeout_seconds: float = field(default=0.5, metadata=_meta(lo=0.001))
     redis_breaker_failures: int = field(default=5, metadata=_meta(lo=1))
     redis_breaker_reset_seconds: float = field(default=2.0, metadata=_meta(lo=0.01))
+    # Start even when Redis may evict bookkeeping keys (maxmemory-policy allkeys-*).
+    redis_allow_allkeys_eviction: bool = False
     # The seed's settings.
     audio_cache_enabled: bool = True
     audio_cache_ttl_seconds: int = field(default=86400, metadata=_meta(lo=1))
