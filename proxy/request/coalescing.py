@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from ..core.breaker import CircuitBreaker
 from ..core.keys import CacheKey
 from ..observability.metrics import METRICS
-from ..store.keyspace import Keyspace
+from ..store.keyspace import Keyspace, shard_of
 from ..store.lock import TokenLock
 from ..store.lua import Lua
 from ..store.schema import CachedAudio
@@ -69,6 +69,9 @@ class FlightSettings:
     wait_seconds: float = 30.0  # the longest a follower waits for the leader's next record
     poll_seconds: float = 0.25  # one XREAD BLOCK; below the Redis socket timeout
     linger_seconds: float = 10.0  # a finished answer stays readable for late followers
+    # An answer larger than this (the entry size limit: it will not be stored) is not
+    # copied into Redis; followers call the upstream themselves. None: no bound.
+    max_stream_bytes: int | None = None
 
     @property
     def stream_seconds(self) -> float:
@@ -82,11 +85,15 @@ class FlightKeys:
     lock: str
     stream: str
     followers: str
+    stats: str  # the shard's counters: bytes written to streams are counted there
 
     @classmethod
     def of(cls, keyspace: Keyspace, key: CacheKey) -> FlightKeys:
         return cls(
-            keyspace.flight_lock(key), keyspace.flight_stream(key), keyspace.flight_followers(key)
+            keyspace.flight_lock(key),
+            keyspace.flight_stream(key),
+            keyspace.flight_followers(key),
+            keyspace.stats(shard_of(key)),
         )
 
 
@@ -218,13 +225,20 @@ class ClusterFlights:
         live_ms = _ms(self.settings.stream_seconds)
 
         async def publish(ttl_ms: int, **fields: str | bytes | int) -> bool:
-            args: list[Any] = [token, ttl_ms, "t", token]
+            data = fields.get("d")
+            args: list[Any] = [token, ttl_ms, len(data) if isinstance(data, bytes) else 0]
+            args += ["t", token]
             for name, value in fields.items():
                 args += [name, value]
-            return bool(await self._publish(keys=[keys.lock, keys.stream], args=args))
+            return bool(await self._publish(keys=[keys.lock, keys.stream, keys.stats], args=args))
 
+        bound = self.settings.max_stream_bytes
         try:
             await fill.wait_head()
+            if fill.status is not None and bound is not None and _declared_size(fill) > bound:
+                # Too large to store: sharing it would copy it into Redis for nothing.
+                await publish(live_ms, k="x")
+                return
             if fill.status is None:
                 error = fill.error or UpstreamError(502, "protocol", "the upstream gave no answer")
                 ok = await publish(
@@ -232,8 +246,15 @@ class ClusterFlights:
                 )
             else:
                 ok = await publish(live_ms, k="h", s=fill.status, h=json.dumps(fill.headers))
+                sent = 0
                 async for batch in fill.batches():
                     data = b"".join(batch)
+                    sent += len(data)
+                    if bound is not None and sent > bound:
+                        # Followers that already passed bytes on end cut short, as when a
+                        # leader dies; the rest call the upstream themselves.
+                        await publish(live_ms, k="x")
+                        return
                     for i in range(0, len(data), _MAX_RECORD_BYTES):
                         ok = ok and await publish(live_ms, k="c", d=data[i : i + _MAX_RECORD_BYTES])
                     if not ok:
@@ -321,6 +342,11 @@ class ClusterFlights:
                 return _Outcome.DONE
             quiet_since = loop.time()
             settled = await reader.apply(_records(reply))
+            if reader.unshared:
+                if fill.status is None and not fill.finished:
+                    return _Outcome.FAIL_OPEN
+                await _give_up(fill, "too_large", "the answer is too large to share")
+                return _Outcome.DONE
             if fill.origin != "cluster":  # counted once a leader's record arrives
                 fill.origin = "cluster"
                 METRICS.coalesced.labels("cluster").inc()
@@ -335,6 +361,7 @@ class _StreamReader:
         self.fill = fill
         self.last: bytes | str = "0-0"
         self.token: bytes | None = None
+        self.unshared = False  # the leader will not share this answer (too large)
 
     async def apply(self, records: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:
         """True once the fill is settled."""
@@ -348,6 +375,9 @@ class _StreamReader:
                 return True
             self.token = token
             kind = fields.get(b"k")
+            if kind == b"x":
+                self.unshared = True
+                return False
             if kind == b"h":
                 headers = [(str(k), str(v)) for k, v in json.loads(fields[b"h"])]
                 await fill.set_head(int(fields[b"s"]), headers)
@@ -369,6 +399,17 @@ class _StreamReader:
                 fill.settle(stored=fields.get(b"st") == b"1", refusal=refusal)
                 return True
         return False
+
+
+def _declared_size(fill: Fill) -> int:
+    """The answer's Content-Length, or -1 when it has none (or an unreadable one)."""
+    for name, value in fill.headers or ():
+        if name.lower() == "content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return -1
 
 
 def _records(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:

@@ -78,6 +78,7 @@ class Misses:
                     lock_seconds=settings.coalescing_lock_seconds,
                     wait_seconds=settings.coalescing_wait_seconds,
                     poll_seconds=min(0.25, settings.redis_socket_timeout_seconds / 2),
+                    max_stream_bytes=settings.max_entry_bytes,
                 ),
                 breaker=service.breaker,
             )
