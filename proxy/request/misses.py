@@ -81,6 +81,7 @@ class Misses:
                     max_stream_bytes=settings.max_entry_bytes,
                 ),
                 breaker=service.breaker,
+                fetch=service.fetch,
             )
 
     def start(
@@ -115,7 +116,7 @@ class Misses:
             # A refresh must reach the upstream, so it never settles for a stored answer.
             use = directive is Directive.USE and not private
             recheck = self.service.fetch_fresh if use else None
-            await self.flights.run(fill, flight, lead, recheck=recheck)
+            await self.flights.run(fill, flight, lead, recheck=recheck, entry=key)
 
         return self.fills.join_or_start(flight.hex, runner)
 

@@ -71,3 +71,17 @@ async def test_a_stored_answer_goes_through_the_stream_once_and_is_counted(
     assert upstream.calls == 1
     await eventually(lambda: stream_bytes(a))
     assert await stream_bytes(a) == len(upstream.audio(TEXT))
+
+
+async def test_a_miss_nobody_follows_writes_its_audio_to_redis_once(
+    streaming: Any, make_proxy: Any
+) -> None:
+    upstream, url = streaming
+    a, b = await pair(make_proxy, url)
+    response = await a.post("/v1/audio/speech", json=SPEECH)
+    assert await response.read() == upstream.audio(TEXT)
+    again = await b.post("/v1/audio/speech", json=SPEECH)  # read-your-writes, elsewhere
+    assert await again.read() == upstream.audio(TEXT)
+    assert again.headers["X-Cache"] == "HIT"
+    assert upstream.calls == 1
+    assert await stream_bytes(a) == 0  # only the entry holds the audio
