@@ -495,7 +495,8 @@ def _check_consistency(s: Settings) -> None:
             f"upstream_url: expected http(s)://host[:port][/path], got {s.upstream_url!r}"
         )
     if s.redis_url is not None and not re.match(
-        r"^(redis|rediss|unix|redis\+cluster|rediss\+cluster)://", s.redis_url
+        r"^(redis|rediss|unix|redis\+cluster|rediss\+cluster|redis\+sentinel|rediss\+sentinel)://",
+        s.redis_url,
     ):
         raise ConfigError(
             "redis_url: expected redis://, rediss://, unix:// or redis+cluster:// URL, "
