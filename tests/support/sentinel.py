@@ -47,7 +47,7 @@ class SentinelSet:
         return redis.Redis(port=self.sentinel_ports[0], socket_timeout=5)
 
     def master_port(self) -> int:
-        host, port = self.sentinel().sentinel_get_master_addr_by_name(SERVICE)
+        _host, port = self.sentinel().sentinel_get_master_addr_by_name(SERVICE)
         return int(port)
 
     def wait_replica_synced(self, timeout: float = 20.0) -> None:
