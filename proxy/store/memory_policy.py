@@ -9,7 +9,8 @@ still count it until :class:`EvictionWatch` sees Redis's ``evicted_keys`` grow a
 ``repair()``, which drops the ghosts and recomputes the counters.
 
 Under ``allkeys-*`` Redis may evict the stats, the index and the selector sets themselves:
-totals drift without bound and a purge by selector misses entries, which are then served.
+totals drift without bound, and entries whose index record is gone are missed by a purge by
+selector (a lost selector set alone is not: purges also match the index records).
 The proxy refuses to start on such a policy unless ``redis_allow_allkeys_eviction`` is set.
 """
 

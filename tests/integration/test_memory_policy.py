@@ -154,3 +154,29 @@ async def test_the_proxy_does_not_start_on_allkeys_lru(
         aiohttp_client, url, private_valkey.url, redis_allow_allkeys_eviction=True
     )
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_a_purge_by_selector_removes_entries_whose_selector_set_was_lost(
+    private_valkey: EmbeddedValkey,
+) -> None:
+    redis = open_redis(private_valkey.url)
+    try:
+        service = AudioCacheService(redis)
+        for i in range(40):
+            voice = "en" if i % 2 else "fr"
+            await service.put(
+                key_of(i), os.urandom(1024), media_type="audio/wav", ttl_seconds=3600,
+                labels=EntryLabels(voice=voice, model="tts-1", tenant="acme"),
+            )  # fmt: skip
+        # As Redis evicting under allkeys-lru would: every voice=en set is gone.
+        lost = [name async for name in redis.scan_iter(match="*:sel:voice:en", count=1000)]
+        assert lost
+        await redis.delete(*lost)
+        removed, _ = await service.purge(voice="en", tenant="acme")
+        assert removed == 20
+        for i in range(40):
+            assert (await service.fetch(key_of(i)) is None) == bool(i % 2)
+        assert (await service.totals())["entries"] == 20
+        assert (await service.repair())["corrected"] == {}
+    finally:
+        await redis.aclose()
