@@ -119,9 +119,9 @@ async def main(clients: int, seconds: float) -> list[str]:
                     i += 1
                     text = stored[(n + i) % len(stored)] if i % 4 else f"new {n} {i}"
                     cache = await ask(text)
-                    if failover_at is not None and resumed_at is None and cache == "HIT":
-                        if group.master_port() != old_master:
-                            resumed_at = time.monotonic()
+                    after = failover_at is not None and resumed_at is None and cache == "HIT"
+                    if after and group.master_port() != old_master:
+                        resumed_at = time.monotonic()
                     await asyncio.sleep(0.01)
 
             load = [asyncio.create_task(client(n)) for n in range(clients)]
