@@ -34,6 +34,7 @@ from .state import DRAINING, PREFETCHER, PROCESSOR, REDIS, REDIS_URL, SERVICE, S
 from .store.client import open_redis, open_subscriber
 from .store.hot_tier import HotTier
 from .store.invalidation import InvalidationListener
+from .store.memory_policy import check_policy
 from .store.pipelined import PipelinedReads
 from .store.secret import key_secret
 from .store.service import AudioCacheService, CachedAudio
@@ -101,6 +102,7 @@ async def lifecycle(app: web.Application) -> AsyncIterator[None]:
             api_key_format=settings.upstream_api_key_format,
         )
     )
+    await check_policy(redis, allow_allkeys=settings.redis_allow_allkeys_eviction)
     await upstream.start()
     service = build_service(settings, redis, app[REDIS_URL])
     METRICS.cache_max_bytes.set(settings.max_size_bytes)

@@ -67,10 +67,11 @@ def _upstream_url(s: Settings) -> Iterator[str]:
 def _redis_url(s: Settings) -> Iterator[str]:
     if s.redis_url is None:
         return
-    if not re.match(r"^(redis|rediss|unix|redis\+cluster|rediss\+cluster)://", s.redis_url):
+    schemes = r"^(redis|rediss|unix|rediss?\+cluster|rediss?\+sentinel)://"
+    if not re.match(schemes, s.redis_url):
         yield (
-            "redis_url: expected redis://, rediss://, unix:// or redis+cluster:// URL, "
-            f"got {s.redis_url!r}"
+            "redis_url: expected redis://, rediss://, unix://, redis+cluster:// or "
+            f"redis+sentinel:// URL, got {s.redis_url!r}"
         )
         return
     try:

@@ -103,6 +103,9 @@ class Settings:
     redis_breaker_reset_seconds: float = _setting(
         2.0, "How long an open breaker skips the store before one probe decides.", lo=0.01
     )
+    redis_allow_allkeys_eviction: bool = _setting(
+        False, "Start even when Redis may evict bookkeeping keys (maxmemory-policy allkeys-*)."
+    )
     # The design document's settings.
     audio_cache_enabled: bool = _setting(True, "false: pure pass-through, nothing read or written.")
     audio_cache_ttl_seconds: int = _setting(

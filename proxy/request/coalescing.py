@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from ..core.breaker import CircuitBreaker
 from ..core.keys import CacheKey
 from ..observability.metrics import METRICS
-from ..store.keyspace import Keyspace
+from ..store.keyspace import Keyspace, shard_of
 from ..store.lock import TokenLock
 from ..store.lua import Lua
 from ..store.schema import CachedAudio
@@ -69,6 +69,12 @@ class FlightSettings:
     wait_seconds: float = 30.0  # the longest a follower waits for the leader's next record
     poll_seconds: float = 0.25  # one XREAD BLOCK; below the Redis socket timeout
     linger_seconds: float = 10.0  # a finished answer stays readable for late followers
+    # While no one follows, the leader keeps the audio out of the stream and looks this
+    # often for a follower (one EXISTS): a follower's first byte waits at most this long.
+    follower_check_seconds: float = 0.05
+    # An answer larger than this (the entry size limit: it will not be stored) is not
+    # copied into Redis; followers call the upstream themselves. None: no bound.
+    max_stream_bytes: int | None = None
 
     @property
     def stream_seconds(self) -> float:
@@ -82,11 +88,15 @@ class FlightKeys:
     lock: str
     stream: str
     followers: str
+    stats: str  # the shard's counters: bytes written to streams are counted there
 
     @classmethod
     def of(cls, keyspace: Keyspace, key: CacheKey) -> FlightKeys:
         return cls(
-            keyspace.flight_lock(key), keyspace.flight_stream(key), keyspace.flight_followers(key)
+            keyspace.flight_lock(key),
+            keyspace.flight_stream(key),
+            keyspace.flight_followers(key),
+            keyspace.stats(shard_of(key)),
         )
 
 
@@ -104,8 +114,12 @@ class ClusterFlights:
         prefix: str,
         settings: FlightSettings | None = None,
         breaker: CircuitBreaker | None = None,
+        fetch: Recheck | None = None,
     ) -> None:
         self.redis = redis
+        # Reads a stored entry without counting it: followers read there what the leader
+        # did not put in the stream. None: the leader always streams the whole answer.
+        self.fetch = fetch
         self.keyspace = Keyspace(prefix)
         self.settings = settings or FlightSettings()
         self.breaker = breaker
@@ -119,11 +133,18 @@ class ClusterFlights:
         return FlightKeys.of(self.keyspace, key)
 
     async def run(
-        self, fill: Fill, key: CacheKey, lead: Runner, *, recheck: Recheck | None = None
+        self,
+        fill: Fill,
+        key: CacheKey,
+        lead: Runner,
+        *,
+        recheck: Recheck | None = None,
+        entry: CacheKey | None = None,
     ) -> None:
         """Fill ``fill``: from the upstream via ``lead`` if this replica wins the key's lock,
         else from the leader's stream. ``recheck`` reads the store once the lock is won (the
-        answer may have been stored since this request missed)."""
+        answer may have been stored since this request missed). ``entry``: the key ``lead``
+        stores the answer under (``key`` unless the flight is private)."""
         if self.breaker is not None and self.breaker.is_open:
             await lead(fill)
             return
@@ -145,7 +166,7 @@ class ClusterFlights:
                 fill.origin = "upstream"  # perhaps after following a leader that vanished
                 released = self._leading[key.hex] = asyncio.Event()
                 try:
-                    await self._lead(fill, key, keys, lock, lead, recheck)
+                    await self._lead(fill, key, keys, lock, lead, recheck, entry)
                 finally:
                     released.set()
                     if self._leading.get(key.hex) is released:
@@ -171,6 +192,7 @@ class ClusterFlights:
         lock: TokenLock,
         lead: Runner,
         recheck: Recheck | None,
+        entry: CacheKey | None,
     ) -> None:
         try:
             if recheck is not None and await self._replay_stored(fill, key, recheck):
@@ -182,7 +204,7 @@ class ClusterFlights:
             await lead(fill)
             return
         fill.still_needed = lambda: self._has_followers(keys)
-        publisher = asyncio.create_task(self._publish_fill(fill, keys, lock.token))
+        publisher = asyncio.create_task(self._publish_fill(fill, keys, lock.token, entry))
         renewer = asyncio.create_task(self._keep_lock(fill, keys, lock.token))
         try:
             await lead(fill)
@@ -213,41 +235,136 @@ class ClusterFlights:
         fill.settle(stored=True, refusal=None)
         return True
 
-    async def _publish_fill(self, fill: Fill, keys: FlightKeys, token: str) -> None:
-        """Mirror the local fill into the stream, record by record, as it progresses."""
+    async def _publish_fill(
+        self, fill: Fill, keys: FlightKeys, token: str, entry: CacheKey | None
+    ) -> None:
+        """Mirror the local fill into the stream, record by record, as it progresses. The
+        audio goes in only while some replica follows: with ``entry`` (where the answer is
+        stored) followers that come later read what they missed from the stored entry, so
+        a miss nobody follows writes its audio to Redis once. An answer that is not stored
+        is put in the stream whole before its done record, for followers that came late."""
         live_ms = _ms(self.settings.stream_seconds)
+        skippable = entry is not None and self.fetch is not None
 
-        async def publish(ttl_ms: int, **fields: str | bytes | int) -> bool:
-            args: list[Any] = [token, ttl_ms, "t", token]
+        async def publish(ttl_ms: int, *, unless_alone: bool = False, **fields: Any) -> int:
+            data = fields.get("d")
+            args: list[Any] = [token, ttl_ms, len(data) if isinstance(data, bytes) else 0]
+            args += [int(unless_alone), "t", token]
             for name, value in fields.items():
                 args += [name, value]
-            return bool(await self._publish(keys=[keys.lock, keys.stream], args=args))
+            return int(
+                await self._publish(
+                    keys=[keys.lock, keys.stream, keys.stats, keys.followers], args=args
+                )
+            )
 
+        unsent: list[bytes] = []  # audio not in the stream yet: no one followed
+
+        async def share(*, always: bool = False) -> bool:
+            """Put the unsent audio in the stream if someone follows; False: lock lost."""
+            nonlocal unsent
+            if not unsent:
+                return True
+            # Ask first: audio sent to a script that skips it is still written to Redis.
+            if skippable and not always and not await self.redis.exists(keys.followers):
+                return True
+            data = b"".join(unsent)
+            for i in range(0, len(data), _MAX_RECORD_BYTES):
+                written = await publish(
+                    live_ms,
+                    unless_alone=skippable and not always,
+                    k="c",
+                    d=data[i : i + _MAX_RECORD_BYTES],
+                )
+                if written == 0:
+                    return False
+                if written == 2:
+                    unsent = [data[i:]]
+                    return True
+            unsent = []
+            return True
+
+        bound = self.settings.max_stream_bytes
+        total = 0
         try:
             await fill.wait_head()
+            if fill.status is not None and bound is not None and _declared_size(fill) > bound:
+                # Too large to store: sharing it would copy it into Redis for nothing.
+                await publish(live_ms, k="x")
+                return
             if fill.status is None:
                 error = fill.error or UpstreamError(502, "protocol", "the upstream gave no answer")
-                ok = await publish(
-                    live_ms, k="e", ok=0, es=error.status, ek=error.kind, em=error.message
+                ok = (
+                    await publish(
+                        live_ms, k="e", ok=0, es=error.status, ek=error.kind, em=error.message
+                    )
+                    == 1
                 )
             else:
-                ok = await publish(live_ms, k="h", s=fill.status, h=json.dumps(fill.headers))
-                async for batch in fill.batches():
+                ok = await publish(live_ms, k="h", s=fill.status, h=json.dumps(fill.headers)) == 1
+                async for batch in self._batches_or_followers(fill, keys, lambda: bool(unsent)):
+                    if not batch:  # a follower came: hand it what it missed
+                        ok = ok and await share()
+                        if not ok:
+                            break
+                        continue
                     data = b"".join(batch)
-                    for i in range(0, len(data), _MAX_RECORD_BYTES):
-                        ok = ok and await publish(live_ms, k="c", d=data[i : i + _MAX_RECORD_BYTES])
+                    total += len(data)
+                    if bound is not None and total > bound:
+                        # Followers that already passed bytes on end cut short, as when a
+                        # leader dies; the rest call the upstream themselves.
+                        await publish(live_ms, k="x")
+                        return
+                    unsent.append(data)
+                    ok = ok and await share()
                     if not ok:
                         break
-                ok = ok and await publish(live_ms, k="e", ok=int(fill.complete))
+                ok = ok and await share()
+                end: dict[str, Any] = {"ok": int(fill.complete)}
+                if unsent and entry is not None:
+                    end |= {"sk": 1, "ek": entry.hex}
+                ok = ok and await publish(live_ms, k="e", **end) == 1
             await fill.wait_done()
+            if ok and unsent and not fill.stored:
+                ok = await share(always=True)  # followers cannot read it from an entry
             linger = _ms(self.settings.linger_seconds)
-            ok = ok and await publish(
-                linger, k="d", st=int(bool(fill.stored)), r=fill.refusal or ""
+            ok = (
+                ok
+                and await publish(
+                    linger, k="d", st=int(bool(fill.stored)), r=fill.refusal or "", n=total
+                )
+                == 1
             )
             if not ok:
                 log.warning("lost the coalescing lock of %s while publishing", fill.key[:12])
         except (RedisError, OSError) as exc:
             _redis_failed("publish", exc)
+
+    async def _batches_or_followers(
+        self, fill: Fill, keys: FlightKeys, holding: Callable[[], bool]
+    ) -> AsyncIterator[list[bytes]]:
+        """``fill.batches()``; while ``holding()`` (audio kept out of the stream), an empty
+        batch as soon as a replica follows, not only when the next batch arrives."""
+        batches = fill.batches().__aiter__()
+        while True:
+            following = False
+            upcoming = asyncio.ensure_future(batches.__anext__())
+            try:
+                while True:
+                    wait = self.settings.follower_check_seconds if holding() else None
+                    done, _ = await asyncio.wait([upcoming], timeout=wait)
+                    if done:
+                        break
+                    if not following and await self.redis.exists(keys.followers):
+                        following = True
+                        yield []
+            except BaseException:
+                upcoming.cancel()
+                raise
+            try:
+                yield upcoming.result()
+            except StopAsyncIteration:
+                return
 
     async def _keep_lock(self, fill: Fill, keys: FlightKeys, token: str) -> None:
         lock_ms, stream_ms = _ms(self.settings.lock_seconds), _ms(self.settings.stream_seconds)
@@ -291,7 +408,7 @@ class ClusterFlights:
         except (RedisError, OSError) as exc:
             _redis_failed("follow", exc)
             return _Outcome.FAIL_OPEN
-        reader = _StreamReader(fill)
+        reader = _StreamReader(fill, self.fetch)
         quiet_since = loop.time()
         while True:
             try:
@@ -321,6 +438,11 @@ class ClusterFlights:
                 return _Outcome.DONE
             quiet_since = loop.time()
             settled = await reader.apply(_records(reply))
+            if reader.unshared:
+                if fill.status is None and not fill.finished:
+                    return _Outcome.FAIL_OPEN
+                await _give_up(fill, "too_large", "the answer is too large to share")
+                return _Outcome.DONE
             if fill.origin != "cluster":  # counted once a leader's record arrives
                 fill.origin = "cluster"
                 METRICS.coalesced.labels("cluster").inc()
@@ -329,16 +451,31 @@ class ClusterFlights:
 
 
 class _StreamReader:
-    """Applies a leader's stream records to a local fill."""
+    """Applies a leader's stream records to a local fill.
 
-    def __init__(self, fill: Fill) -> None:
+    A leader keeps the audio out of the stream while no one follows; its end record then
+    says so (``sk``) and the done record gives the answer's size (``n``): a follower reads
+    what it missed from the stored entry. A follower that finds the head and such an end
+    in its first read came late: it holds the head back until the done record, so that
+    when the rest cannot be read it has passed nothing on and can call the upstream."""
+
+    def __init__(self, fill: Fill, fetch: Recheck | None = None) -> None:
         self.fill = fill
+        self.fetch = fetch
         self.last: bytes | str = "0-0"
         self.token: bytes | None = None
+        self.unshared = False  # the leader will not share this answer: call the upstream
+        # The end record of an answer partly kept out of the stream: (whole?, entry key).
+        self.pending_end: tuple[bool, bytes] | None = None
+        self.held: tuple[int, list[tuple[str, str]]] | None = None  # a late follower's head
+        self.held_chunks: list[bytes] = []
+        self.late = False
 
     async def apply(self, records: list[tuple[bytes, dict[bytes, bytes]]]) -> bool:
-        """True once the fill is settled."""
+        """True once the fill is settled (or ``unshared``)."""
         fill = self.fill
+        if fill.status is None and not self.late:
+            self.late = any(f.get(b"k") == b"e" and f.get(b"sk") == b"1" for _, f in records)
         for record_id, fields in records:
             self.last = record_id
             token = fields.get(b"t")
@@ -348,11 +485,22 @@ class _StreamReader:
                 return True
             self.token = token
             kind = fields.get(b"k")
+            if kind == b"x":
+                self.unshared = True
+                return True
             if kind == b"h":
                 headers = [(str(k), str(v)) for k, v in json.loads(fields[b"h"])]
-                await fill.set_head(int(fields[b"s"]), headers)
+                if self.late:
+                    self.held = (int(fields[b"s"]), headers)
+                else:
+                    await fill.set_head(int(fields[b"s"]), headers)
             elif kind == b"c":
-                await fill.add(fields[b"d"])
+                if self.held is not None:
+                    self.held_chunks.append(fields[b"d"])
+                else:
+                    await fill.add(fields[b"d"])
+            elif kind == b"e" and fields.get(b"sk") == b"1" and (fill.status or self.held):
+                self.pending_end = (fields.get(b"ok") == b"1", fields.get(b"ek", b""))
             elif kind == b"e":
                 error = None
                 if fields.get(b"ok") != b"1" and fill.status is None:
@@ -363,12 +511,57 @@ class _StreamReader:
                     )
                 await fill.finish(complete=fields.get(b"ok") == b"1", error=error)
             elif kind == b"d":
+                ended = self.pending_end is None or fill.finished
+                if not ended and not await self._finish_from_entry(fields):
+                    self.unshared = True
+                    return True
                 if not fill.finished:
                     await fill.finish(complete=False)
                 refusal = fields.get(b"r", b"").decode() or None
                 fill.settle(stored=fields.get(b"st") == b"1", refusal=refusal)
                 return True
         return False
+
+    async def _finish_from_entry(self, fields: dict[bytes, bytes]) -> bool:
+        """End an answer the leader did not stream whole, the rest from the stored entry;
+        False (nothing passed on) when a late follower cannot have it all."""
+        fill = self.fill
+        assert self.pending_end is not None
+        whole, entry_hex = self.pending_end
+        total = int(fields.get(b"n", b"0"))
+        have = b"".join(self.held_chunks)
+        size = fill.size + len(have)
+        rest = b""
+        if size < total and fields.get(b"st") == b"1" and self.fetch is not None:
+            try:
+                cached = await self.fetch(CacheKey(entry_hex.decode()))
+            except (RedisError, OSError, ValueError) as exc:
+                _redis_failed("follow", exc)
+                cached = None
+            if cached is not None and len(cached.audio) == total:
+                rest = cached.audio[size:]
+        if self.held is not None:
+            if size + len(rest) != total:
+                return False
+            await fill.set_head(*self.held)
+            self.held = None
+            if have:
+                await fill.add(have)
+        if rest:
+            await fill.add(rest)
+        await fill.finish(complete=whole and fill.size == total)
+        return True
+
+
+def _declared_size(fill: Fill) -> int:
+    """The answer's Content-Length, or -1 when it has none (or an unreadable one)."""
+    for name, value in fill.headers or ():
+        if name.lower() == "content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return -1
 
 
 def _records(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:

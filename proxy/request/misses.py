@@ -81,8 +81,10 @@ class Misses:
                     lock_seconds=settings.coalescing_lock_seconds,
                     wait_seconds=settings.coalescing_wait_seconds,
                     poll_seconds=min(0.25, settings.redis_socket_timeout_seconds / 2),
+                    max_stream_bytes=settings.max_entry_bytes,
                 ),
                 breaker=service.breaker,
+                fetch=service.fetch,
             )
 
     def start(
@@ -119,7 +121,7 @@ class Misses:
             # A refresh must reach the upstream, so it never settles for a stored answer.
             use = directive is Directive.USE and not private and not sse
             recheck = self.service.fetch_fresh if use else None
-            await self.flights.run(fill, flight, lead, recheck=recheck)
+            await self.flights.run(fill, flight, lead, recheck=recheck, entry=key)
 
         return self.fills.join_or_start(flight.hex, runner)
 

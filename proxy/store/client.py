@@ -7,6 +7,14 @@ A cluster URL lists one or more startup nodes; the client discovers the rest::
 
 Every key of one cache shard carries the same hash tag, so each shard's atomic scripts run
 on one master; nothing else about the store changes on a cluster.
+
+A Sentinel URL lists the sentinels and names the monitored master; the client asks them
+where the master is, and asks again after a failover::
+
+    redis+sentinel://[user:password@]host1:port1,host2:port2/service_name[/db]
+    rediss+sentinel://...                     (TLS to the master)
+
+The credentials are the master's; the sentinels are asked without them.
 """
 
 from __future__ import annotations
@@ -17,10 +25,12 @@ from urllib.parse import unquote
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 _CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+_SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
 DEFAULT_PORT = 6379
 
 
@@ -31,6 +41,55 @@ class RedisUrlError(ValueError):
 def is_cluster_url(url: str) -> bool:
     """True for ``redis+cluster://`` and ``rediss+cluster://`` URLs."""
     return url.startswith(_CLUSTER_SCHEMES)
+
+
+def is_sentinel_url(url: str) -> bool:
+    """True for ``redis+sentinel://`` and ``rediss+sentinel://`` URLs."""
+    return url.startswith(_SENTINEL_SCHEMES)
+
+
+def sentinel_target(url: str) -> tuple[list[tuple[str, int]], str, int]:
+    """``redis+sentinel://h1:p1,h2:p2/name/db`` -> (sentinels, service name, db)."""
+    rest = url.split("://", 1)[1].partition("?")[0]
+    authority, _, path = rest.partition("/")
+    parts = [p for p in path.split("/") if p]
+    if not parts or len(parts) > 2:
+        raise RedisUrlError(
+            "redis_url: a sentinel URL is redis+sentinel://host:port[,host:port]/service_name"
+            f"[/db], got path /{path}"
+        )
+    try:
+        db = int(parts[1]) if len(parts) == 2 else 0
+    except ValueError:
+        raise RedisUrlError(f"redis_url: invalid database {parts[1]!r}") from None
+    hosts = authority.rpartition("@")[2]
+    nodes = cluster_nodes("redis+cluster://" + hosts)
+    return [(n.host, int(n.port)) for n in nodes], unquote(parts[0]), db
+
+
+def _credentials(url: str) -> tuple[str | None, str | None]:
+    authority = url.split("://", 1)[1].partition("/")[0]
+    credentials = authority.rpartition("@")[0]
+    username, _, password = credentials.partition(":")
+    return unquote(username) or None, unquote(password) or None
+
+
+def _sentinel_master(url: str, **options: Any) -> Any:
+    sentinels, service, db = sentinel_target(url)
+    username, password = _credentials(url)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels,
+        socket_timeout=options.get("socket_timeout", 2.0),
+        socket_connect_timeout=options.get("socket_connect_timeout", 1.0),
+    )
+    return sentinel.master_for(
+        service,
+        db=db,
+        username=username,
+        password=password,
+        ssl=url.startswith("rediss"),
+        **options,
+    )
 
 
 def _authority(url: str) -> tuple[str, str]:
@@ -77,10 +136,23 @@ def check_url(url: str) -> None:
     """Raise :class:`RedisUrlError` if ``url`` cannot be opened (cluster URLs in depth)."""
     if is_cluster_url(url):
         cluster_nodes(url)
+    elif is_sentinel_url(url):
+        sentinel_target(url)
 
 
 def open_redis(url: str, *, socket_timeout: float = 2.0, connect_timeout: float = 1.0) -> Any:
-    """A redis.asyncio client (bytes in, bytes out) for ``url``: plain or cluster."""
+    """A redis.asyncio client (bytes in, bytes out) for ``url``: plain, cluster or the
+    master a set of sentinels names."""
+    if is_sentinel_url(url):
+        # After a failover the old master's connections fail (or it answers READONLY);
+        # each retry asks the sentinels again, so commands move to the new master.
+        return _sentinel_master(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            max_connections=256,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=3),
+        )
     if is_cluster_url(url):
         credentials, _ = _authority(url)
         username, _, password = credentials.partition(":")  # as redis-py reads redis://
@@ -113,7 +185,9 @@ def open_redis(url: str, *, socket_timeout: float = 2.0, connect_timeout: float 
 def open_subscriber(url: str, attempt: int = 0, *, connect_timeout: float = 1.0) -> Any:
     """A plain client for pub/sub at ``url``. On a cluster, one node is enough (PUBLISH
     reaches every node): startup node number ``attempt`` modulo their count, so each
-    reconnection tries the next one."""
+    reconnection tries the next one. With sentinels, the current master."""
+    if is_sentinel_url(url):
+        return _sentinel_master(url, socket_connect_timeout=connect_timeout)
     if is_cluster_url(url):
         credentials, _ = _authority(url)
         username, _, password = credentials.partition(":")

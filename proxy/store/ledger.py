@@ -131,17 +131,17 @@ class Ledger:
                 summed[name.decode()] += int(value)
         return Totals(dict(summed))
 
-    async def repair(self) -> dict[str, Any]:
-        """Recompute the counters from the entries that really exist; report the drift."""
+    async def repair(self, *, reason: str | None = None) -> dict[str, Any]:
+        """Recompute the counters from the entries that really exist; report the drift.
+        With ``reason``, each index record whose entry is gone before its expiry counts
+        as a removal for that reason (``evicted``: Redis evicted it)."""
         ghosts = 0
         drift: dict[str, int] = defaultdict(int)
         for n in range(SHARDS):
-            g, report = await self.guard(
-                self._repair(
-                    keys=self.keyspace.shard_keys(n),
-                    args=[self.keyspace.entry_prefix(n), self.keyspace.selector_prefix(n)],
-                )
-            )
+            args: list[Any] = [self.keyspace.entry_prefix(n), self.keyspace.selector_prefix(n)]
+            if reason is not None:
+                args += [reason, _now_ms()]
+            g, report = await self.guard(self._repair(keys=self.keyspace.shard_keys(n), args=args))
             ghosts += int(g)
             decoded = json.loads(report)
             before = decoded["before"] if isinstance(decoded["before"], dict) else {}

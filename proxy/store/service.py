@@ -32,6 +32,7 @@ from .guard import CacheUnavailable, StoreGuard
 from .hot_tier import HotTier
 from .keyspace import SELECTOR_DIMENSIONS, SHARDS, Keyspace, shard_of
 from .ledger import Ledger, Totals
+from .memory_policy import EvictionWatch
 from .reads import EntryReads
 from .schema import CachedAudio, EntryInfo, EntryLabels, IndexRecord, replayable_headers
 from .writes import EntryWrites, StoreResult
@@ -100,6 +101,10 @@ class AudioCacheService:
         self._ledger = Ledger(redis, self.keyspace, self.guard)
         self._pending_hits = self._ledger.pending_hits
         self._pending_misses = self._ledger.pending_misses
+        # Entries Redis evicts (maxmemory) leave index records behind: repaired soon after.
+        self.evictions = EvictionWatch(
+            redis, lambda: self.repair(reason="evicted"), guard=self.guard
+        )
         # This replica's own lookups since it started (the shared counters are lifetime).
         self.started_ms = _now_ms()
         self.session_hits = 0
@@ -255,8 +260,11 @@ class AudioCacheService:
         return await self._ledger.flush_counters()
 
     async def sweep(self, *, limit: int = 500) -> int:
-        """Reconcile entries whose TTL ran out; returns how many were accounted for."""
-        return await self._ledger.sweep(limit=limit)
+        """Reconcile entries whose TTL ran out, and those Redis evicted; returns how many
+        expired entries were accounted for."""
+        swept = await self._ledger.sweep(limit=limit)
+        await self.evictions.check()
+        return swept
 
     async def totals(self) -> Totals:
         """Counters summed over every shard: one pipelined read."""
@@ -264,9 +272,10 @@ class AudioCacheService:
         self.approx_bytes = totals["bytes"]
         return totals
 
-    async def repair(self) -> dict[str, Any]:
-        """Recompute the counters from the entries that really exist; report the drift."""
-        report = await self._ledger.repair()
+    async def repair(self, *, reason: str | None = None) -> dict[str, Any]:
+        """Recompute the counters from the entries that really exist; report the drift.
+        With ``reason``, entries found gone before their expiry count as removed for it."""
+        report = await self._ledger.repair(reason=reason)
         self.approx_bytes = int(report["bytes"])
         return report
 

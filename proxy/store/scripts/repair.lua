@@ -1,7 +1,9 @@
 -- Recompute one shard's level counters from the entries that really exist, dropping
 -- index records whose entry is gone ("ghosts").
 -- KEYS[1] - shard stats, KEYS[2] - shard index, KEYS[3] - shard expiry set
--- ARGV[1] - shard entry prefix, ARGV[2] - shard selector prefix
+-- ARGV[1] - shard entry prefix, ARGV[2] - shard selector prefix, ARGV[3] - optional: the
+-- removal counter ghosts are counted under (ghosts past their expiry count as 'expired'),
+-- ARGV[4] - now (ms), with ARGV[3]
 -- Returns {ghosts removed, JSON {before = counters, after = counters}}.
 local shard = shard_of(ARGV[1], ARGV[2])
 local ghosts = 0
@@ -11,6 +13,12 @@ local function add(name, n) truth[name] = (truth[name] or 0) + n end
 for i = 1, #all, 2 do
   local key, rec = all[i], cjson.decode(all[i + 1])
   if redis.call('EXISTS', shard.entries .. key) == 0 then
+    if ARGV[3] then
+      local due = redis.call('ZSCORE', shard.exp, key)
+      local why = ARGV[3]
+      if due and tonumber(due) <= tonumber(ARGV[4]) then why = 'expired' end
+      redis.call('HINCRBY', shard.stats, why, 1)
+    end
     for _, s in ipairs(selectors(shard, rec)) do redis.call('SREM', s, key) end
     redis.call('HDEL', shard.idx, key)
     redis.call('ZREM', shard.exp, key)
