@@ -39,8 +39,6 @@ def tagged(handler: Handler) -> Handler:
         request[REQUEST_ID] = request_id
         try:
             response = await handler(request)
-        except BodyRefused as exc:
-            response = exc.response
         except BadHeader as exc:
             response = json_error(400, str(exc), field=exc.field)
         except web.HTTPRequestEntityTooLarge as exc:

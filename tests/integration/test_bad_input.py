@@ -204,6 +204,22 @@ async def test_unsupported_content_encoding_is_a_415(
     assert rec.seen == []
 
 
+async def test_admin_routes_take_their_bodies_uncompressed(
+    recorder: tuple[Recorder, str], make_proxy: ProxyFactory
+) -> None:
+    rec, url = recorder
+    client = await make_proxy(url)  # no admin token: loopback callers are let in
+    document = json.dumps({"requests": []}).encode()
+    r = await client.post(
+        "/admin/audio-cache/prefetch",
+        data=gzip.compress(document),
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert r.status == 415
+    assert (await r.json())["error"]["field"] == "header:Content-Encoding"
+    assert rec.seen == []
+
+
 @pytest.mark.parametrize(
     "body",
     [
