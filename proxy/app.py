@@ -20,7 +20,13 @@ from .admin.params import admin_errors
 from .background.maintenance import refresh_gauges
 from .config.settings import Settings
 from .observability.metrics import METRICS, MULTIPROCESS_DIR, multiprocess_exposition
-from .request.endpoints import tagged, wrapped
+from .request.endpoints import (
+    answering_expect,
+    expect_continue,
+    identity_bodies,
+    tagged,
+    wrapped,
+)
 from .runtime import lifecycle
 from .state import DRAINING, HOME, PROCESSOR, REDIS, REDIS_URL, SERVICE, SETTINGS
 
@@ -87,17 +93,32 @@ async def _audio_by_key(request: web.Request) -> web.StreamResponse:
     return await request.app[PROCESSOR].serve_by_key(request)
 
 
+# The catch-all route: every path, line breaks included (".*" stops at one, and such a
+# path would get aiohttp's plain-text 404 rather than the proxy's JSON 400).
+_ANY_PATH = "/{tail:[\\s\\S]*}"
+
+
+def _application(settings: Settings) -> web.Application:
+    # Request bodies arrive as sent: proxy.request.body decodes them, bounded, or refuses.
+    return web.Application(
+        client_max_size=int(settings.max_request_body_kb * 1024),
+        handler_args={"auto_decompress": False},
+    )
+
+
 def create_app(settings: Settings, *, redis_url: str) -> web.Application:
     """The proxy as an aiohttp application, talking to Redis at ``redis_url``. The admin
     routes are on it unless ``admin_port`` is set (then see :func:`create_admin_app`)."""
     # No middlewares: every handler is wrapped once, here (see proxy.request.endpoints).
-    app = web.Application(client_max_size=int(settings.max_request_body_kb * 1024))
+    app = _application(settings)
     app[SETTINGS] = settings
     app[REDIS_URL] = redis_url
     app[DRAINING] = []
     app.cleanup_ctx.append(lifecycle)
     if settings.admin_port is None:
-        admin_routes = wrapped(admin.routes(), admin_only(settings.admin_token), admin_errors)
+        admin_routes = wrapped(
+            admin.routes(), admin_only(settings.admin_token), admin_errors, identity_bodies
+        )
     else:
         admin_routes = admin.fence()
     routes = [
@@ -106,9 +127,10 @@ def create_app(settings: Settings, *, redis_url: str) -> web.Application:
         web.get("/metrics", metrics),
         *admin_routes,
         web.get(settings.audio_path_prefix + "/{key}", _audio_by_key),  # and HEAD
-        web.route("*", "/{tail:.*}", _speech),
+        web.route("*", _ANY_PATH, _speech),
     ]
-    app.add_routes(wrapped(routes, tagged))
+    expect = expect_continue(int(settings.max_request_body_kb * 1024))
+    app.add_routes(answering_expect(wrapped(routes, tagged), expect))
     return app
 
 
@@ -116,8 +138,10 @@ def create_admin_app(proxy: web.Application) -> web.Application:
     """The admin routes alone, for a separate listener (``admin_port``), working on the
     state of ``proxy`` (which must be started first). Every path on it is guarded."""
     settings = proxy[SETTINGS]
-    app = web.Application(client_max_size=int(settings.max_request_body_kb * 1024))
+    app = _application(settings)
     app[HOME] = proxy
-    routes = [*admin.routes(), web.route("*", "/{tail:.*}", admin.not_found)]
-    app.add_routes(wrapped(routes, tagged, admin_only(settings.admin_token), admin_errors))
+    routes = [*admin.routes(), web.route("*", _ANY_PATH, admin.not_found)]
+    wrappers = (tagged, admin_only(settings.admin_token), admin_errors, identity_bodies)
+    expect = expect_continue(int(settings.max_request_body_kb * 1024))
+    app.add_routes(answering_expect(wrapped(routes, *wrappers), expect))
     return app

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -32,6 +33,18 @@ _SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 # showed up in profiles of the hit path).
 _ID_PREFIX = os.urandom(8).hex()
 _ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
+def printable(text: str) -> str:
+    """``text`` with every space and unprintable character (line breaks, controls, lone
+    surrogates, Unicode separators) percent-encoded, so that what a client sent cannot
+    begin a log line of its own or pass for another field of one."""
+    if text.isprintable() and " " not in text:
+        return text  # the usual path: nothing to do
+    return "".join(
+        c if c.isprintable() and c != " " else quote(c.encode("utf-8", "surrogatepass"))
+        for c in text
+    )
 
 
 def request_id_from(header: str | None) -> str:
@@ -63,7 +76,7 @@ def access_fields(
     fields: dict[str, Any] = {
         "request_id": request.get(REQUEST_ID, ""),
         "method": request.method,
-        "path": request.path,
+        "path": printable(request.path),
         "route": request.get(ROUTE, ""),
         # An answer may know its result (a prepared hit), sparing its headers a lookup.
         "result": getattr(response, "access_result", None)

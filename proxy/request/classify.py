@@ -8,7 +8,6 @@ JSON parsing, text normalization, header checks and hashing (most of a hot hit's
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from ..core.routes import InvalidSpeechRequest, RouteRule, SpeechRequest, find_r
 from ..core.tenants import BadTenant, TenantRefused
 from ..observability.access_log import ROUTE, TEXT
 from .access import Caller
+from .body import BodyReader
 from .errors import json_error
 from .savings import RouteMetrics, Savings
 from .upstream import UnsafePath, check_path
@@ -86,9 +86,13 @@ class Classifier:
         # and they passed check_path.
         self._routed: dict[tuple[str, str], Any] = {}
         self._known: dict[tuple[Any, ...], Described] = {}
-        # Bodies up to this size are taken from the buffer when complete, without
+        # Bodies up to _KNOWN_MAX_BODY are taken from the buffer when complete, without
         # request.read()'s loop (and never above the app's client_max_size).
-        self._small_body = min(_KNOWN_MAX_BODY, int(settings.max_request_body_kb * 1024))
+        self._body = BodyReader(
+            int(settings.max_request_body_kb * 1024),
+            settings.client_body_timeout_seconds,
+            small_body=_KNOWN_MAX_BODY,
+        )
         # Per route, the request headers its fingerprint covers: all that describing it,
         # checking its class and finding its tenant read.
         self._read_headers = {
@@ -129,7 +133,7 @@ class Classifier:
             try:
                 check_path(raw_path)  # without building the upstream URL
             except UnsafePath as exc:
-                return json_error(400, str(exc), field="path")
+                return json_error(exc.status, str(exc), field="path")
             routed = find_rule(self.rules, request.method, request.path)
             if len(self._routed) >= _KNOWN_ENTRIES:
                 del self._routed[next(iter(self._routed))]
@@ -238,16 +242,3 @@ class Classifier:
         return self.tenants.identify(
             {k: v for k, v in headers.items() if k != (header or "").lower()}
         )
-
-    async def _body(self, request: web.Request) -> bytes | web.Response:
-        content = request.content
-        length = request.content_length
-        if content.is_eof() and length is not None and length <= self._small_body:
-            return content.read_nowait()  # the usual small body, all there already
-        limit = self.settings.client_body_timeout_seconds
-        try:
-            async with asyncio.timeout(limit):
-                return await request.read()
-        except TimeoutError:
-            message = f"the request body did not arrive within {limit} s"
-            return json_error(408, message, field="body")

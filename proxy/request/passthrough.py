@@ -1,10 +1,14 @@
-"""Pass-through: forward a request the cache does not serve and stream the answer back."""
+"""Pass-through: forward a request the cache does not serve and stream the answer back.
+
+The request body is read whole first, like a speech request's (within
+``client_body_timeout_seconds``, at most ``max_request_body_kb``, decoded): a client that
+stalls or sends too much is answered before the upstream is called at all.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from aiohttp import web
 
@@ -12,8 +16,9 @@ from ..core.outcomes import CacheStatus, Forward
 from ..observability.access_log import tag
 from ..observability.metrics import METRICS
 from .access import Access, Caller
+from .body import BodyReader
 from .errors import json_error
-from .upstream import HOP_BY_HOP, UpstreamClient, UpstreamError
+from .upstream import HOP_BY_HOP, BadHeader, UpstreamClient, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,10 @@ class PassThrough:
     def __init__(self, upstream: UpstreamClient, access: Access) -> None:
         self.upstream = upstream
         self.access = access
+        settings = access.settings
+        self.read_body = BodyReader(
+            int(settings.max_request_body_kb * 1024), settings.client_body_timeout_seconds
+        )
 
     async def __call__(
         self,
@@ -34,16 +43,21 @@ class PassThrough:
         detail: str | None = None,
     ) -> web.StreamResponse:
         started = time.perf_counter()
-        headers = self.upstream.outgoing_headers(
-            self.access.forwarded(request.headers), identity=False
-        )
-        payload: Any = (
-            body if body is not None else (request.content if request.can_read_body else None)
-        )
+        if body is None and request.body_exists:
+            read = await self.read_body(request)
+            if isinstance(read, web.Response):
+                return read
+            body = read
+        try:
+            headers = self.upstream.outgoing_headers(
+                self.access.forwarded(request.headers), identity=False
+            )
+        except BadHeader as exc:
+            return json_error(400, str(exc), field=exc.field)
         try:
             upstream = await self.upstream.request(
                 request.method, request.rel_url.raw_path, request.rel_url.raw_query_string,
-                headers, payload,
+                headers, body,
             )  # fmt: skip
         except UpstreamError as exc:
             METRICS.upstream_errors.labels(exc.kind).inc()

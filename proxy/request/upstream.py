@@ -31,8 +31,14 @@ HOP_BY_HOP = frozenset(
     }
 )
 _NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length"}
+# Request headers that describe the body or the exchange as the client sent them: the
+# proxy forwards the body decoded, and has answered any Expect itself.
+_NOT_FORWARDED_ON_REQUESTS = _NOT_FORWARDED | {"content-encoding", "expect"}
 # What cannot stand in a request line's query as it is: controls, space, '#', non-ASCII.
 _UNSAFE_IN_QUERY = re.compile(r"[\x00-\x20\x7f#]|[^\x00-\x7f]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SEPARATORS = re.compile(r"[/\\]")
+_DECODE_ROUNDS = 3
 
 
 class UpstreamError(Exception):
@@ -46,7 +52,19 @@ class UpstreamError(Exception):
 
 
 class UnsafePath(ValueError):
-    """A request path that could escape the upstream's base path."""
+    """A request path that could escape the upstream's base path, or name the admin API."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BadHeader(ValueError):
+    """A request header value that cannot be sent on (not valid UTF-8)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the value of the {name} header is not valid UTF-8")
+        self.field = f"header:{name}"
 
 
 def strip_hop_by_hop(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
@@ -67,16 +85,67 @@ def upstream_query(raw_query: str) -> str:
     return _UNSAFE_IN_QUERY.sub(lambda m: quote(m.group(), safe=""), raw_query)
 
 
+def _decoded(raw_path: str) -> str:
+    """The path percent-decoded until nothing changes (a few rounds at most): what a
+    server behind the upstream, or in front of the proxy, might end up reading."""
+    text = raw_path
+    for _ in range(_DECODE_ROUNDS):
+        decoded = unquote(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+def names_admin(decoded_path: str) -> bool:
+    """Whether a path normalizes to /admin or below it: case folded, backslashes taken as
+    slashes, empty and '.' segments and ``;parameters`` dropped, '..' resolved."""
+    segments: list[str] = []
+    for part in _SEPARATORS.split(decoded_path.lower()):
+        segment = part.split(";", 1)[0].strip()
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    return segments[:1] == ["admin"]
+
+
 def check_path(raw_path: str) -> None:
-    """Refuse paths whose segments (even percent-encoded) are '.' or '..', or odd forms."""
+    """Refuse paths whose segments (even percent-encoded) are '.' or '..', that hold control
+    characters or backslashes, or odd forms; and any path the admin API could be reached by
+    (the proxy's router answers /admin itself: a variant that got past it is a 404)."""
+    decoded = _decoded(raw_path)
+    if names_admin(decoded):
+        raise UnsafePath(
+            "paths under /admin belong to the proxy's admin API, which answers them only in "
+            "their exact form (on the admin port when admin_port is set)",
+            status=404,
+        )
     if not raw_path.startswith("/") or raw_path.startswith("//"):
         raise UnsafePath("the request target must be an origin-form path")
-    decoded = unquote(unquote(raw_path))
-    if "\\" in decoded or "\x00" in decoded:
-        raise UnsafePath("the request path contains a backslash or NUL")
+    if not raw_path.isascii():  # raw bytes some HTTP parsers let through (RFC 3986 §2.1)
+        raise UnsafePath("the request path must be ASCII, any other byte percent-encoded")
+    if _CONTROL.search(decoded):
+        raise UnsafePath("the request path contains a control character")
+    if "\\" in decoded:
+        raise UnsafePath("the request path contains a backslash")
     for segment in decoded.split("/"):
         if segment in (".", ".."):
             raise UnsafePath("the request path contains dot-segments")
+
+
+def check_header_values(headers: Iterable[tuple[str, str]]) -> None:
+    """Raise :class:`BadHeader` for a value that is not valid UTF-8 (aiohttp reads such
+    bytes as lone surrogates, which cannot be sent on)."""
+    for name, value in headers:
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BadHeader(name) from None
 
 
 @dataclass(frozen=True)
@@ -145,7 +214,11 @@ class UpstreamClient:
     def outgoing_headers(
         self, incoming: Mapping[str, str] | CIMultiDictProxy[str], *, identity: bool
     ) -> CIMultiDict[str]:
-        headers = strip_hop_by_hop(incoming.items())
+        items = incoming.items()
+        check_header_values(items)
+        headers = CIMultiDict(
+            (k, v) for k, v in items if k.lower() not in _NOT_FORWARDED_ON_REQUESTS
+        )
         for name in ("range", "if-range", "if-none-match", "if-modified-since") if identity else ():
             headers.popall(name, None)  # cacheable requests fetch the whole audio
         if identity:
