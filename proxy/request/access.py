@@ -190,10 +190,11 @@ class Access:
 
     async def charge(self, caller: Caller, tenant: str, characters: int) -> web.Response | None:
         """Count characters about to be sent upstream: a 429 when over the daily limit."""
-        refused = await self._take(caller, tenant, Budget.UPSTREAM_CHARACTERS_PER_DAY, characters)
-        if refused is None:
-            METRICS.client_upstream_characters.labels(caller.name).inc(characters)
-        return refused
+        return await self._take(caller, tenant, Budget.UPSTREAM_CHARACTERS_PER_DAY, characters)
+
+    def sent(self, caller: Caller, characters: int) -> None:
+        """Characters charged did go upstream (this request leads its fill)."""
+        METRICS.client_upstream_characters.labels(caller.name).inc(characters)
 
     async def refund(self, caller: Caller, tenant: str, characters: int) -> None:
         """Give back characters charged for a miss another request's call answered."""
@@ -205,7 +206,6 @@ class Access:
                 await self.limits.give_back(who, Budget.UPSTREAM_CHARACTERS_PER_DAY, characters)
         except RedisError:
             pass  # the budget stays charged: errs on the side of the limit
-        METRICS.client_upstream_characters.labels(caller.name).inc(-characters)
 
     async def _take(
         self, caller: Caller, tenant: str, budget: Budget, amount: int

@@ -191,6 +191,8 @@ class AudioProcessor:
         if not leader:
             METRICS.coalesced.labels("process").inc()
             await self.access.refund(caller, described.tenant, characters)
+        else:
+            self.access.sent(caller, characters)
         fwd = Forward.REQUEST if step.directive is Directive.REFRESH else Forward.MISS
         response, result = await self.misses.serve(
             request, step.rule, fill, described.key, fwd=fwd, leader=leader, stale=stale
