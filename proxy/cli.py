@@ -264,7 +264,15 @@ async def _supervise_workers(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     supervisor = asyncio.create_task(embedded.supervise()) if embedded else None
-    children = [await spawn() for _ in range(workers)]
+    children: list[asyncio.subprocess.Process] = []
+
+    def reload_keys() -> None:  # each worker reloads its client keys file on SIGHUP
+        for child in children:
+            if child.returncode is None:
+                child.send_signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_keys)
+    children += [await spawn() for _ in range(workers)]
     started = [loop.time()] * workers
     log.info("tts-cache-proxy: %d workers on %s:%d", workers, settings.host, settings.port)
     failed = False

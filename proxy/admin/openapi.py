@@ -185,9 +185,9 @@ _USE: dict[str, Any] = {
     "properties": {
         "key": {"type": "string"},
         "tenant": {"type": "string"},
-        "requests_this_minute": {"type": "integer"},
+        "requests_this_minute": _NULLABLE_INT,
         "requests_per_minute": _NULLABLE_INT,
-        "upstream_characters_today": {"type": "integer"},
+        "upstream_characters_today": _NULLABLE_INT,
         "upstream_characters_per_day": _NULLABLE_INT,
     },
 }
@@ -218,7 +218,7 @@ def _paths(routes: Sequence[str]) -> dict[str, Any]:
         "/admin/audio-cache/usage": {
             "get": {
                 "summary": "Each client key's and tenant's requests this minute and upstream "
-                "characters today, against their limits",
+                "characters today, against their limits (null where no limit is set)",
                 "operationId": "usage",
                 "responses": {"200": _json(_USAGE, "Usage in the current windows"), **_REFUSED},
             }

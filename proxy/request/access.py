@@ -33,6 +33,7 @@ from ..store.limits import Budget, Limits
 log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
+_GONE = (-1, -1)  # the keys file's stamp while it cannot be read
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +95,18 @@ class Access:
             return False
         try:
             stat = os.stat(path)
+        except OSError as exc:
+            log.error("client keys not reloaded, the previous %d stay: %s", len(self.keys), exc)
+            return False
+        # Taken before reading: a write during the read changes it, and is read next time.
+        # A broken file is not read again (nor logged again) until it changes.
+        self._keys_stamp = (stat.st_mtime_ns, stat.st_size)
+        try:
             keys = load_client_keys(path)
-        except (OSError, ConfigError) as exc:
+        except ConfigError as exc:
             log.error("client keys not reloaded, the previous %d stay: %s", len(self.keys), exc)
             return False
         self.keys = keys
-        self._keys_stamp = (stat.st_mtime_ns, stat.st_size)
         log.info("client keys loaded: %d", len(keys))
         return True
 
@@ -110,7 +117,12 @@ class Access:
             return False
         try:
             stat = os.stat(path)
-        except OSError:
+        except OSError as exc:
+            if self._keys_stamp != _GONE:  # said once, not on every look
+                self._keys_stamp = _GONE
+                log.error(
+                    "client keys file unreadable, the %d loaded stay: %s", len(self.keys), exc
+                )
             return False
         if (stat.st_mtime_ns, stat.st_size) == self._keys_stamp:
             return False
@@ -276,7 +288,8 @@ class Access:
             log.warning("credential verdict not kept, the store is unavailable: %s", exc)
 
     async def usage(self) -> dict[str, Any]:
-        """Each limited key's and tenant's usage in the current windows."""
+        """Each key's and tenant's usage in the current windows, where a limit applies
+        (a budget without a limit is not counted: its use is null)."""
         assert self.limits is not None
         entries: list[dict[str, Any]] = []
         subjects: list[tuple[str, str, int | None, int | None]] = [
@@ -286,15 +299,21 @@ class Access:
             ("tenant", name, p.requests_per_minute, p.upstream_characters_per_day)
             for name, p in self.tenants.policies.items()
         ]
+        limits = self.limits
+
+        async def used(who: str, budget: Budget, limit: int | None) -> int | None:
+            # Only limited budgets are counted (no Redis call otherwise): null, not a 0.
+            return None if limit is None else await limits.used(who, budget)
+
         for kind, name, rpm, cpd in subjects:
             who = f"{kind}:{name}"
             entries.append(
                 {
                     kind: name,
-                    "requests_this_minute": await self.limits.used(who, Budget.REQUESTS_PER_MINUTE),
+                    "requests_this_minute": await used(who, Budget.REQUESTS_PER_MINUTE, rpm),
                     "requests_per_minute": rpm,
-                    "upstream_characters_today": await self.limits.used(
-                        who, Budget.UPSTREAM_CHARACTERS_PER_DAY
+                    "upstream_characters_today": await used(
+                        who, Budget.UPSTREAM_CHARACTERS_PER_DAY, cpd
                     ),
                     "upstream_characters_per_day": cpd,
                 }

@@ -196,10 +196,29 @@ async def test_a_broken_keys_file_keeps_the_old_keys_and_logs_an_error(
     message = next(r.getMessage() for r in caplog.records if "not reloaded" in r.getMessage())
     assert "sha256" in message
     assert (await speak(client, "Hola", bearer("sk-old"))).status == 200
+    errors = len(caplog.records)
+    access = client.app[PROCESSOR].access
+    assert not access.reload_if_changed() and not access.reload_if_changed()
+    assert len(caplog.records) == errors  # logged once, not on every look at the file
     path.write_text("keys: [", encoding="utf-8")  # not YAML at all
     caplog.clear()
     await eventually(logged, 5.0, interval=0.05, what="no error was logged for bad YAML")
     assert (await speak(client, "Hola", bearer("sk-old"))).status == 200
+    path.unlink()
+
+    def gone() -> bool:
+        return any("unreadable" in r.getMessage() for r in caplog.records)
+
+    await eventually(gone, 5.0, interval=0.05, what="no error was logged for a missing file")
+    assert (await speak(client, "Hola", bearer("sk-old"))).status == 200
+    keys_file(path, key_entry("sk-back"))
+
+    async def back() -> bool:
+        r = await client.post(SPEECH_PATH, json=speech_body("Hola"), headers=bearer("sk-back"))
+        await r.read()
+        return r.status == 200
+
+    await eventually(back, 5.0, interval=0.1, what="the file was not read once it came back")
 
 
 # -- client_auth upstream -------------------------------------------------------------------
@@ -620,10 +639,10 @@ async def test_usage_route_shows_each_key_and_tenant_against_its_limits(
         "key": "sk-a",
         "requests_this_minute": 2,
         "requests_per_minute": 100,
-        "upstream_characters_today": 0,  # the key has no character limit: not counted
+        "upstream_characters_today": None,  # no character limit on the key: not counted
         "upstream_characters_per_day": None,
     }
-    assert by_key["sk-b"]["requests_this_minute"] == 0
+    assert by_key["sk-b"]["requests_this_minute"] is None
     (acme,) = usage["tenants"]
     assert acme["tenant"] == "acme" and acme["upstream_characters_today"] == 4
     assert acme["upstream_characters_per_day"] == 1000

@@ -1,11 +1,14 @@
-"""The client keys file and how a request presents its key: pure functions."""
+"""The client keys file, how a request presents its key, and the settings that choose how
+clients are known: pure functions (no store, no sockets)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from proxy.config.settings import ConfigError, load_settings
 from proxy.core.clients import (
     ClientKeys,
     KeyFileError,
@@ -120,3 +123,36 @@ def test_credential_digest_is_keyed_by_the_secret() -> None:
     assert a != credential_digest("authorization:Bearer sk-1", b"two")
     assert a != credential_digest("authorization:Bearer sk-2", b"one")
     assert "sk-1" not in a
+
+
+def test_anonymous_clients_with_an_injected_key_stay_on_loopback() -> None:
+    env = {"UPSTREAM_API_KEY": "sk-up"}
+    for host in ("127.0.0.1", "localhost", "::1"):
+        assert load_settings(env=env, overrides={"host": host}).auth_mode == "none"
+    for auth in ("none", "auto"):
+        with pytest.raises(ConfigError) as raised:
+            load_settings(env=env, overrides={"host": "0.0.0.0", "client_auth": auth})
+        assert "allow_anonymous_clients" in str(raised.value)
+    consent = {"host": "0.0.0.0", "allow_anonymous_clients": True}
+    assert load_settings(env=env, overrides=consent).auth_mode == "none"
+    # Without an injected key nobody's account is at stake: upstream mode, any host.
+    assert load_settings(env={}, overrides={"host": "0.0.0.0"}).auth_mode == "upstream"
+
+
+def test_upstream_mode_refuses_an_injected_key() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env={"UPSTREAM_API_KEY": "sk-up"}, overrides={"client_auth": "upstream"})
+    assert "client_auth" in str(raised.value)
+
+
+def test_keys_mode_needs_a_valid_keys_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env={}, overrides={"client_auth": "keys"})
+    assert "client_keys_file" in str(raised.value)
+    path = tmp_path / "keys.yaml"
+    path.write_text("keys: [{sha256: nope}]\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env={}, overrides={"client_keys_file": str(path)})
+    assert "keys[0].sha256" in str(raised.value)
+    path.write_text(f"keys: [{{sha256: {DIGEST}}}]\n", encoding="utf-8")
+    assert load_settings(env={}, overrides={"client_keys_file": str(path)}).auth_mode == "keys"
