@@ -67,8 +67,13 @@ class Limits:
 
     async def give_back(self, who: str, budget: Budget, amount: int) -> None:
         """Return what was taken for work that did not happen (e.g. a coalesced miss)."""
-        window, _ = self._window(budget)
-        await self.redis.decrby(self.key(who, budget, window), amount)
+        window, ends_ms = self._window(budget)
+        key = self.key(who, budget, window)
+        # The window may have turned since the take: the counter this creates expires too.
+        pipe = self.redis.pipeline(transaction=False)  # one key: one slot, one connection
+        pipe.decrby(key, amount)
+        pipe.pexpireat(key, ends_ms)
+        await pipe.execute()
 
     async def used(self, who: str, budget: Budget) -> int:
         """How much of the current window's budget ``who`` has used."""

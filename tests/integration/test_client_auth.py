@@ -21,7 +21,9 @@ import yaml
 from proxy.app import PROCESSOR
 from proxy.core.clients import digest_of
 from proxy.core.keys import CacheKey
+from proxy.store.client import open_redis
 from proxy.store.embedded import EmbeddedValkey
+from proxy.store.limits import Budget, Limits
 from tests.support.keyed_upstream import KeyedUpstream, bearer, keyed_upstream
 from tests.support.metrics import delta, samples, scrape_text
 from tests.support.proxies import ProxyClient, ProxyFactory, proxy_on, service_of
@@ -694,3 +696,19 @@ async def test_coalesced_misses_charge_and_count_the_characters_once(
     assert mine["upstream_characters_today"] == 6  # charged once: the followers got it back
     after = samples(await scrape_text(client))
     assert delta(before, after, "tts_proxy_client_upstream_characters_total", client=name) == 6
+
+
+async def test_a_budget_given_back_after_its_window_turned_still_expires(redis_url: str) -> None:
+    redis = open_redis(redis_url)
+    now = [(time.time() // 60 + 1) * 60]  # the next minute's start (windows end in the future)
+    limits = Limits(redis, f"t{uuid.uuid4().hex[:10]}", clock=lambda: now[0])
+    try:
+        taken = await limits.take("key:a", Budget.REQUESTS_PER_MINUTE, 1, 2)
+        assert taken.allowed and taken.used == 1 and taken.retry_after_seconds == 60
+        assert not (await limits.take("key:a", Budget.REQUESTS_PER_MINUTE, 2, 2)).allowed
+        now[0] += 61  # the next window: what is given back lands there
+        await limits.give_back("key:a", Budget.REQUESTS_PER_MINUTE, 1)
+        window = int(now[0] * 1000) // 60_000
+        assert await redis.pttl(limits.key("key:a", Budget.REQUESTS_PER_MINUTE, window)) > 0
+    finally:
+        await redis.aclose()
