@@ -191,12 +191,14 @@ class AudioProcessor:
         if not leader:
             METRICS.coalesced.labels("process").inc()
             await self.access.refund(caller, described.tenant, characters)
-        else:
-            self.access.sent(caller, characters)
         fwd = Forward.REQUEST if step.directive is Directive.REFRESH else Forward.MISS
         response, result = await self.misses.serve(
             request, step.rule, fill, described.key, fwd=fwd, leader=leader, stale=stale
         )
+        if leader and fill.origin == "upstream":
+            self.access.sent(caller, characters)
+        elif leader:  # another replica's call (or the store) answered this fill
+            await self.access.refund(caller, described.tenant, characters)
         if result is Result.COALESCED and fill.status == 200:
             described.metrics.saved(characters)
         return response, result

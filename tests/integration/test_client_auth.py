@@ -712,3 +712,33 @@ async def test_a_budget_given_back_after_its_window_turned_still_expires(redis_u
         assert await redis.pttl(limits.key("key:a", Budget.REQUESTS_PER_MINUTE, window)) > 0
     finally:
         await redis.aclose()
+
+
+async def test_a_burst_across_replicas_charges_the_characters_once(
+    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    fake, url = keyed
+    fake.mode = "chunked"
+    name = f"sk-r{uuid.uuid4().hex[:8]}"
+    path = keys_file(tmp_path / "k.yaml", key_entry(name, upstream_characters_per_day=100))
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    replicas = [
+        await make_proxy(
+            url, prefix=prefix, client_auth="keys", client_keys_file=path, env=INJECTED
+        )
+        for _ in range(2)
+    ]
+    before = samples(await scrape_text(replicas[0]))
+
+    async def one(client: ProxyClient) -> int:
+        r = await client.post(SPEECH_PATH, json=speech_body("Juntas"), headers=bearer(name))
+        await r.read()
+        return r.status
+
+    assert await asyncio.gather(*(one(replicas[i % 2]) for i in range(10))) == [200] * 10
+    await until_filled(*replicas)
+    assert fake.calls["openai"] == 1
+    (mine,) = (await replicas[1].app[PROCESSOR].access.usage())["keys"]
+    assert mine["upstream_characters_today"] == 6
+    after = samples(await scrape_text(replicas[0]))  # one process: both replicas' counts
+    assert delta(before, after, "tts_proxy_client_upstream_characters_total", client=name) == 6
