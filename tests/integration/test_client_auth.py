@@ -658,9 +658,17 @@ async def test_client_metrics_move_with_requests_refusals_and_characters(
     _, url = keyed
     name = f"sk-m{uuid.uuid4().hex[:8]}"
     client = await keys_proxy(
-        make_proxy, url, tmp_path / "k.yaml", key_entry(name, upstream_characters_per_day=10)
+        make_proxy,
+        url,
+        tmp_path / "k.yaml",
+        key_entry(name, upstream_characters_per_day=10),
+        key_entry(f"{name}-rpm", requests_per_minute=1),
     )
+    await clear_of_window_edge()
     before = samples(await scrape_text(client))
+    for _ in range(2):  # the second is over the minute's one request
+        await client.post(SPEECH_PATH, json=speech_body("Uno"), headers=bearer(f"{name}-rpm"))
+    assert (await client.delete("/v1/files/x", headers=bearer(name))).status == 404
     await speak(client, "Hola", bearer(name))  # 4 characters upstream
     await speak(client, "Hola", bearer(name))  # a hit: none
     await client.post(SPEECH_PATH, json=speech_body("Hola"), headers=bearer("sk-nobody"))
@@ -668,6 +676,10 @@ async def test_client_metrics_move_with_requests_refusals_and_characters(
     assert over.status == 429
     after = samples(await scrape_text(client))
     assert delta(before, after, "tts_proxy_client_requests_total", client=name) == 3
+    # Counted whether or not a limit refuses it (refusals are counted apart).
+    assert delta(before, after, "tts_proxy_client_requests_total", client=f"{name}-rpm") == 2
+    assert delta(before, after, "tts_proxy_client_refusals_total", reason="rate_limit") == 1
+    assert delta(before, after, "tts_proxy_client_refusals_total", reason="path_not_forwarded") == 1
     assert delta(before, after, "tts_proxy_client_upstream_characters_total", client=name) == 4
     assert delta(before, after, "tts_proxy_client_refusals_total", reason="invalid_key") == 1
     assert delta(before, after, "tts_proxy_client_refusals_total", reason="character_limit") == 1
