@@ -754,3 +754,55 @@ async def test_a_burst_across_replicas_charges_the_characters_once(
     assert mine["upstream_characters_today"] == 6
     after = samples(await scrape_text(replicas[0]))  # one process: both replicas' counts
     assert delta(before, after, "tts_proxy_client_upstream_characters_total", client=name) == 6
+
+
+async def test_a_refusal_learnt_on_one_replica_reaches_the_other_within_a_second(
+    own_keys: Any, make_proxy: ProxyFactory
+) -> None:
+    fake, url = own_keys
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    a = await make_proxy(url, prefix=prefix, client_auth="upstream")
+    b = await make_proxy(url, prefix=prefix, client_auth="upstream")
+    await speak(a, "Hola", bearer("client-good-1"))
+    assert (await speak(b, "Hola", bearer("client-good-1"))).headers["X-Cache"] == "HIT"
+    fake.valid.discard("client-good-1")
+    learnt = await a.post(SPEECH_PATH, json=speech_body("Adiós"), headers=bearer("client-good-1"))
+    assert learnt.status == 401
+    refused_at = time.monotonic()
+
+    async def refused_on_b() -> bool:
+        r = await b.post(SPEECH_PATH, json=speech_body("Hola"), headers=bearer("client-good-1"))
+        await r.read()
+        return r.status == 401
+
+    # Each replica trusts its own verdict for at most a second (credentials.py).
+    await eventually(refused_on_b, 3.0, interval=0.05, what="replica b kept serving the hit")
+    assert time.monotonic() - refused_at < 2.0
+
+
+async def test_a_tenant_limit_refusal_gives_the_key_its_request_back(
+    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    _, url = keyed
+    client = await keys_proxy(
+        make_proxy,
+        url,
+        tmp_path / "k.yaml",
+        key_entry("sk-a", tenant="acme", requests_per_minute=10),
+        key_entry("sk-b", tenant="acme", requests_per_minute=10),
+        tenants={"acme": {"requests_per_minute": 3}},
+    )
+    await clear_of_window_edge()
+    statuses = []
+    for key in ("sk-a", "sk-b", "sk-a", "sk-b", "sk-a"):
+        r = await client.post(SPEECH_PATH, json=speech_body("Hola"), headers=bearer(key))
+        statuses.append(r.status)
+        if r.status == 429:
+            assert "tenant:acme" in (await r.json())["error"]["message"]
+        else:
+            await r.read()
+    assert statuses == [200, 200, 200, 429, 429]
+    usage = await client.app[PROCESSOR].access.usage()
+    by_key = {k["key"]: k["requests_this_minute"] for k in usage["keys"]}
+    assert by_key == {"sk-a": 2, "sk-b": 1}  # the refused ones were given back
+    assert usage["tenants"][0]["requests_this_minute"] == 3
