@@ -28,7 +28,8 @@ from ..config.settings import ConfigError, Settings, load_client_keys
 from ..core.clients import ClientKey, ClientKeys, credential_digest, presented_key
 from ..observability.metrics import METRICS
 from ..store.credentials import Credentials
-from ..store.limits import Budget, Limits
+from ..store.guard import CacheUnavailable
+from ..store.limits import Budget, Guard, Limits, unguarded
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,15 @@ class Access:
         self.injected_key = bool(settings.upstream_api_key)
         self.tenants = settings.tenancy
 
-    def attach(self, redis: Any, secret: bytes) -> None:
-        """Connect the shared state once the store is open."""
+    def attach(self, redis: Any, secret: bytes, guard: Guard = unguarded) -> None:
+        """Connect the shared state once the store is open; ``guard`` is the cache
+        service's circuit breaker, so that a store known to be down costs no timeout."""
         prefix = self.settings.audio_cache_key_prefix
         self.secret = secret
-        self.limits = Limits(redis, prefix)
+        self.limits = Limits(redis, prefix, guard=guard)
         if self.mode == "upstream":
-            self.credentials = Credentials(redis, prefix, self.settings.credential_verify_seconds)
+            seconds = self.settings.credential_verify_seconds
+            self.credentials = Credentials(redis, prefix, seconds, guard=guard)
 
     # -- the keys file -----------------------------------------------------------------
 
@@ -238,7 +241,8 @@ class Access:
                 taken.append(who)
         except RedisError as exc:
             if self.settings.limits_fail_open:
-                log.warning("limits not checked, the store is unavailable: %s", exc)
+                if not isinstance(exc, CacheUnavailable):  # an open breaker is logged apart
+                    log.warning("limits not checked, the store is unavailable: %s", exc)
                 return None
             METRICS.client_refusals.labels("limits_unavailable").inc()
             return openai_error(
@@ -284,6 +288,8 @@ class Access:
                 await self.credentials.refused(credential)
             elif 200 <= status < 300:
                 await self.credentials.accepted(credential)
+        except CacheUnavailable:
+            pass  # the breaker is open: said once, by the store's own log
         except RedisError as exc:
             log.warning("credential verdict not kept, the store is unavailable: %s", exc)
 

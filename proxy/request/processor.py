@@ -86,7 +86,7 @@ class AudioProcessor:
 
     def attach(self, redis: Any, key_secret: bytes) -> None:
         """Connect what the request path shares through the store, once it is open."""
-        self.access.attach(redis, key_secret)
+        self.access.attach(redis, key_secret, self.service.guard)
         self.classifier.key_secret = key_secret
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
