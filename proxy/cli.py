@@ -182,6 +182,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     parent_pid = int(os.environ.get(WORKER_ENV) or 0) or None
     is_worker = parent_pid is not None
+    # SIGHUP means "reload the client keys": one that arrives before the keys watcher (or
+    # the workers' supervisor) takes it over must not end the process, its default.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     embedded: EmbeddedValkey | None = None
     redis_url = settings.redis_url
     if redis_url is None:
