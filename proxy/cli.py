@@ -255,6 +255,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     parent_pid = int(os.environ.get(WORKER_ENV) or 0) or None
     is_worker = parent_pid is not None
+    # SIGHUP means "reload the client keys": one that arrives before the keys watcher (or
+    # the workers' supervisor) takes it over must not end the process, its default.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if not is_worker:  # workers share the port with their siblings on purpose
         _check_ports(settings)
     from .app import create_app
@@ -341,7 +344,15 @@ async def _supervise_workers(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     supervisor = asyncio.create_task(embedded.supervise()) if embedded else None
-    children = [await spawn() for _ in range(workers)]
+    children: list[asyncio.subprocess.Process] = []
+
+    def reload_keys() -> None:  # each worker reloads its client keys file on SIGHUP
+        for child in children:
+            if child.returncode is None:
+                child.send_signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, reload_keys)
+    children += [await spawn() for _ in range(workers)]
     started = [loop.time()] * workers
     log.info("tts-cache-proxy: %d workers on %s:%d", workers, settings.host, settings.port)
     failed = False

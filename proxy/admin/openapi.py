@@ -173,6 +173,35 @@ _STATS = {
 }
 
 
+_NULLABLE_INT: dict[str, Any] = {"type": ["integer", "null"]}
+_USE: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "requests_this_minute",
+        "requests_per_minute",
+        "upstream_characters_today",
+        "upstream_characters_per_day",
+    ],
+    "properties": {
+        "key": {"type": "string"},
+        "tenant": {"type": "string"},
+        "requests_this_minute": _NULLABLE_INT,
+        "requests_per_minute": _NULLABLE_INT,
+        "upstream_characters_today": _NULLABLE_INT,
+        "upstream_characters_per_day": _NULLABLE_INT,
+    },
+}
+_USAGE: dict[str, Any] = {
+    "type": "object",
+    "required": ["client_auth", "keys", "tenants"],
+    "properties": {
+        "client_auth": {"type": "string", "enum": ["keys", "upstream", "none"]},
+        "keys": {"type": "array", "items": _USE},
+        "tenants": {"type": "array", "items": _USE},
+    },
+}
+
+
 def _paths(routes: Sequence[str]) -> dict[str, Any]:
     route: dict[str, Any] = {"type": "string"}
     if routes:
@@ -184,6 +213,14 @@ def _paths(routes: Sequence[str]) -> dict[str, Any]:
                 "tenants, cleanup, compression",
                 "operationId": "stats",
                 "responses": {"200": _json(_STATS, "The statistics"), **_REFUSED},
+            }
+        },
+        "/admin/audio-cache/usage": {
+            "get": {
+                "summary": "Each client key's and tenant's requests this minute and upstream "
+                "characters today, against their limits (null where no limit is set)",
+                "operationId": "usage",
+                "responses": {"200": _json(_USAGE, "Usage in the current windows"), **_REFUSED},
             }
         },
         "/admin/audio-cache": {

@@ -70,6 +70,12 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+async def usage(request: web.Request) -> web.Response:
+    """GET /admin/audio-cache/usage: each limited key's and tenant's use of its limits."""
+    query_params(request, ())
+    return web.json_response(await home(request.app)[PROCESSOR].access.usage())
+
+
 # -- purges ----------------------------------------------------------------------------
 
 
@@ -239,6 +245,7 @@ def routes() -> list[web.RouteDef]:
     """Every admin route, the fence included (registered before any catch-all route)."""
     return [
         web.get("/admin/audio-cache/stats", stats, allow_head=False),
+        web.get("/admin/audio-cache/usage", usage, allow_head=False),
         web.delete("/admin/audio-cache", clear),
         web.get("/admin/audio-cache/entry", get_entry, allow_head=False),
         web.delete("/admin/audio-cache/entry", delete_entry),

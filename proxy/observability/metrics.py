@@ -168,7 +168,8 @@ def _build() -> Metrics:
         ),
         client_requests=Counter(
             "tts_proxy_client_requests_total",
-            "Requests admitted, by client (the key's name; anonymous without keys)",
+            "Requests of each authenticated client, over its limits or not (the key's name; "
+            "anonymous without keys)",
             ["client"],
         ),
         client_refusals=Counter(

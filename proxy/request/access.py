@@ -28,11 +28,13 @@ from ..config.settings import ConfigError, Settings, load_client_keys
 from ..core.clients import ClientKey, ClientKeys, credential_digest, presented_key
 from ..observability.metrics import METRICS
 from ..store.credentials import Credentials
-from ..store.limits import Budget, Limits
+from ..store.guard import CacheUnavailable
+from ..store.limits import Budget, Guard, Limits, unguarded
 
 log = logging.getLogger(__name__)
 
 ANONYMOUS = "anonymous"
+_GONE = (-1, -1)  # the keys file's stamp while it cannot be read
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +79,15 @@ class Access:
         self.injected_key = bool(settings.upstream_api_key)
         self.tenants = settings.tenancy
 
-    def attach(self, redis: Any, secret: bytes) -> None:
-        """Connect the shared state once the store is open."""
+    def attach(self, redis: Any, secret: bytes, guard: Guard = unguarded) -> None:
+        """Connect the shared state once the store is open; ``guard`` is the cache
+        service's circuit breaker, so that a store known to be down costs no timeout."""
         prefix = self.settings.audio_cache_key_prefix
         self.secret = secret
-        self.limits = Limits(redis, prefix)
+        self.limits = Limits(redis, prefix, guard=guard)
         if self.mode == "upstream":
-            self.credentials = Credentials(redis, prefix, self.settings.credential_verify_seconds)
+            seconds = self.settings.credential_verify_seconds
+            self.credentials = Credentials(redis, prefix, seconds, guard=guard)
 
     # -- the keys file -----------------------------------------------------------------
 
@@ -94,12 +98,18 @@ class Access:
             return False
         try:
             stat = os.stat(path)
+        except OSError as exc:
+            log.error("client keys not reloaded, the previous %d stay: %s", len(self.keys), exc)
+            return False
+        # Taken before reading: a write during the read changes it, and is read next time.
+        # A broken file is not read again (nor logged again) until it changes.
+        self._keys_stamp = (stat.st_mtime_ns, stat.st_size)
+        try:
             keys = load_client_keys(path)
-        except (OSError, ConfigError) as exc:
+        except ConfigError as exc:
             log.error("client keys not reloaded, the previous %d stay: %s", len(self.keys), exc)
             return False
         self.keys = keys
-        self._keys_stamp = (stat.st_mtime_ns, stat.st_size)
         log.info("client keys loaded: %d", len(keys))
         return True
 
@@ -110,7 +120,12 @@ class Access:
             return False
         try:
             stat = os.stat(path)
-        except OSError:
+        except OSError as exc:
+            if self._keys_stamp != _GONE:  # said once, not on every look
+                self._keys_stamp = _GONE
+                log.error(
+                    "client keys file unreadable, the %d loaded stay: %s", len(self.keys), exc
+                )
             return False
         if (stat.st_mtime_ns, stat.st_size) == self._keys_stamp:
             return False
@@ -190,10 +205,11 @@ class Access:
 
     async def charge(self, caller: Caller, tenant: str, characters: int) -> web.Response | None:
         """Count characters about to be sent upstream: a 429 when over the daily limit."""
-        refused = await self._take(caller, tenant, Budget.UPSTREAM_CHARACTERS_PER_DAY, characters)
-        if refused is None:
-            METRICS.client_upstream_characters.labels(caller.name).inc(characters)
-        return refused
+        return await self._take(caller, tenant, Budget.UPSTREAM_CHARACTERS_PER_DAY, characters)
+
+    def sent(self, caller: Caller, characters: int) -> None:
+        """Characters charged did go upstream (this request leads its fill)."""
+        METRICS.client_upstream_characters.labels(caller.name).inc(characters)
 
     async def refund(self, caller: Caller, tenant: str, characters: int) -> None:
         """Give back characters charged for a miss another request's call answered."""
@@ -205,7 +221,6 @@ class Access:
                 await self.limits.give_back(who, Budget.UPSTREAM_CHARACTERS_PER_DAY, characters)
         except RedisError:
             pass  # the budget stays charged: errs on the side of the limit
-        METRICS.client_upstream_characters.labels(caller.name).inc(-characters)
 
     async def _take(
         self, caller: Caller, tenant: str, budget: Budget, amount: int
@@ -226,7 +241,8 @@ class Access:
                 taken.append(who)
         except RedisError as exc:
             if self.settings.limits_fail_open:
-                log.warning("limits not checked, the store is unavailable: %s", exc)
+                if not isinstance(exc, CacheUnavailable):  # an open breaker is logged apart
+                    log.warning("limits not checked, the store is unavailable: %s", exc)
                 return None
             METRICS.client_refusals.labels("limits_unavailable").inc()
             return openai_error(
@@ -272,11 +288,14 @@ class Access:
                 await self.credentials.refused(credential)
             elif 200 <= status < 300:
                 await self.credentials.accepted(credential)
+        except CacheUnavailable:
+            pass  # the breaker is open: said once, by the store's own log
         except RedisError as exc:
             log.warning("credential verdict not kept, the store is unavailable: %s", exc)
 
     async def usage(self) -> dict[str, Any]:
-        """Each limited key's and tenant's usage in the current windows."""
+        """Each key's and tenant's usage in the current windows, where a limit applies
+        (a budget without a limit is not counted: its use is null)."""
         assert self.limits is not None
         entries: list[dict[str, Any]] = []
         subjects: list[tuple[str, str, int | None, int | None]] = [
@@ -286,15 +305,21 @@ class Access:
             ("tenant", name, p.requests_per_minute, p.upstream_characters_per_day)
             for name, p in self.tenants.policies.items()
         ]
+        limits = self.limits
+
+        async def used(who: str, budget: Budget, limit: int | None) -> int | None:
+            # Only limited budgets are counted (no Redis call otherwise): null, not a 0.
+            return None if limit is None else await limits.used(who, budget)
+
         for kind, name, rpm, cpd in subjects:
             who = f"{kind}:{name}"
             entries.append(
                 {
                     kind: name,
-                    "requests_this_minute": await self.limits.used(who, Budget.REQUESTS_PER_MINUTE),
+                    "requests_this_minute": await used(who, Budget.REQUESTS_PER_MINUTE, rpm),
                     "requests_per_minute": rpm,
-                    "upstream_characters_today": await self.limits.used(
-                        who, Budget.UPSTREAM_CHARACTERS_PER_DAY
+                    "upstream_characters_today": await used(
+                        who, Budget.UPSTREAM_CHARACTERS_PER_DAY, cpd
                     ),
                     "upstream_characters_per_day": cpd,
                 }

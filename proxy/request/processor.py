@@ -31,7 +31,6 @@ from ..core.routes import RouteRule, SpeechRequest
 from ..core.tenants import BadTenant
 from ..observability.metrics import METRICS
 from ..observability.tally import TALLY
-from ..store.guard import GuardedRedis
 from ..store.service import AudioCacheService, CachedAudio, EntryLabels
 from .access import Access, Caller, openai_error
 from .classify import Bypass, Classifier, Speech
@@ -91,7 +90,7 @@ class AudioProcessor:
 
     def attach(self, redis: Any, key_secret: bytes) -> None:
         """Connect what the request path shares through the store, once it is open."""
-        self.access.attach(GuardedRedis(redis, self.service.guard), key_secret)
+        self.access.attach(redis, key_secret, self.service.guard)
         self.classifier.key_secret = key_secret
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -211,6 +210,10 @@ class AudioProcessor:
             request, step.rule, fill, described.key, fwd=fwd, leader=leader, stale=stale,
             sse=described.speech.sse,
         )  # fmt: skip
+        if leader and fill.origin == "upstream":
+            self.access.sent(caller, characters)
+        elif leader:  # another replica's call (or the store) answered this fill
+            await self.access.refund(caller, described.tenant, characters)
         if result is Result.COALESCED and fill.status == 200:
             described.metrics.saved(characters)
         return response, result

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .limits import Guard, unguarded
+
 _LOCAL_SECONDS = 1.0
 _LOCAL_MAX = 10_000
 
@@ -27,8 +29,10 @@ class Credentials:
         verify_seconds: float,
         *,
         clock: Callable[[], float] = time.monotonic,
+        guard: Guard = unguarded,
     ) -> None:
         self.redis = redis
+        self.guard = guard
         self.prefix = prefix
         self.verify_ms = int(verify_seconds * 1000)
         self.clock = clock
@@ -43,7 +47,7 @@ class Credentials:
         until = self._local.get(digest)
         if until is not None and until > now:
             return True
-        if not await self.redis.exists(self.key(digest)):
+        if not await self.guard(self.redis.exists(self.key(digest))):
             self._local.pop(digest, None)
             return False
         self._remember_locally(digest, now)
@@ -51,13 +55,13 @@ class Credentials:
 
     async def accepted(self, digest: str) -> None:
         """The upstream answered this credential with success."""
-        await self.redis.set(self.key(digest), b"1", px=self.verify_ms)
+        await self.guard(self.redis.set(self.key(digest), b"1", px=self.verify_ms))
         self._remember_locally(digest, self.clock())
 
     async def refused(self, digest: str) -> None:
         """The upstream refused this credential (401/403): forget it everywhere."""
         self._local.pop(digest, None)
-        await self.redis.delete(self.key(digest))
+        await self.guard(self.redis.delete(self.key(digest)))
 
     def _remember_locally(self, digest: str, now: float) -> None:
         if len(self._local) >= _LOCAL_MAX:

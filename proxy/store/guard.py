@@ -9,8 +9,8 @@ failures; any other Redis error means the server answered, so it counts as a suc
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from redis import exceptions as redis_errors
 from redis.exceptions import RedisError
@@ -67,31 +67,3 @@ class StoreGuard:
         finally:
             if breaker.is_open != was_open:
                 METRICS.redis_circuit_open.set(1 if breaker.is_open else 0)
-
-
-class GuardedRedis:
-    """A Redis client whose every command goes through a guard: for the request path's
-    own small keys (limits, verified credentials), so that they fail fast too while the
-    store is presumed down."""
-
-    def __init__(self, redis: Any, guard: StoreGuard) -> None:
-        self._redis = redis
-        self._guard = guard
-
-    def __getattr__(self, name: str) -> Any:
-        command = getattr(self._redis, name)
-        if not callable(command):
-            return command
-
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            return self._guard(command(*args, **kwargs))
-
-        return guarded
-
-    def register_script(self, script: str) -> Callable[..., Awaitable[Any]]:
-        registered = self._redis.register_script(script)
-
-        def run(*args: Any, **kwargs: Any) -> Awaitable[Any]:
-            return self._guard(registered(*args, **kwargs))
-
-        return run

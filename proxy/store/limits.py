@@ -8,13 +8,22 @@ together let more through than the limit.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
 from typing import Any
 
 _TAKE = resources.files(__package__).joinpath("scripts/limit_take.lua").read_text()
+
+# Runs one store call: the cache service's circuit breaker (``StoreGuard``), so that a
+# store known to be down costs no timeout; raises a RedisError while it is open.
+Guard = Callable[[Awaitable[Any]], Awaitable[Any]]
+
+
+async def unguarded(call: Awaitable[Any]) -> Any:
+    """A store call awaited as it is."""
+    return await call
 
 
 class Budget(StrEnum):
@@ -41,8 +50,16 @@ class Verdict:
 class Limits:
     """Fixed-window budgets per client or tenant, kept in Redis."""
 
-    def __init__(self, redis: Any, prefix: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        prefix: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        guard: Guard = unguarded,
+    ) -> None:
         self.redis = redis
+        self.guard = guard
         self.prefix = prefix
         self.clock = clock
         self._take = redis.register_script(_TAKE)
@@ -59,19 +76,24 @@ class Limits:
     async def take(self, who: str, budget: Budget, amount: int, limit: int) -> Verdict:
         """Take ``amount`` from ``who``'s budget if it fits."""
         window, ends_ms = self._window(budget)
-        taken, used = await self._take(
-            keys=[self.key(who, budget, window)], args=[amount, limit, ends_ms]
+        taken, used = await self.guard(
+            self._take(keys=[self.key(who, budget, window)], args=[amount, limit, ends_ms])
         )
         retry = max(1, -(-(ends_ms - int(self.clock() * 1000)) // 1000))
         return Verdict(bool(taken), int(used), limit, retry)
 
     async def give_back(self, who: str, budget: Budget, amount: int) -> None:
         """Return what was taken for work that did not happen (e.g. a coalesced miss)."""
-        window, _ = self._window(budget)
-        await self.redis.decrby(self.key(who, budget, window), amount)
+        window, ends_ms = self._window(budget)
+        key = self.key(who, budget, window)
+        # The window may have turned since the take: the counter this creates expires too.
+        pipe = self.redis.pipeline(transaction=False)  # one key: one slot, one connection
+        pipe.decrby(key, amount)
+        pipe.pexpireat(key, ends_ms)
+        await self.guard(pipe.execute())
 
     async def used(self, who: str, budget: Budget) -> int:
         """How much of the current window's budget ``who`` has used."""
         window, _ = self._window(budget)
-        value = await self.redis.get(self.key(who, budget, window))
+        value = await self.guard(self.redis.get(self.key(who, budget, window)))
         return int(value or 0)
