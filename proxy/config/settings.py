@@ -17,8 +17,11 @@ from typing import Any
 import yaml
 
 from ..core.clients import SDK_KEY_HEADERS, ClientKeys, KeyFileError, parse_keys
+from ..core.joining import DEFAULT_PAUSE_MS
 from ..core.packing import HAVE_ZSTD
 from ..core.routes import RouteRule, RuleError, build_rules
+from ..core.segments import MODES as SEGMENT_MODES
+from ..core.segments import compile_patterns
 from ..core.tenants import PolicyError, TenantPolicy, Tenants, parse_policies, parse_policy
 from ..store.client import RedisUrlError, check_url
 
@@ -176,6 +179,13 @@ class Settings:
     prefetch_max_requests: int = field(default=1000, metadata=_meta(lo=1, hi=100_000))
     prefetch_keep_warm_interval_seconds: float = field(default=60.0, metadata=_meta(lo=0.05))
     prefetch_keep_warm_margin_seconds: float = field(default=3600.0, metadata=_meta(lo=0))
+    # Segment caching (docs/segments.md): off, or one entry per sentence or clause. A route
+    # rule, a tenant policy and the X-Audio-Cache-Segments header override it.
+    audio_cache_segments: str = field(default="off", metadata=_meta(choices=SEGMENT_MODES))
+    segment_pause_ms: int = field(default=DEFAULT_PAUSE_MS, metadata=_meta(lo=0, hi=5000))
+    # Pieces matching any of these regexes are synthesized but never stored.
+    segment_no_cache_patterns: tuple[str, ...] = ()
+    segment_concurrency: int = field(default=4, metadata=_meta(lo=1, hi=64))
     # Who may use the proxy (README, "Security"): keys (a client keys file), upstream
     # (clients bring the upstream's credential; hits only for credentials it accepted
     # lately), none (behind a gateway that authenticates). auto: keys with a keys file,
@@ -346,6 +356,14 @@ def _coerce(name: str, value: Any) -> Any:
         if choices and text not in choices:
             raise ConfigError(f"{name}: must be one of {list(choices)}, got {text!r}")
         return text
+    if name == "segment_no_cache_patterns":
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{name}: expected a list of regular expressions")
+        try:
+            compile_patterns(value)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        return tuple(value)
     if name in ("client_key_headers", "passthrough_paths"):
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise ConfigError(f"{name}: expected a list of strings")

@@ -17,6 +17,8 @@ from .keys import DEFAULT_NORMALIZATION, normalization
 from .media import base_type
 from .policy import DEFAULT_REPLAY_HEADERS, never_replayed
 from .request_json import BadJSON, load_object
+from .segments import MODES as SEGMENT_MODES
+from .segments import SegmentMode
 
 Source = Literal["json", "query", "path", "header", "form"]
 SOURCES: tuple[Source, ...] = ("json", "query", "path", "header", "form")
@@ -94,6 +96,8 @@ class RouteRule:
     replay_headers: tuple[str, ...] = DEFAULT_REPLAY_HEADERS
     # Media types this upstream uses for headerless PCM, e.g. application/octet-stream.
     pcm_types: frozenset[str] = frozenset()
+    # Segment caching on this route (None: the tenant's or the cache's choice).
+    segments: SegmentMode | None = None
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -314,7 +318,7 @@ def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
     """A rule from its YAML form; raises RuleError naming the bad field."""
     allowed = {
         "name", "method", "path", "text", "voice", "model", "ignore", "headers", "bypass",
-        "normalize", "replay_headers", "pcm_types",
+        "normalize", "replay_headers", "pcm_types", "segments",
     }  # fmt: skip
     unknown = set(raw) - allowed
     if unknown:
@@ -325,6 +329,9 @@ def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
     bypass_raw = raw.get("bypass") or {}
     if not isinstance(bypass_raw, Mapping):
         raise RuleError("route field 'bypass' must map a field reference to a list of values")
+    segments = raw.get("segments")
+    if segments is not None and segments not in SEGMENT_MODES:
+        raise RuleError(f"route field 'segments' must be one of {list(SEGMENT_MODES)}")
     steps = DEFAULT_NORMALIZATION
     if raw.get("normalize") is not None:
         try:
@@ -348,6 +355,7 @@ def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
         replay_headers=DEFAULT_REPLAY_HEADERS
         + tuple(_strings(raw.get("replay_headers"), "replay_headers")),
         pcm_types=frozenset(_strings(raw.get("pcm_types"), "pcm_types")),
+        segments=segments,
     )
 
 

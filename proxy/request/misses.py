@@ -94,16 +94,18 @@ class Misses:
         *,
         credential: str | None = None,
         private: bool = False,
+        store: bool = True,
     ) -> tuple[Fill, bool]:
         """Join the fill in flight for ``key`` (False), or start one (True): identical
         misses, in this process or on any replica, make one upstream call. A ``private``
         fill (an upstream credential not yet accepted) is shared only by requests with the
         same credential, here and on other replicas, and never settles for a stored
         answer: no one gets audio through another caller's call unless the upstream
-        accepted their own credential."""
+        accepted their own credential. Without ``store`` (a one-off segment) the answer
+        is streamed and never stored."""
 
         async def lead(fill: Fill) -> None:
-            await self._run(fill, rule, outgoing, key, labels, ttl, started, credential)
+            await self._run(fill, rule, outgoing, key, labels, ttl, started, credential, store)
 
         flight = key.for_credential(credential or "") if private else key
 
@@ -112,7 +114,7 @@ class Misses:
                 await lead(fill)
                 return
             # A refresh must reach the upstream, so it never settles for a stored answer.
-            use = directive is Directive.USE and not private
+            use = directive is Directive.USE and not private and store
             recheck = self.service.fetch_fresh if use else None
             await self.flights.run(fill, flight, lead, recheck=recheck)
 
@@ -128,6 +130,7 @@ class Misses:
         ttl: int,
         started: float,
         credential: str | None,
+        store: bool = True,
     ) -> None:
         t0 = time.perf_counter()
         try:
@@ -179,6 +182,8 @@ class Misses:
                 max_entry_bytes=self.settings.max_entry_bytes,
                 pcm_types=rule.pcm_types,
             )
+        if refusal is None and not store:
+            refusal = "one_off_segment"
         if refusal is not None:
             METRICS.not_stored.labels(refusal).inc()
             METRICS.operations.labels("set", "skipped").inc()

@@ -7,6 +7,8 @@ stages of this folder, one module each::
         │
         └──► Speech ──► hits (hot tier, then Redis) ──► answered from the cache
                               │
+                              ├──► segments (opt-in: stored pieces + missed pieces) ──► joined
+                              │
                               └──► misses (fill, coalesced) ──► streamed and stored
 
 Each stage decides with the pure functions of :mod:`proxy.core` and does only its own I/O.
@@ -40,6 +42,7 @@ from .misses import Misses, Outgoing
 from .passthrough import PassThrough
 from .prepared_hit import is_plain
 from .savings import Savings
+from .segments import Segments
 from .upstream import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,7 @@ class AudioProcessor:
         self.hits = Hits(audio_path_prefix)
         self.misses = Misses(settings, service, upstream, self.hits, self.access)
         self.pass_through = PassThrough(upstream, self.access)
+        self.segments = Segments(settings, service, self.misses)
         self.fills = self.misses.fills
         self.flights = self.misses.flights
 
@@ -161,12 +165,18 @@ class AudioProcessor:
                 return response, Result.HIT
         if not verified:
             self.service.count_miss(described.key)
-        refused = await self.access.charge(caller, described.tenant, characters)
-        if refused is not None:
-            return refused, None
         labels = self.labels_for(
             described.speech, step.rule, described.content_class, described.tenant
         )
+        if verified:  # stored pieces only for callers stored audio may be served to
+            joined = await self.segments.serve(
+                request, step, caller, labels, self.ttl_for(labels), started, self.key_for
+            )
+            if joined is not None:
+                return joined, Result.PARTIAL if joined.status == 200 else None
+        refused = await self.access.charge(caller, described.tenant, characters)
+        if refused is not None:
+            return refused, None
         outgoing = Outgoing(
             # A HEAD miss fetches the whole audio: it is stored, and later GETs hit.
             method="GET" if request.method == "HEAD" else request.method,
