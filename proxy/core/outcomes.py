@@ -122,8 +122,9 @@ HIT = CacheStatus(hit=True)
 
 def segments_status(pieces: int, hits: int) -> CacheStatus:
     """An answer joined from ``pieces`` pieces, ``hits`` of them stored: a hit when all
-    were, else ``fwd=partial``. The detail is an RFC 8941 token, e.g. ``pieces-3-hits-2``."""
+    were, a miss when none was, else ``fwd=partial``. The detail is an RFC 8941 token,
+    e.g. ``pieces-3-hits-2``."""
     detail = f"pieces-{pieces}-hits-{hits}"
     if hits == pieces:
         return CacheStatus(hit=True, detail=detail)
-    return CacheStatus(fwd=Forward.PARTIAL, detail=detail)
+    return CacheStatus(fwd=Forward.PARTIAL if hits else Forward.MISS, detail=detail)

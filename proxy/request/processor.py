@@ -173,7 +173,12 @@ class AudioProcessor:
                 request, step, caller, labels, self.ttl_for(labels), started, self.key_for
             )
             if joined is not None:
-                return joined, Result.PARTIAL if joined.status == 200 else None
+                status = CacheStatus.parse(joined.headers.get("Cache-Status", ""))
+                result = status.result if status is not None else None
+                if result is Result.HIT:  # not a plain hit: tallied here
+                    elapsed = time.perf_counter() - started
+                    METRICS.requests.labels(step.rule.name, result).observe(elapsed)
+                return joined, result
         refused = await self.access.charge(caller, described.tenant, characters)
         if refused is not None:
             return refused, None

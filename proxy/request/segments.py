@@ -20,7 +20,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -174,14 +174,22 @@ class Segments:
         if saved:
             METRICS.segment_characters_saved.inc(saved)
         limit = asyncio.Semaphore(self.settings.segment_concurrency)
-        tasks = [
-            asyncio.create_task(self._synthesize(p, step.rule, labels, ttl, started, caller, limit))
-            if p.audio is None
-            else None
-            for p in pieces
-        ]
+        tasks: list[asyncio.Task[None] | None] = []
+
+        def synthesize_missing() -> None:
+            tasks.extend(
+                asyncio.create_task(
+                    self._synthesize(p, step.rule, labels, ttl, started, caller, limit)
+                )
+                if p.audio is None
+                else None
+                for p in pieces
+            )
+
         try:
-            return await self._stream(request, step, pieces, tasks, fmt, started)
+            return await self._stream(
+                request, step, pieces, synthesize_missing, tasks, fmt, started
+            )
         finally:
             for task in tasks:
                 if task is not None and not task.done():
@@ -213,17 +221,21 @@ class Segments:
         return pieces
 
     async def _read_stored(self, pieces: list[_Piece]) -> None:
-        for piece in pieces:
-            if not piece.store:
-                continue
+        """Every stored piece, read at once: one round trip's wait, not one per piece."""
+
+        async def read(piece: _Piece) -> None:
             try:
-                cached = self.service.hot_hit(piece.key) or await self.service.get(piece.key)
+                cached = self.service.hot_hit(piece.key)
+                if cached is None:
+                    cached, _ = await self.service.get_or_stale(piece.key, hot_tried=True)
             except RedisError as exc:
                 log.warning("cache read failed for a segment: %s", exc)
                 METRICS.redis_errors.labels("get").inc()
                 cached = None
             if cached is not None:
                 piece.audio, piece.media_type, piece.result = cached.audio, cached.media_type, "hit"
+
+        await asyncio.gather(*(read(p) for p in pieces if p.store))
 
     async def _synthesize(
         self,
@@ -262,16 +274,22 @@ class Segments:
         request: web.Request,
         step: Speech,
         pieces: list[_Piece],
+        synthesize_missing: Callable[[], None],
         tasks: list[asyncio.Task[None] | None],
         fmt: tuple[Joinable, PcmFormat],
         started: float,
     ) -> web.StreamResponse | None:
+        """Write the pieces in order. A leading stored piece goes out before any synthesis
+        starts: the upstream calls' own work must not delay the first byte."""
+        if pieces[0].audio is None:
+            synthesize_missing()
         kind, pcm = fmt
         splicer = Splicer(kind, self.settings.segment_pause_ms, pcm)
         hits = sum(p.result == "hit" for p in pieces)
         status = segments_status(len(pieces), hits)
         response: web.StreamResponse | None = None
-        for index, (piece, task) in enumerate(zip(pieces, tasks, strict=True)):
+        for index, piece in enumerate(pieces):
+            task = tasks[index] if tasks else None
             if task is not None:
                 await task
             METRICS.segment_pieces.labels(piece.result).inc()
@@ -300,6 +318,8 @@ class Segments:
                     time.perf_counter() - started
                 )
             await response.write(data)
+            if not tasks:
+                synthesize_missing()
         else:
             assert response is not None
             await response.write_eof()

@@ -68,8 +68,8 @@ async def test_pieces_are_the_upstreams_own_answers_and_the_join_decodes(
     assert response.status == 200
     joined = await response.read()
     status = CacheStatus.parse(response.headers["Cache-Status"])
-    assert status is not None and status.fwd is Forward.PARTIAL
-    assert status.detail == "pieces-3-hits-0" and response.headers["X-Cache"] == "PARTIAL"
+    assert status is not None and status.fwd is Forward.MISS
+    assert status.detail == "pieces-3-hits-0" and response.headers["X-Cache"] == "MISS"
     assert calls(server) == 3
 
     pieces = [FIXED_1, FIXED_2, "Enjoy your stay with us."]
@@ -118,6 +118,7 @@ async def test_a_templated_answer_with_one_new_sentence_makes_one_upstream_call(
     assert calls(server) == before + 1
     status = CacheStatus.parse(second.headers["Cache-Status"])
     assert status is not None and status.detail == "pieces-3-hits-2"
+    assert status.fwd is Forward.PARTIAL and second.headers["X-Cache"] == "PARTIAL"
     assert soundfile.info(io.BytesIO(audio)).frames > 0
 
 
@@ -148,7 +149,7 @@ async def test_off_by_default_and_the_header_turns_it_on_or_refuses(
     await plain.read()
     other = f"{FIXED_2} {FIXED_1}"
     on = await client.post(SPEECH, json=body(other), headers={"X-Audio-Cache-Segments": "sentence"})
-    assert on.headers["X-Cache"] == "PARTIAL"
+    assert on.headers["Cache-Status"] == "tts-cache; fwd=miss; detail=pieces-2-hits-0"
     await on.read()
     bad = await client.post(SPEECH, json=body(other), headers={"X-Audio-Cache-Segments": "words"})
     assert bad.status == 400
