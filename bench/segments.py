@@ -252,7 +252,8 @@ async def main(answers: int, deadline_s: float) -> None:
             f"{partial:.0%} | {quantile(run.ttfb_ms, 0.5):.1f} / {quantile(run.ttfb_ms, 0.99):.1f}"
             f" | {quantile(run.partial_ttfb_ms, 0.5):.1f} / "
             f"{quantile(run.partial_ttfb_ms, 0.99):.1f} | {len(run.leading_ttfb_ms)}, "
-            f"{quantile(run.leading_ttfb_ms, 0.5):.1f} / {quantile(run.leading_ttfb_ms, 0.99):.1f} |"
+            f"{quantile(run.leading_ttfb_ms, 0.5):.1f} / "
+            f"{quantile(run.leading_ttfb_ms, 0.99):.1f} |"
         )
     if runs[1].partial_ttfb_ms:
         mean = statistics.mean(runs[1].partial_ttfb_ms)
