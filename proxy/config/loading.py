@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from ..core.routes import PRESETS, RuleError, build_rules
+from ..core.segments import compile_patterns
 from ..core.tenants import TENANT_ID, PolicyError, TenantPolicy, parse_policy
 from .checks import run_checks
 from .errors import ConfigError, ConfigErrors, raise_all
@@ -314,8 +315,19 @@ def _content_type_rule(where: str, item: Any) -> ContentTypeRule:
     return ContentTypeRule(pattern, _content_type(f"{where}.content_type", item["content_type"]))
 
 
+def _segment_patterns(name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{name}: expected a list of regular expressions")
+    try:
+        compile_patterns(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return tuple(value)
+
+
 _STRUCTURED: dict[str, Any] = {
     "routes": _routes,
+    "segment_no_cache_patterns": _segment_patterns,
     "client_key_headers": _header_list,
     "passthrough_paths": _path_list,
     "audio_cache_content_type_ttls": _ttls,

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.clients import SDK_KEY_HEADERS
+from ..core.joining import DEFAULT_PAUSE_MS
 from ..core.routes import RouteRule, build_rules
+from ..core.segments import MODES as SEGMENT_MODES
 from ..core.tenants import TenantPolicy, Tenants
 
 SEED_CONTENT_TYPE_TTLS: dict[str, int] = {
@@ -302,6 +304,22 @@ class Settings:
     )
     limits_fail_open: bool = _setting(
         True, "Redis down: limits let requests through (true) or refuse them with 503."
+    )
+    # Segment caching (docs/segments.md): off, or one entry per sentence or clause. A route
+    # rule, a tenant policy and the X-Audio-Cache-Segments header override it.
+    audio_cache_segments: str = _setting(
+        "off", "Segment caching: off, or one entry per sentence or clause.",
+        choices=SEGMENT_MODES,
+    )  # fmt: skip
+    segment_pause_ms: int = _setting(
+        DEFAULT_PAUSE_MS, "Silence between joined pieces (the demo engine's sentence pause).",
+        lo=0, hi=5000,
+    )  # fmt: skip
+    segment_no_cache_patterns: tuple[str, ...] = _setting(
+        (), "Pieces matching any of these regexes are synthesized but never stored."
+    )
+    segment_concurrency: int = _setting(
+        4, "Missing pieces of one answer synthesized at once.", lo=1, hi=64
     )
     # WebSocket sessions passed through to the upstream (paths no route claims).
     websocket_max_message_kb: int = _setting(

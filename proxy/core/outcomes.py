@@ -21,6 +21,7 @@ class Result(StrEnum):
     COALESCED = "coalesced"  # answered by another request's upstream call
     STALE = "stale"  # an expired copy, because the upstream failed
     BYPASS = "bypass"  # not looked up: passed through
+    PARTIAL = "partial"  # joined from pieces: some cached, some synthesized
 
 
 class Forward(StrEnum):
@@ -30,6 +31,7 @@ class Forward(StrEnum):
     REQUEST = "request"  # the client asked for a fresh answer (no-cache)
     BYPASS = "bypass"  # the cache was not consulted
     STALE = "stale"  # the stored copy had expired
+    PARTIAL = "partial"  # some pieces of the answer were stored, the rest went forward
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,8 @@ class CacheStatus:
             return "STALE"
         if self.fwd is Forward.BYPASS:
             return "BYPASS"
+        if self.fwd is Forward.PARTIAL:
+            return "PARTIAL"
         return "MISS"
 
     @property
@@ -85,6 +89,8 @@ class CacheStatus:
             return Result.STALE
         if self.fwd is Forward.BYPASS:
             return Result.BYPASS
+        if self.fwd is Forward.PARTIAL:
+            return Result.PARTIAL
         return Result.COALESCED if self.collapsed else Result.MISS
 
     @classmethod
@@ -112,3 +118,13 @@ class CacheStatus:
 
 
 HIT = CacheStatus(hit=True)
+
+
+def segments_status(pieces: int, hits: int) -> CacheStatus:
+    """An answer joined from ``pieces`` pieces, ``hits`` of them stored: a hit when all
+    were, a miss when none was, else ``fwd=partial``. The detail is an RFC 8941 token,
+    e.g. ``pieces-3-hits-2``."""
+    detail = f"pieces-{pieces}-hits-{hits}"
+    if hits == pieces:
+        return CacheStatus(hit=True, detail=detail)
+    return CacheStatus(fwd=Forward.PARTIAL if hits else Forward.MISS, detail=detail)

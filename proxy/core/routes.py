@@ -18,6 +18,8 @@ from .keys import DEFAULT_NORMALIZATION, normalization
 from .media import base_type
 from .policy import DEFAULT_REPLAY_HEADERS, never_replayed
 from .request_json import BadJSON, load_object
+from .segments import MODES as SEGMENT_MODES
+from .segments import SegmentMode
 
 Source = Literal["json", "query", "path", "header", "form", "body"]
 SOURCES: tuple[Source, ...] = ("json", "query", "path", "header", "form", "body")
@@ -118,6 +120,8 @@ class RouteRule:
     ssml: FieldRef | None = None
     # Where a JSON answer holds its base64 audio; such answers are validated by decoding it.
     json_audio: JsonAudio | None = None
+    # Segment caching on this route (None: the tenant's or the cache's choice).
+    segments: SegmentMode | None = None
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -555,7 +559,7 @@ def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
     """A rule from its YAML form; raises RuleError naming the bad field."""
     allowed = {
         "name", "method", "path", "text", "voice", "model", "ignore", "headers", "bypass",
-        "normalize", "replay_headers", "pcm_types", "ssml", "json_audio",
+        "normalize", "replay_headers", "pcm_types", "ssml", "json_audio", "segments",
     }  # fmt: skip
     unknown = set(raw) - allowed
     if unknown:
@@ -566,6 +570,9 @@ def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
     bypass_raw = raw.get("bypass") or {}
     if not isinstance(bypass_raw, Mapping):
         raise RuleError("route field 'bypass' must map a field reference to a list of values")
+    segments = raw.get("segments")
+    if segments is not None and segments not in SEGMENT_MODES:
+        raise RuleError(f"route field 'segments' must be one of {list(SEGMENT_MODES)}")
     steps = DEFAULT_NORMALIZATION
     if raw.get("normalize") is not None:
         try:
@@ -591,6 +598,7 @@ def rule_from_mapping(raw: Mapping[str, Any]) -> RouteRule:
         pcm_types=frozenset(_strings(raw.get("pcm_types"), "pcm_types")),
         ssml=FieldRef.parse(raw["ssml"]) if raw.get("ssml") else None,
         json_audio=_json_audio(raw.get("json_audio")),
+        segments=segments,
     )
 
 

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .segments import MODES as SEGMENT_MODES
+
 # No ':' — tenant ids become parts of Redis key names and counter names split on ':'.
 TENANT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _CONTENT_TYPE = re.compile(r"^[a-z0-9_][a-z0-9_.-]{0,63}$")
@@ -27,6 +29,7 @@ _POLICY_FIELDS = (
     "ttls",
     "requests_per_minute",
     "upstream_characters_per_day",
+    "audio_cache_segments",
 )
 
 
@@ -58,6 +61,7 @@ class TenantPolicy:
     ttls: Mapping[str, int] = field(default_factory=dict)
     requests_per_minute: int | None = None
     upstream_characters_per_day: int | None = None
+    audio_cache_segments: str | None = None  # None: the route's or the cache's choice
 
     @property
     def quota_bytes(self) -> int | None:
@@ -72,6 +76,7 @@ class TenantPolicy:
             "ttls": dict(self.ttls),
             "requests_per_minute": self.requests_per_minute,
             "upstream_characters_per_day": self.upstream_characters_per_day,
+            "audio_cache_segments": self.audio_cache_segments,
         }
 
 
@@ -112,6 +117,11 @@ def parse_policy(raw: Any, where: str) -> TenantPolicy:
         else int(_number(f"{where}.{name}", raw[name], integer=True))
         for name in ("requests_per_minute", "upstream_characters_per_day")
     }
+    segments = raw.get("audio_cache_segments")
+    if segments is not None and segments not in SEGMENT_MODES:
+        raise PolicyError(
+            f"{where}.audio_cache_segments: must be one of {list(SEGMENT_MODES)}, got {segments!r}"
+        )
     quota = raw.get("quota_mb")
     ttl = raw.get("ttl_seconds")
     ttls_raw = raw.get("ttls") or {}
@@ -134,6 +144,7 @@ def parse_policy(raw: Any, where: str) -> TenantPolicy:
         if ttl is None
         else int(_number(f"{where}.ttl_seconds", ttl, integer=True)),
         ttls=ttls,
+        audio_cache_segments=segments,
         **limits,
     )
 

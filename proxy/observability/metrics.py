@@ -52,6 +52,8 @@ class Metrics:
     websocket_sessions: Counter
     websocket_bytes: Counter
     websocket_active: Gauge
+    segment_pieces: Counter
+    segment_characters_saved: Counter
 
 
 def _build() -> Metrics:
@@ -181,6 +183,15 @@ def _build() -> Metrics:
             "tts_proxy_client_upstream_characters_total",
             "Characters sent upstream on behalf of each client",
             ["client"],
+        ),
+        segment_pieces=Counter(
+            "tts_proxy_segment_pieces_total",
+            "Pieces of segmented answers, by result (hit, miss, coalesced, one_off, failed)",
+            ["result"],
+        ),
+        segment_characters_saved=Counter(
+            "tts_proxy_segment_characters_saved_total",
+            "Characters of segmented answers served from stored pieces",
         ),
         hot_tier_live=Gauge(
             "tts_proxy_hot_tier_live",

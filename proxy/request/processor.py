@@ -8,6 +8,8 @@ stages of this folder, one module each::
         │
         └──► Speech ──► hits (hot tier, then Redis) ──► answered from the cache
                               │
+                              ├──► segments (opt-in: stored pieces + missed pieces) ──► joined
+                              │
                               └──► misses (fill, coalesced) ──► streamed and stored
 
 Each stage decides with the pure functions of :mod:`proxy.core` and does only its own I/O.
@@ -41,6 +43,7 @@ from .misses import Misses, Outgoing
 from .passthrough import PassThrough
 from .prepared_hit import is_plain
 from .savings import Savings
+from .segments import Segments
 from .sse import audio_type
 from .upstream import UpstreamClient
 from .websocket import WebSocketRelay, is_upgrade
@@ -85,6 +88,7 @@ class AudioProcessor:
         self.misses = Misses(settings, service, upstream, self.hits, self.access)
         self.pass_through = PassThrough(upstream, self.access)
         self.websockets = WebSocketRelay(settings, upstream, self.access)
+        self.segments = Segments(settings, service, self.misses)
         self.fills = self.misses.fills
         self.flights = self.misses.flights
 
@@ -174,12 +178,23 @@ class AudioProcessor:
                 return response, Result.HIT
         if not verified:
             self.service.count_miss(described.key)
-        refused = await self.access.charge(caller, described.tenant, characters)
-        if refused is not None:
-            return refused, None
         labels = self.labels_for(
             described.speech, step.rule, described.content_class, described.tenant
         )
+        if verified:  # stored pieces only for callers stored audio may be served to
+            joined = await self.segments.serve(
+                request, step, caller, labels, self.ttl_for(labels), started, self.key_for
+            )
+            if joined is not None:
+                status = CacheStatus.parse(joined.headers.get("Cache-Status", ""))
+                result = status.result if status is not None else None
+                if result is Result.HIT:  # not a plain hit: tallied here
+                    elapsed = time.perf_counter() - started
+                    METRICS.requests.labels(step.rule.name, result).observe(elapsed)
+                return joined, result
+        refused = await self.access.charge(caller, described.tenant, characters)
+        if refused is not None:
+            return refused, None
         outgoing = Outgoing(
             # A HEAD miss fetches the whole audio: it is stored, and later GETs hit.
             method="GET" if request.method == "HEAD" else request.method,

@@ -150,7 +150,7 @@ def test_every_problem_is_reported_at_once_each_naming_its_field(tmp_path: Path)
         "audio_cache_content_type_ttls.welcome_message: must be at least 1, got 0",
         "tenants.acme.quota_mb: must be greater than 0, got 0",
         "tenants.globex.quota: unknown key; did you mean 'quota_mb'? (allowed: enabled, "
-        "namespace, quota_mb, ttl_seconds, ttls, requests_per_minute, upstream_characters_per_day)",
+        "namespace, quota_mb, ttl_seconds, ttls, requests_per_minute, upstream_characters_per_day, audio_cache_segments)",
         "routes[1]: unknown route preset 'elevenlabz'; presets: ['azure', 'cartesia', 'deepgram', 'elevenlabs', 'get', 'google', 'openai', 'polly']; "
         "did you mean 'elevenlabs'?",
         "routes[2].text: route field 'text' is required and must be a string",
