@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from ..core.clients import SDK_KEY_HEADERS, ClientKeys, KeyFileError, parse_keys
-from ..core.packing import HAVE_ZSTD
+from ..core.packing import HAVE_FLAC, HAVE_ZSTD
 from ..core.routes import RouteRule, RuleError, build_rules
 from ..core.tenants import PolicyError, TenantPolicy, Tenants, parse_policies, parse_policy
 from ..store.client import RedisUrlError, check_url
@@ -93,7 +93,7 @@ class Settings:
     audio_cache_compression_level: int = field(default=6, metadata=_meta(lo=1, hi=9))
     # What we add on top of the seed.
     audio_cache_compression_codec: str = field(
-        default="zlib", metadata=_meta(choices=("zlib", "zstd"))
+        default="zlib", metadata=_meta(choices=("zlib", "zstd", "flac"))
     )
     audio_cache_compression_min_saving_percent: float = field(
         default=5.0, metadata=_meta(lo=0, hi=100)
@@ -479,6 +479,10 @@ def load_settings(
 
 
 def _check_consistency(s: Settings) -> None:
+    if s.audio_cache_compression_codec == "flac" and not HAVE_FLAC:
+        raise ConfigError(
+            "audio_cache_compression_codec: flac needs the 'soundfile' package, or use zlib"
+        )
     if s.audio_cache_compression_codec == "zstd" and not HAVE_ZSTD:
         raise ConfigError(
             "audio_cache_compression_codec: zstd needs the 'zstandard' package "

@@ -145,7 +145,9 @@ def _flac_decode(payload: memoryview) -> bytes:
         raise CorruptEntry("FLAC payload shorter than its framing")
     samples, _ = _sf.read(io.BytesIO(payload[middle:]), dtype="int16", always_2d=True)
     pcm = samples.astype("<i2", copy=False).tobytes()
-    return b"".join((payload[start : start + prefix_len], pcm, payload[start + prefix_len : middle]))
+    return b"".join(
+        (payload[start : start + prefix_len], pcm, payload[start + prefix_len : middle])
+    )
 
 
 def codec_for(audio: bytes, codec: Codec, media_type: str = "") -> Codec:
