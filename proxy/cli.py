@@ -13,7 +13,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import yaml
@@ -168,9 +168,27 @@ async def _start_proxy(
     return runners
 
 
+def _run_on_loop(main: Coroutine[Any, Any, None], event_loop: str) -> int:
+    """Run ``main`` on asyncio's loop or on uvloop's (setting ``event_loop``)."""
+    factory = None
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            main.close()
+            print("tts-cache-proxy: event_loop uvloop needs `pip install uvloop`", file=sys.stderr)
+            return 2
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
+    if getattr(args, "loop", None):  # the setting's environment name: workers inherit it
+        os.environ["EVENT_LOOP"] = args.loop
     settings = _settings(args)
     configure_logging(settings)
     if not settings.upstream_url:
@@ -209,11 +227,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if supervisor is not None:
                 supervisor.cancel()
 
-        asyncio.run(main())
+        return _run_on_loop(main(), settings.event_loop)
     finally:
         if embedded is not None:
             embedded.stop()
-    return 0
 
 
 async def _run_workers(
@@ -361,6 +378,9 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="processes sharing the port (SO_REUSEPORT) and the store; default 1",
+    )
+    serve.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), help="event loop (setting event_loop)"
     )
     serve.set_defaults(func=cmd_serve)
 

@@ -93,7 +93,7 @@ class Settings:
     audio_cache_compression_level: int = field(default=6, metadata=_meta(lo=1, hi=9))
     # What we add on top of the seed.
     audio_cache_compression_codec: str = field(
-        default="zlib", metadata=_meta(choices=("zlib", "zstd", "flac"))
+        default="flac", metadata=_meta(choices=("zlib", "zstd", "flac"))
     )
     audio_cache_compression_min_saving_percent: float = field(
         default=5.0, metadata=_meta(lo=0, hi=100)
@@ -151,6 +151,8 @@ class Settings:
     log_format: str = field(default="text", metadata=_meta(choices=("text", "json")))
     # One line per request (request id, route, result, status, bytes, duration).
     access_log: bool = True
+    # The event loop of `serve`: asyncio's own, or uvloop (pip install uvloop).
+    event_loop: str = field(default="asyncio", metadata=_meta(choices=("asyncio", "uvloop")))
     # Price per million characters for tts_proxy_estimated_cost_saved_total; keys
     # "<route>:<voice>", "<route>" or "default" (most specific wins).
     cost_per_million_characters: Mapping[str, float] = field(default_factory=dict)

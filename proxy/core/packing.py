@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - depends on the install
 
 try:  # the FLAC codec: libsndfile through soundfile (and numpy, which soundfile needs)
     import numpy as _np
-    import soundfile as _sf
+    import soundfile as _sf  # type: ignore[import-untyped]
 
     HAVE_FLAC = True
 except (ImportError, OSError):  # pragma: no cover - depends on the install

@@ -183,6 +183,7 @@ class _Writer:
 
 
 _TEMPLATES: dict[str, dict[str, Any]] = {}
+_STARTED: float = getattr(logging, "_startTime", time.time())  # what relativeCreated counts from
 
 
 def _template(logger: logging.Logger) -> dict[str, Any]:
@@ -202,7 +203,7 @@ def _record(item: tuple[Any, ...]) -> tuple[logging.Logger, logging.LogRecord]:
     # When the answer was sent, not when the line was written.
     record.created = created
     record.msecs = (created - int(created)) * 1000
-    record.relativeCreated = (created - logging._startTime) * 1000
+    record.relativeCreated = (created - _STARTED) * 1000
     record.msg = _line(fields)
     record.fields = fields
     return logger, record
