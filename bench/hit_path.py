@@ -1,18 +1,20 @@
 """Cache hits: the proxy (in-process hot tier, and Redis alone) against a bare aiohttp server
 and nginx proxy_cache, side by side in one run.
 
-Run: ``python -m bench.hit_path`` (about 2 minutes; every load is bounded by ``--seconds``).
+Run: ``python -m bench.hit_path`` (about 7 minutes; every load is bounded by ``--seconds``).
 
-For each body size (137 KB and 20 KB WAV) and each number of connections (16 and 64), the
+For each body (``--cases``: 137 KB and 20 KB WAV, 20 KB MP3) and each number of connections
+(16 and 64), the
 same OpenAI-style ``POST /v1/audio/speech`` requests, rotating over ``--phrases`` cached
 sentences, go to:
 
 - ``bare``: an aiohttp server answering the same bytes from memory (it also serves as the
   upstream of the proxies and nginx): the ceiling of an aiohttp process;
-- ``hot``: one ``tts-cache-proxy serve`` process with the hot tier on (the default);
+- ``hot``: one ``tts-cache-proxy serve`` process as shipped: hot tier and access log on;
+- ``hot-nolog`` and ``hot-uvloop``: the same with the access log off, and on uvloop;
 - ``redis``: the same with ``audio_cache_hot_tier_mb: 0``, so every hit reads Redis
   (a Valkey server on loopback TCP) and, above the 100 KB compression threshold,
-  decompresses the entry (speech saves ~1/3 with zlib);
+  decodes the entry (FLAC, the default codec, stores WAV speech in about half its size);
 - ``redis-plain`` (bodies above the threshold only): the same with compression off, to
   show the Redis path itself;
 - ``nginx``: nginx ``proxy_cache`` keyed on the request body, one worker (when ``nginx``
@@ -20,8 +22,11 @@ sentences, go to:
 
 Load: ``wrk`` (2 threads) when it is on PATH, else a Python aiohttp load generator (slower:
 it caps every figure, so the ratios say less). The table gives requests/s, p50 and p99 and
-the ratios of the issue's targets; a PNG goes to ``bench/out/hit_path.png``. Everything
-runs on 127.0.0.1; the load generator shares the machine's cores with the servers.
+the ratios of the issue's targets, and each server process's CPU time per request (user +
+system, from /proc): on a machine shared with other work, throughput swings with the
+neighbours while CPU per request mostly does not. Each target is measured ``--rounds``
+times in turn and the median kept. A PNG goes to ``bench/out/hit_path.png``. Everything runs
+on 127.0.0.1; the load generator shares the machine's cores with the servers.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -58,7 +64,7 @@ from .loopback import (
 )
 
 OUT = Path(__file__).resolve().parent / "out"
-TARGETS = ("bare", "hot", "hot-nolog", "redis", "redis-plain", "nginx")
+TARGETS = ("bare", "hot", "hot-nolog", "hot-uvloop", "redis", "redis-plain", "nginx")
 COMPRESSION_THRESHOLD_KB = 100  # the default: larger bodies are stored compressed
 
 NGINX_CONF = """
@@ -260,6 +266,13 @@ async def measure_size(
                 )
             )
             targets.append("hot-nolog")
+        if args.uvloop and args.loop != "uvloop":  # the same as shipped, on uvloop
+            pids["hot-uvloop"] = await stack.enter_async_context(
+                proxy(
+                    "hot-uvloop", AUDIO_CACHE_HOT_TIER_MB=str(args.hot_tier_mb), EVENT_LOOP="uvloop"
+                )
+            )
+            targets.append("hot-uvloop")
         pids["redis"] = await stack.enter_async_context(proxy("redis", AUDIO_CACHE_HOT_TIER_MB="0"))
         targets.append("redis")
         if payload_kb > COMPRESSION_THRESHOLD_KB and kind == "wav":
@@ -443,11 +456,15 @@ def main() -> None:
         help="turn the proxy's access log off (it is on as shipped, here to /dev/null)",
     )
     p.add_argument("--loop", choices=("asyncio", "uvloop"), help="the proxy's event loop")
+    p.add_argument("--no-uvloop", dest="uvloop", action="store_false", help="skip hot-uvloop")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args()
     tool = args.tool
     if tool == "auto":
         tool = "wrk" if shutil.which("wrk") else "python"
+    if args.uvloop and importlib.util.find_spec("uvloop") is None:
+        print("uvloop: not installed, not measured (pip install uvloop)")
+        args.uvloop = False
     if args.nginx and shutil.which("nginx") is None:
         print("nginx: not on PATH, not measured (apt-get install nginx)")
         args.nginx = False
