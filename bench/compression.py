@@ -4,20 +4,23 @@ Usage::
 
     python -m bench.compression [--seconds-per-case 0.3] [--hit-seconds 3]
 
-The corpus is espeak-ng speech from the demo upstream's engine (Spanish and English hotel
-sentences, 22050 Hz 16-bit mono WAV), plus random bytes standing in for MP3/Opus/AAC, which
-are already compressed (no encoder ships in a wheel; random bytes are their upper bound).
+The corpus is the demo upstream's speech (espeak-ng, Spanish and English hotel sentences)
+as the demo serves it to OpenAI clients: 24 kHz 16-bit mono WAV, the same samples as raw
+PCM, and the same sentences as 128 kbit/s MP3 (already compressed: what no codec helps).
+Codecs: zlib and zstd (bytes), FLAC (16-bit PCM and WAV; zlib stands in for MP3).
 
 Four tables:
 
-1. ratio (original / stored) and compress / decompress MB/s (of original audio) per codec
-   and level, each case repeated for ``--seconds-per-case``;
+1. ratio (original / stored), stored KB per second of speech, and compress / decompress
+   MB/s (of original audio) per codec and level, each case repeated for
+   ``--seconds-per-case``;
 2. the worst stall of the event loop (lag of a 1 ms ticker) while 1 MB of speech is
    compressed and decompressed inline versus in a worker thread, as the store does above
    ``THREAD_THRESHOLD_BYTES``;
 3. time to compress / decompress by body size, which places that threshold;
 4. hits per second through the store from a real Valkey (embedded) for a 137 KB entry
-   stored compressed versus plain, 16 concurrent readers, same process, same run.
+   (WAV, and MP3) stored compressed versus plain, 16 concurrent readers, same process,
+   same run.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ from typing import Any
 
 from proxy.core.compression import THREAD_THRESHOLD_BYTES, CompressionAdvisor
 from proxy.core.keys import CacheKey
-from proxy.core.packing import HAVE_ZSTD, Codec, pack, unpack
+from proxy.core.packing import HAVE_FLAC, HAVE_ZSTD, Codec, pack, unpack
 from proxy.demo.espeak import SAMPLE_RATE, synthesize_in_a_fresh_process
-from proxy.demo.upstream import wav_file
+from proxy.demo.formats import AudioFormat, encode, resample, wav_file
 from proxy.store.client import open_redis
 from proxy.store.embedded import EmbeddedValkey, free_port
 from proxy.store.service import AudioCacheService, EntryLabels
@@ -52,12 +55,24 @@ SENTENCES = [
 MB = 1024 * 1024
 
 
-def speech_corpus() -> list[bytes]:
-    """One WAV file per sentence, synthesized by the demo upstream's engine."""
+RATE = 24000  # what the demo answers OpenAI clients with (its engine speaks at 22050 Hz)
+
+
+def speech_pcm() -> list[bytes]:
+    """One 24 kHz 16-bit mono PCM stream per sentence, from the demo upstream's engine."""
     return [
-        wav_file(synthesize_in_a_fresh_process(text, voice, 1.0), SAMPLE_RATE)
+        resample(synthesize_in_a_fresh_process(text, voice, 1.0), SAMPLE_RATE, RATE)
         for voice, text in SENTENCES
     ]
+
+
+def speech_corpus(pcm: list[bytes] | None = None) -> list[bytes]:
+    """One WAV file per sentence."""
+    return [wav_file(p, RATE) for p in (pcm if pcm is not None else speech_pcm())]
+
+
+def mp3_corpus(pcm: list[bytes]) -> list[bytes]:
+    return [encode(p, RATE, AudioFormat("mp3", RATE, 128000)) for p in pcm]
 
 
 def rate(fn: Callable[[], Any], nbytes: int, seconds: float) -> float:
@@ -71,27 +86,40 @@ def rate(fn: Callable[[], Any], nbytes: int, seconds: float) -> float:
             return nbytes * calls / elapsed / MB
 
 
-def codec_table(corpus: list[bytes], seconds: float) -> list[str]:
-    codecs = [Codec.ZLIB] + ([Codec.ZSTD] if HAVE_ZSTD else [])
-    rows = [f"{'body':<10} {'codec':<6} {'level':>5} {'ratio':>6} {'saved':>6} "
-            f"{'comp MB/s':>10} {'decomp MB/s':>12}"]  # fmt: skip
-    samples = {"wav": corpus, "pcm": [w[44:] for w in corpus], "random": [os.urandom(137_000)]}
+MEDIA_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm", "mp3": "audio/mpeg"}
+
+
+def codec_table(
+    samples: dict[str, list[bytes]], speech_seconds: float, seconds: float
+) -> list[str]:
+    codecs = (
+        [Codec.NONE, Codec.ZLIB]
+        + ([Codec.ZSTD] if HAVE_ZSTD else [])
+        + ([Codec.FLAC] if HAVE_FLAC else [])
+    )
+    rows = [f"{'body':<6} {'codec':<6} {'level':>5} {'ratio':>6} {'saved':>6} "
+            f"{'KB/s speech':>12} {'comp MB/s':>10} {'decomp MB/s':>12}"]  # fmt: skip
     for body_name, bodies in samples.items():
         total = sum(map(len, bodies))
+        kind = MEDIA_TYPES.get(body_name, "")
         for codec in codecs:
-            for level in (1, 3, 6, 9):
-                packed = [pack(b, codec, level) for b in bodies]
+            for level in (1,) if codec is Codec.NONE else (1, 3, 6, 9):
+                packed = [pack(b, codec, level, kind) for b in bodies]
                 stored = sum(p.stored_size for p in packed)
                 comp = rate(
-                    lambda c=codec, lv=level, bs=bodies: [pack(b, c, lv) for b in bs],
+                    lambda c=codec, lv=level, bs=bodies, k=kind: [pack(b, c, lv, k) for b in bs],
                     total,
                     seconds,
                 )
                 decomp = rate(lambda ps=packed: [unpack(p.data) for p in ps], total, seconds)
+                used = {p.codec.name.lower() for p in packed}
+                name = codec.name.lower() + ("" if used == {codec.name.lower()} else "*")
                 rows.append(
-                    f"{body_name:<10} {codec.name.lower():<6} {level:>5} {total / stored:>6.2f} "
-                    f"{1 - stored / total:>6.1%} {comp:>10.1f} {decomp:>12.1f}"
+                    f"{body_name:<6} {name:<6} {level:>5} {total / stored:>6.2f} "
+                    f"{1 - stored / total:>6.1%} {stored / speech_seconds / 1024:>12.1f} "
+                    f"{comp:>10.1f} {decomp:>12.1f}"
                 )
+    rows.append("(* stored with another codec: FLAC is only for 16-bit PCM, zlib stands in)")
     return rows
 
 
@@ -169,53 +197,72 @@ async def hits_per_second(service: AudioCacheService, key: CacheKey, seconds: fl
     return count / (time.perf_counter() - start)
 
 
-async def hit_table(corpus: list[bytes], seconds: float) -> list[str]:
-    audio = b"".join(corpus)[: 137 * 1024]
+async def hit_table(pcm: list[bytes], mp3: list[bytes], seconds: float) -> list[str]:
+    bodies = {
+        "wav": (wav_file(b"".join(pcm), RATE)[: 137 * 1024], "audio/wav"),
+        "mp3": ((b"".join(mp3) * 4)[: 137 * 1024], "audio/mpeg"),
+    }
     server = EmbeddedValkey(port=free_port())
     server.start()
     redis = open_redis(server.url)
     try:
-        key = CacheKey("ab" * 32)
         rows = [f"{'137 KB entry':<18} {'stored KB':>10} {'hits/s':>9} {'vs plain':>9}"]
-        results: list[tuple[str, int, float]] = []
-        for name, codec, enabled in (
-            ("plain", Codec.ZLIB, False),
-            ("zlib-6", Codec.ZLIB, True),
-            ("zstd-3", Codec.ZSTD, True),
-        ):
-            if codec is Codec.ZSTD and not HAVE_ZSTD:
-                continue
-            service = AudioCacheService(
-                redis,
-                prefix=f"b{uuid.uuid4().hex[:8]}",
-                advisor=CompressionAdvisor(enabled, 0, 0.05),
-                codec=codec,
-                compression_level=6 if codec is Codec.ZLIB else 3,
-            )
-            result = await service.put(
-                key, audio, media_type="audio/wav", ttl_seconds=600, labels=EntryLabels()
-            )
-            await hits_per_second(service, key, 0.3)  # warm up
-            results.append((name, result.stored_size, await hits_per_second(service, key, seconds)))
-        plain = results[0][2]
-        for name, stored, hps in results:
-            rows.append(f"{name:<18} {stored / 1024:>10.1f} {hps:>9.0f} {hps / plain:>8.2f}x")
+        for body_name, (audio, media_type) in bodies.items():
+            rows += await _hits_by_codec(redis, body_name, audio, media_type, seconds)
         return rows
     finally:
         await redis.aclose()
         server.stop()
 
 
+async def _hits_by_codec(
+    redis: Any, body_name: str, audio: bytes, media_type: str, seconds: float
+) -> list[str]:
+    key = CacheKey("ab" * 32)
+    rows = []
+    results: list[tuple[str, int, float]] = []
+    for name, codec, enabled in (
+        ("plain", Codec.ZLIB, False),
+        ("zlib-6", Codec.ZLIB, True),
+        ("zstd-3", Codec.ZSTD, True),
+        ("flac-6", Codec.FLAC, True),
+    ):
+        if (codec is Codec.ZSTD and not HAVE_ZSTD) or (codec is Codec.FLAC and not HAVE_FLAC):
+            continue
+        service = AudioCacheService(
+            redis,
+            prefix=f"b{uuid.uuid4().hex[:8]}",
+            advisor=CompressionAdvisor(enabled, 0, 0.05),
+            codec=codec,
+            compression_level=6 if codec is Codec.ZLIB else 3,
+        )
+        result = await service.put(
+            key, audio, media_type=media_type, ttl_seconds=600, labels=EntryLabels()
+        )
+        found = await service.fetch(key)
+        assert found is not None and found.audio == audio, "not served byte-identical"
+        await hits_per_second(service, key, 0.3)  # warm up
+        results.append((name, result.stored_size, await hits_per_second(service, key, seconds)))
+    plain = results[0][2]
+    for name, stored, hps in results:
+        label = f"{body_name} {name}"
+        rows.append(f"{label:<18} {stored / 1024:>10.1f} {hps:>9.0f} {hps / plain:>8.2f}x")
+    return rows
+
+
 async def main(args: argparse.Namespace) -> None:
-    corpus = speech_corpus()
-    seconds = sum(len(w) - 44 for w in corpus) / 2 / SAMPLE_RATE
-    print(f"corpus: {len(corpus)} sentences, {sum(map(len, corpus)) / 1024:.0f} KB, "
-          f"{seconds:.1f} s of speech\n")  # fmt: skip
+    pcm = speech_pcm()
+    corpus = speech_corpus(pcm)
+    mp3 = mp3_corpus(pcm)
+    seconds = sum(map(len, pcm)) / 2 / RATE
+    print(f"corpus: {len(corpus)} sentences, {sum(map(len, corpus)) / 1024:.0f} KB of WAV, "
+          f"{seconds:.1f} s of speech at {RATE} Hz\n")  # fmt: skip
+    samples = {"wav": corpus, "pcm": pcm, "mp3": mp3, "random": [os.urandom(137_000)]}
     for table in (
-        codec_table(corpus, args.seconds_per_case),
+        codec_table(samples, seconds, args.seconds_per_case),
         await stall_table(corpus),
         size_table(corpus),
-        await hit_table(corpus, args.hit_seconds),
+        await hit_table(pcm, mp3, args.hit_seconds),
     ):
         print("\n".join(table) + "\n")
 

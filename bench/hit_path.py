@@ -1,18 +1,20 @@
 """Cache hits: the proxy (in-process hot tier, and Redis alone) against a bare aiohttp server
 and nginx proxy_cache, side by side in one run.
 
-Run: ``python -m bench.hit_path`` (about 2 minutes; every load is bounded by ``--seconds``).
+Run: ``python -m bench.hit_path`` (about 7 minutes; every load is bounded by ``--seconds``).
 
-For each body size (137 KB and 20 KB WAV) and each number of connections (16 and 64), the
+For each body (``--cases``: 137 KB and 20 KB WAV, 20 KB MP3) and each number of connections
+(16 and 64), the
 same OpenAI-style ``POST /v1/audio/speech`` requests, rotating over ``--phrases`` cached
 sentences, go to:
 
 - ``bare``: an aiohttp server answering the same bytes from memory (it also serves as the
   upstream of the proxies and nginx): the ceiling of an aiohttp process;
-- ``hot``: one ``tts-cache-proxy serve`` process with the hot tier on (the default);
+- ``hot``: one ``tts-cache-proxy serve`` process as shipped: hot tier and access log on;
+- ``hot-nolog`` and ``hot-uvloop``: the same with the access log off, and on uvloop;
 - ``redis``: the same with ``audio_cache_hot_tier_mb: 0``, so every hit reads Redis
   (a Valkey server on loopback TCP) and, above the 100 KB compression threshold,
-  decompresses the entry (speech saves ~1/3 with zlib);
+  decodes the entry (FLAC, the default codec, stores WAV speech in about half its size);
 - ``redis-plain`` (bodies above the threshold only): the same with compression off, to
   show the Redis path itself;
 - ``nginx``: nginx ``proxy_cache`` keyed on the request body, one worker (when ``nginx``
@@ -20,8 +22,11 @@ sentences, go to:
 
 Load: ``wrk`` (2 threads) when it is on PATH, else a Python aiohttp load generator (slower:
 it caps every figure, so the ratios say less). The table gives requests/s, p50 and p99 and
-the ratios of the issue's targets; a PNG goes to ``bench/out/hit_path.png``. Everything
-runs on 127.0.0.1; the load generator shares the machine's cores with the servers.
+the ratios of the issue's targets, and each server process's CPU time per request (user +
+system, from /proc): on a machine shared with other work, throughput swings with the
+neighbours while CPU per request mostly does not. Each target is measured ``--rounds``
+times in turn and the median kept. A PNG goes to ``bench/out/hit_path.png``. Everything runs
+on 127.0.0.1; the load generator shares the machine's cores with the servers.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -47,10 +53,18 @@ import aiohttp
 
 from proxy.store.embedded import EmbeddedValkey, free_port
 
-from .loopback import BARE_SERVER, SPEECH, python_load, speech_body, speech_of_size, wait_ready
+from .loopback import (
+    BARE_SERVER,
+    SPEECH,
+    mp3_of_size,
+    python_load,
+    speech_body,
+    speech_of_size,
+    wait_ready,
+)
 
 OUT = Path(__file__).resolve().parent / "out"
-TARGETS = ("bare", "hot", "redis", "redis-plain", "nginx")
+TARGETS = ("bare", "hot", "hot-nolog", "hot-uvloop", "redis", "redis-plain", "nginx")
 COMPRESSION_THRESHOLD_KB = 100  # the default: larger bodies are stored compressed
 
 NGINX_CONF = """
@@ -107,11 +121,13 @@ end
 class Measured:
     target: str
     payload_kb: int
+    kind: str
     connections: int
     rps: float
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float  # the server process's CPU time per request (0: not measured)
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -167,7 +183,7 @@ class Load:
 
 
 @contextlib.asynccontextmanager
-async def process(*argv: str, env: dict[str, str] | None = None) -> AsyncIterator[None]:
+async def process(*argv: str, env: dict[str, str] | None = None) -> AsyncIterator[int]:
     """A child process for the duration of the block; SIGTERM (then SIGKILL) after."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
@@ -177,7 +193,7 @@ async def process(*argv: str, env: dict[str, str] | None = None) -> AsyncIterato
         start_new_session=True,
     )
     try:
-        yield
+        yield proc.pid
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -203,7 +219,7 @@ async def warm(url: str, phrases: int, rounds: int) -> None:
 
 
 async def measure_size(
-    payload_kb: int, args: argparse.Namespace, store_url: str, load: Load, tmp: Path
+    kind: str, payload_kb: int, args: argparse.Namespace, store_url: str, load: Load, tmp: Path
 ) -> list[Measured]:
     size = payload_kb * 1024
     ports = {name: free_port() for name in TARGETS}
@@ -213,13 +229,14 @@ async def measure_size(
     base_env = {
         "AUDIO_CACHE_KEY_PREFIX": prefix,
         "AUDIO_CACHE_MAX_SIZE_MB": "1024",
-        # Off unless asked for (nginx's is off too): a line per request is a cost of its own.
+        # On as shipped (one line per request, to stderr, here /dev/null); nginx's is off.
         "ACCESS_LOG": "true" if args.access_log else "false",
         "LOG_LEVEL": "INFO" if args.access_log else "WARNING",
+        **({"EVENT_LOOP": args.loop} if args.loop else {}),
     }
     workers = ["--workers", str(args.workers)] if args.workers > 1 else []
 
-    def proxy(name: str, **env: str) -> contextlib.AbstractAsyncContextManager[None]:
+    def proxy(name: str, **env: str) -> contextlib.AbstractAsyncContextManager[int]:
         return process(
             proxy_bin, "serve", "--upstream", upstream, "--redis-url", store_url,
             "--port", str(ports[name]), *workers,
@@ -227,24 +244,46 @@ async def measure_size(
         )  # fmt: skip
 
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
-    audio = tmp / f"speech-{payload_kb}.wav"
-    audio.write_bytes(speech_of_size(size))
+    audio = tmp / f"speech-{payload_kb}.{kind}"
+    audio.write_bytes(speech_of_size(size) if kind == "wav" else mp3_of_size(size))
+    content_type = "audio/wav" if kind == "wav" else "audio/mpeg"
     async with contextlib.AsyncExitStack() as stack:
-        await stack.enter_async_context(
-            process(sys.executable, "-c", BARE_SERVER, str(ports["bare"]), str(audio))
+        pids: dict[str, int] = {}
+        pids["bare"] = await stack.enter_async_context(
+            process(sys.executable, "-c", BARE_SERVER, str(ports["bare"]), str(audio), content_type)
         )
-        await stack.enter_async_context(proxy("hot", AUDIO_CACHE_HOT_TIER_MB=str(args.hot_tier_mb)))
-        await stack.enter_async_context(proxy("redis", AUDIO_CACHE_HOT_TIER_MB="0"))
-        targets = ["bare", "hot", "redis"]
-        if payload_kb > COMPRESSION_THRESHOLD_KB:
+        pids["hot"] = await stack.enter_async_context(
+            proxy("hot", AUDIO_CACHE_HOT_TIER_MB=str(args.hot_tier_mb))
+        )
+        targets = ["bare", "hot"]
+        if args.access_log:  # the same proxy without its log line: what the line costs
+            pids["hot-nolog"] = await stack.enter_async_context(
+                proxy(
+                    "hot-nolog",
+                    AUDIO_CACHE_HOT_TIER_MB=str(args.hot_tier_mb),
+                    ACCESS_LOG="false",
+                    LOG_LEVEL="WARNING",
+                )
+            )
+            targets.append("hot-nolog")
+        if args.uvloop and args.loop != "uvloop":  # the same as shipped, on uvloop
+            pids["hot-uvloop"] = await stack.enter_async_context(
+                proxy(
+                    "hot-uvloop", AUDIO_CACHE_HOT_TIER_MB=str(args.hot_tier_mb), EVENT_LOOP="uvloop"
+                )
+            )
+            targets.append("hot-uvloop")
+        pids["redis"] = await stack.enter_async_context(proxy("redis", AUDIO_CACHE_HOT_TIER_MB="0"))
+        targets.append("redis")
+        if payload_kb > COMPRESSION_THRESHOLD_KB and kind == "wav":
             plain = {"AUDIO_CACHE_HOT_TIER_MB": "0", "AUDIO_CACHE_COMPRESSION_ENABLED": "false"}
-            await stack.enter_async_context(
+            pids["redis-plain"] = await stack.enter_async_context(
                 proxy("redis-plain", **plain, AUDIO_CACHE_KEY_PREFIX=prefix + "p")
             )
             targets.append("redis-plain")
         if args.nginx:
-            conf = tmp / f"nginx-{payload_kb}.conf"
-            nginx_dir = tmp / f"nginx-{payload_kb}"
+            conf = tmp / f"nginx-{kind}{payload_kb}.conf"
+            nginx_dir = tmp / f"nginx-{kind}{payload_kb}"
             nginx_dir.mkdir()
             conf.write_text(
                 NGINX_CONF.format(tmp=nginx_dir, port=ports["nginx"], upstream=ports["bare"])
@@ -261,47 +300,74 @@ async def measure_size(
             await warm(urls[name], args.phrases, rounds=3)
         results = []
         for connections in args.connections:
+            # Other work on a shared machine comes and goes: every target is measured in
+            # turn ``--rounds`` times, and the median round of each is kept.
+            runs: dict[str, list[tuple[float, ...]]] = {name: [] for name in targets}
+            for _ in range(args.rounds):
+                for name in targets:
+                    pid = pids.get(name)
+                    before = cpu_seconds(pid)
+                    run = await load.run(urls[name], connections=connections, seconds=args.seconds)
+                    spent = cpu_seconds(pid) - before
+                    served = run[0] * args.seconds
+                    runs[name].append((*run, spent / served * 1e6 if pid and served else 0.0))
             for name in targets:
-                rps, p50, p99, errors = await load.run(
-                    urls[name], connections=connections, seconds=args.seconds
+                ordered = sorted(runs[name])
+                rps, p50, p99, errors, _ = ordered[len(ordered) // 2]
+                cpu = sorted(r[4] for r in runs[name])[len(ordered) // 2]
+                results.append(
+                    Measured(name, payload_kb, kind, connections, rps, p50, p99, int(errors), cpu)
                 )
-                results.append(Measured(name, payload_kb, connections, rps, p50, p99, errors))
                 failed = f"  ERRORS {errors}" if errors else ""
                 print(
-                    f"  {payload_kb:>4} KB  c={connections:<3} {name:<6} {rps:>8.0f} req/s  "
+                    f"  {kind} {payload_kb:>4} KB  c={connections:<3} {name:<6} {rps:>8.0f} req/s  "
                     f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms{failed}",
                     flush=True,
                 )
     return results
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (Linux /proc), 0 without one."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def table(results: Sequence[Measured]) -> str:
     """The figures and the ratios the issue sets targets for."""
     lines = [
-        f"{'body':>6} {'conns':>5} {'target':<12}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
-        f"{'vs bare':>9}{'p99/bare':>9}{'vs nginx':>9}"
+        f"{'body':>10} {'conns':>5} {'target':<12}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'vs bare':>9}{'p99/bare':>9}{'vs nginx':>9}{'cpu us/req':>11}{'cpu/bare':>9}"
     ]
-    groups: dict[tuple[int, int], dict[str, Measured]] = {}
+    groups: dict[tuple[str, int, int], dict[str, Measured]] = {}
     for m in results:
-        groups.setdefault((m.payload_kb, m.connections), {})[m.target] = m
-    for (kb, conns), by in groups.items():
+        groups.setdefault((m.kind, m.payload_kb, m.connections), {})[m.target] = m
+    for (kind, kb, conns), by in groups.items():
         bare, nginx = by["bare"], by.get("nginx")
         for name in TARGETS:
             m = by.get(name)
             if m is None:
                 continue
             vs_nginx = f"{m.rps / nginx.rps:9.2f}" if nginx is not None else f"{'-':>9}"
+            cpu_ratio = m.cpu_us / bare.cpu_us if m.cpu_us and bare.cpu_us else 0.0
             lines.append(
-                f"{kb:>4}KB {conns:>5} {name:<12}{m.rps:>8.0f}{m.p50_ms:>8.2f}{m.p99_ms:>8.2f}"
+                f"{kind:>4}{kb:>4}KB {conns:>5} {name:<12}{m.rps:>8.0f}"
+                f"{m.p50_ms:>8.2f}{m.p99_ms:>8.2f}"
                 f"{m.rps / bare.rps:>9.2f}{m.p99_ms / bare.p99_ms:>9.2f}{vs_nginx}"
+                f"{m.cpu_us:>11.0f}{cpu_ratio:>9.2f}"
             )
     return "\n".join(lines)
 
 
 def verdict(results: Sequence[Measured]) -> list[str]:
     """Each target of issue 9, with the worst case over sizes and connection counts."""
-    by = {(m.payload_kb, m.connections, m.target): m for m in results}
-    cases = sorted({(m.payload_kb, m.connections) for m in results})
+    by = {((m.kind, m.payload_kb), m.connections, m.target): m for m in results}
+    cases = sorted({((m.kind, m.payload_kb), m.connections) for m in results})
 
     def worst(target: str, of: str, attr: str = "rps") -> float | None:
         ratios = [
@@ -312,7 +378,7 @@ def verdict(results: Sequence[Measured]) -> list[str]:
         return min(ratios) if attr == "rps" and ratios else (max(ratios) if ratios else None)
 
     checks = [
-        ("hot tier >= 0.8x bare throughput", worst("hot", "bare"), 0.8, True),
+        ("hot tier >= 0.9x bare throughput", worst("hot", "bare"), 0.9, True),
         ("Redis path >= 0.5x bare throughput", worst("redis", "bare"), 0.5, True),
         ("Redis path, stored plain >= 0.5x bare", worst("redis-plain", "bare"), 0.5, True),
         ("hot p99 <= 1.5x bare p99", worst("hot", "bare", "p99_ms"), 1.5, False),
@@ -335,9 +401,12 @@ def plot(results: Sequence[Measured], path: Path, subtitle: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cases = sorted({(m.payload_kb, m.connections) for m in results}, key=lambda c: (-c[0], c[1]))
+    cases = sorted(
+        {(f"{m.kind} {m.payload_kb}", m.connections) for m in results},
+        key=lambda c: (c[0], c[1]),
+    )
     names = [t for t in TARGETS if any(m.target == t for m in results)]
-    by = {(m.payload_kb, m.connections, m.target): m for m in results}
+    by = {(f"{m.kind} {m.payload_kb}", m.connections, m.target): m for m in results}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
@@ -361,15 +430,19 @@ def plot(results: Sequence[Measured], path: Path, subtitle: str) -> None:
 async def run_all(args: argparse.Namespace, load: Load, tmp: Path) -> list[Measured]:
     results: list[Measured] = []
     with EmbeddedValkey(port=free_port()) as store:
-        for kb in args.sizes_kb:
-            results += await measure_size(kb, args, store.url, load, tmp)
+        for case in args.cases:
+            kind, kb = case.split(":")
+            results += await measure_size(kind, int(kb), args, store.url, load, tmp)
     return results
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seconds", type=float, default=4.0, help="per measured load")
-    p.add_argument("--sizes-kb", type=int, nargs="+", default=[137, 20])
+    p.add_argument("--seconds", type=float, default=3.0, help="per measured load")
+    p.add_argument("--rounds", type=int, default=3, help="turns over the targets; median kept")
+    p.add_argument(
+        "--cases", nargs="+", default=["wav:137", "wav:20", "mp3:20"], help="FORMAT:KB bodies"
+    )
     p.add_argument("--connections", type=int, nargs="+", default=[16, 64])
     p.add_argument("--phrases", type=int, default=64)
     p.add_argument("--hot-tier-mb", type=float, default=32.0)
@@ -377,13 +450,21 @@ def main() -> None:
     p.add_argument("--tool", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--no-nginx", dest="nginx", action="store_false")
     p.add_argument(
-        "--access-log", action="store_true", help="proxy writes its access log (to /dev/null)"
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="turn the proxy's access log off (it is on as shipped, here to /dev/null)",
     )
+    p.add_argument("--loop", choices=("asyncio", "uvloop"), help="the proxy's event loop")
+    p.add_argument("--no-uvloop", dest="uvloop", action="store_false", help="skip hot-uvloop")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args()
     tool = args.tool
     if tool == "auto":
         tool = "wrk" if shutil.which("wrk") else "python"
+    if args.uvloop and importlib.util.find_spec("uvloop") is None:
+        print("uvloop: not installed, not measured (pip install uvloop)")
+        args.uvloop = False
     if args.nginx and shutil.which("nginx") is None:
         print("nginx: not on PATH, not measured (apt-get install nginx)")
         args.nginx = False
@@ -395,9 +476,11 @@ def main() -> None:
         where = "wrk, 2 threads" if tool == "wrk" else "Python aiohttp load generator"
         print(f"load tool: {where}; {os.cpu_count()} cores shared by load and servers")
         results = asyncio.run(run_all(args, load, tmp))
+    log_state = "on (as shipped)" if args.access_log else "off"
     subtitle = (
-        f"load: {where}; {args.seconds:.0f} s per point; {os.cpu_count()} cores shared; "
-        f"proxy: {args.workers} process(es), access log {'on' if args.access_log else 'off'}"
+        f"load: {where}; {args.seconds:.0f} s per point, median of {args.rounds}; "
+        f"{os.cpu_count()} cores shared; proxy: {args.workers} process(es), "
+        f"access log {log_state}, loop {args.loop or 'asyncio'}"
     )
     print()
     print(table(results))

@@ -14,16 +14,18 @@ SPEECH = "/v1/audio/speech"
 PHRASES = 200
 
 # The baseline and the upstream: answers any POST with the same bytes from memory, which
-# is all a cache hit has to do. Arguments: port, path of the audio file to serve.
+# is all a cache hit has to do. Arguments: port, path of the audio file to serve, and
+# optionally its content type (audio/wav when left out).
 BARE_SERVER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
     from aiohttp import web
     audio = Path(sys.argv[2]).read_bytes()
+    kind = sys.argv[3] if len(sys.argv) > 3 else "audio/wav"
     async def speech(request):
         await request.read()
-        return web.Response(body=audio, content_type="audio/wav")
+        return web.Response(body=audio, content_type=kind)
     app = web.Application()
     app.router.add_post("/{tail:.*}", speech)
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
@@ -43,6 +45,18 @@ def speech_of_size(size: int) -> bytes:
     wanted = (size - header) // 2 * 2
     pcm = (pcm * (wanted // max(len(pcm), 1) + 1))[:wanted]
     return wav_file(pcm, SAMPLE_RATE) + b"\0" * (size - header - wanted)
+
+
+def mp3_of_size(size: int) -> bytes:
+    """An MP3 stream (128 kbit/s, 24 kHz) of the same real speech, repeated and cut to
+    ``size`` bytes: already compressed, so the store keeps it as it is."""
+    from proxy.demo.espeak import SAMPLE_RATE, synthesize_in_a_fresh_process
+    from proxy.demo.formats import AudioFormat, encode
+
+    text = "Welcome to the hotel. Breakfast is served from seven to ten in the dining room."
+    pcm = synthesize_in_a_fresh_process(text, "en", 1.0)
+    mp3 = encode(pcm, SAMPLE_RATE, AudioFormat("mp3", 24000, 128000))
+    return (mp3 * (size // max(len(mp3), 1) + 1))[:size]
 
 
 def speech_body(i: int) -> dict[str, str]:

@@ -8,8 +8,12 @@ Part 2 sends N identical concurrent misses split over two proxy replicas sharing
 Valkey, and counts upstream calls: with cross-replica coalescing, with in-process single
 flight only (``coalescing_enabled: false``), and with no proxy.
 
+Part 0 is the matrix of the miss time-to-first-byte overhead over going direct: bodies of
+20 KB and 137 KB, 24 kHz PCM and MP3, from an upstream that answers at once (one body with
+a Content-Length) and one that streams (10 chunks, 20 ms apart), both after 20 ms.
+
 Everything runs on 127.0.0.1 in one event loop; each part is bounded in runs and seconds.
-Run: ``python -m bench.miss_path`` (about 20 s).
+Run: ``python -m bench.miss_path`` (about a minute).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class Upstream:
     async def speech(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.calls += 1
+        if body["input"].startswith("matrix "):
+            return await matrix_answer(request, body["input"])
         seed = body["input"].encode()
         audio = (seed * (AUDIO_BYTES // len(seed) + 1))[:AUDIO_BYTES]
         await asyncio.sleep(self.latency)
@@ -60,6 +66,90 @@ class Upstream:
             await response.write(audio[i * size : (i + 1) * size])
         await response.write_eof()
         return response
+
+
+MATRIX_LATENCY = 0.02
+MATRIX_INTERVAL = 0.02
+_MP3: list[bytes] = []
+
+
+def matrix_body(size: int, fmt: str, seed: bytes) -> bytes:
+    if fmt == "mp3":
+        if not _MP3:
+            from .loopback import mp3_of_size
+
+            _MP3.append(mp3_of_size(200 * 1024))
+        return _MP3[0][:size]
+    return (seed * (size // len(seed) + 1))[:size]
+
+
+async def matrix_answer(request: web.Request, text: str) -> web.StreamResponse:
+    """``matrix SIZE FORMAT MODE ...``: SIZE bytes of PCM or MP3, at once or streamed."""
+    _, size, fmt, mode, *_ = text.split()
+    audio = matrix_body(int(size), fmt, text.encode())
+    kind = "audio/mpeg" if fmt == "mp3" else "audio/pcm"
+    await asyncio.sleep(MATRIX_LATENCY)
+    if mode == "immediate":
+        return web.Response(body=audio, content_type=kind)
+    response = web.StreamResponse(headers={"Content-Type": kind})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    step = -(-len(audio) // CHUNKS)
+    for i in range(CHUNKS):
+        if i:
+            await asyncio.sleep(MATRIX_INTERVAL)
+        await response.write(audio[i * step : (i + 1) * step])
+    await response.write_eof()
+    return response
+
+
+async def timed_matrix(
+    session: aiohttp.ClientSession, url: str, text: str, fmt: str
+) -> tuple[float, float]:
+    started = time.perf_counter()
+    body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": fmt}
+    async with session.post(url + SPEECH, json=body) as response:
+        await response.content.readany()
+        ttfb = time.perf_counter() - started
+        await response.read()
+    assert response.status == 200, response.status
+    return ttfb, time.perf_counter() - started
+
+
+async def part0(upstream_url: str, proxy_url: str, runs: int, seconds: float) -> list[str]:
+    lines = [
+        f"Miss time to first byte over direct: median (p90) of {runs} runs per case, "
+        f"upstream latency {MATRIX_LATENCY * 1000:.0f} ms",
+        f"{'body':<9}{'upstream':<11}{'direct ms':>10}{'miss ms':>9}{'over p50 ms':>12}"
+        f"{'over p90 ms':>12}{'total/direct':>13}",
+    ]
+    deadline = time.monotonic() + seconds
+    async with aiohttp.ClientSession() as session:
+        for fmt in ("pcm", "mp3"):
+            for kb in (20, 137):
+                for mode in ("immediate", "streaming"):
+                    direct: list[tuple[float, float]] = []
+                    miss: list[tuple[float, float]] = []
+                    for i in range(runs):
+                        if time.monotonic() > deadline:
+                            break
+                        text = f"matrix {kb * 1024} {fmt} {mode} {i} {uuid.uuid4().hex}"
+                        direct.append(await timed_matrix(session, upstream_url, text, fmt))
+                        miss.append(await timed_matrix(session, proxy_url, text, fmt))
+                    if not direct:
+                        continue
+                    over = sorted(m[0] - d[0] for d, m in zip(direct, miss, strict=True))
+                    p90 = over[min(len(over) - 1, int(len(over) * 0.9))]
+                    d_ttfb = statistics.median(t for t, _ in direct)
+                    m_ttfb = statistics.median(t for t, _ in miss)
+                    total = statistics.median(t for _, t in miss) / statistics.median(
+                        t for _, t in direct
+                    )
+                    lines.append(
+                        f"{fmt} {kb:>3}KB {mode:<11}{d_ttfb * 1000:>10.2f}{m_ttfb * 1000:>9.2f}"
+                        f"{statistics.median(over) * 1000:>12.2f}{p90 * 1000:>12.2f}{total:>13.3f}"
+                    )
+    return lines
 
 
 @asynccontextmanager
@@ -205,12 +295,15 @@ async def main(args: argparse.Namespace) -> None:
         async with site(app) as upstream_url:
             prefix = f"bench{uuid.uuid4().hex[:8]}"
             async with site(proxy_app(upstream_url, valkey.url, prefix)) as proxy_url:
+                table0 = await part0(upstream_url, proxy_url, args.matrix_runs, 60.0)
                 table1 = await part1(upstream_url, proxy_url, args.runs, args.seconds)
             table2 = await part2(
                 upstream, upstream_url, valkey.url, args.n, args.rounds, args.seconds
             )
     finally:
         valkey.stop()
+    print("\n".join(table0))
+    print()
     print("\n".join(table1))
     print()
     print("\n".join(table2))
@@ -219,12 +312,14 @@ async def main(args: argparse.Namespace) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=7, help="timed misses per path (≤ 50)")
+    parser.add_argument("--matrix-runs", type=int, default=15, help="misses per case (≤ 100)")
     parser.add_argument("--n", type=int, default=50, help="concurrent identical misses")
     parser.add_argument("--rounds", type=int, default=3, help="bursts per mode (≤ 10)")
     parser.add_argument("--latency", type=float, default=0.1, help="upstream time to first byte")
     parser.add_argument("--seconds", type=float, default=20.0, help="time bound of each part")
     args = parser.parse_args()
     args.runs = max(1, min(args.runs, 50))
+    args.matrix_runs = max(1, min(args.matrix_runs, 100))
     args.rounds = max(1, min(args.rounds, 10))
     args.n = max(2, min(args.n, 500))
     return args

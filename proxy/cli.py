@@ -16,7 +16,7 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import yaml
@@ -244,7 +244,25 @@ async def _start_proxy(
     return runners
 
 
+def _run_on_loop(main: Coroutine[Any, Any, None], event_loop: str) -> int:
+    """Run ``main`` on asyncio's loop or on uvloop's (setting ``event_loop``)."""
+    factory = None
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            main.close()
+            print("tts-cache-proxy: event_loop uvloop needs `pip install uvloop`", file=sys.stderr)
+            return 2
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    if getattr(args, "loop", None):  # the setting's environment name: workers inherit it
+        os.environ["EVENT_LOOP"] = args.loop
     settings = _configured(args)
     if not settings.upstream_url:
         print(f"tts-cache-proxy: {NO_UPSTREAM}", file=sys.stderr)
@@ -289,11 +307,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if supervisor is not None:
                 supervisor.cancel()
 
-        asyncio.run(main())
+        return _run_on_loop(main(), settings.event_loop)
     finally:
         if embedded is not None:
             embedded.stop()
-    return 0
 
 
 async def _run_workers(
@@ -516,6 +533,11 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="processes sharing the port (SO_REUSEPORT) and the store",
+    )
+    serve.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        help="event loop (default: the event_loop setting, asyncio)",
     )
     serve.set_defaults(func=cmd_serve)
 

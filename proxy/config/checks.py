@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 
-from ..core.packing import HAVE_ZSTD
+from ..core.packing import HAVE_FLAC, HAVE_ZSTD
 from ..store.client import RedisUrlError, check_url
 from .errors import ConfigError
 from .files import load_client_keys
@@ -46,6 +46,8 @@ def _codec(s: Settings) -> Iterator[str]:
             "audio_cache_compression_codec: zstd needs the 'zstandard' package "
             "(pip install 'tts-cache-proxy[zstd]'), or use zlib"
         )
+    if s.audio_cache_compression_codec == "flac" and not HAVE_FLAC:
+        yield "audio_cache_compression_codec: flac needs the 'soundfile' package, or use zlib"
 
 
 @_reads("audio_cache_target_size_percent", "audio_cache_cleanup_threshold_percent")

@@ -126,8 +126,9 @@ class Settings:
     audio_cache_compression_level: int = _setting(6, "Compression level.", lo=1, hi=9)
     # What this project adds on top of the design document.
     audio_cache_compression_codec: str = _setting(
-        "zlib", "zlib, or zstd (needs the zstandard package).", choices=("zlib", "zstd")
-    )
+        "flac", "flac (lossless audio: 16-bit PCM and WAV; other audio falls back to zlib), "
+        "zlib, or zstd (needs the zstandard package).", choices=("zlib", "zstd", "flac"),
+    )  # fmt: skip
     audio_cache_compression_min_saving_percent: float = _setting(
         5.0, "Store uncompressed when compression saves less than this.", lo=0, hi=100
     )
@@ -321,6 +322,10 @@ class Settings:
     segment_concurrency: int = _setting(
         4, "Missing pieces of one answer synthesized at once.", lo=1, hi=64
     )
+    event_loop: str = _setting(
+        "asyncio", "The event loop of serve: asyncio's own, or uvloop (pip install uvloop).",
+        choices=("asyncio", "uvloop"),
+    )  # fmt: skip
     # WebSocket sessions passed through to the upstream (paths no route claims).
     websocket_max_message_kb: int = _setting(
         1024, "Largest WebSocket message relayed either way; a larger one closes with 1009.", lo=1

@@ -65,9 +65,9 @@ async def encode(
     if codec is Codec.NONE or not advisor.should_try(len(audio), media_type):
         return Encoded(pack(audio), tried=False)
     if len(audio) >= THREAD_THRESHOLD_BYTES:
-        packed = await asyncio.to_thread(pack, audio, codec, level)
+        packed = await asyncio.to_thread(pack, audio, codec, level, media_type)
     else:
-        packed = pack(audio, codec, level)
+        packed = pack(audio, codec, level, media_type)
     paid = advisor.pays(packed.original_size, packed.stored_size)
     advisor.learn(media_type, paid)
     return Encoded(packed if paid else pack(audio), tried=True)

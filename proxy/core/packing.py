@@ -6,10 +6,22 @@ A stored body is a fixed header followed by the payload::
 
 The checksum covers the original audio, so a reader can tell garbage from audio whatever
 the codec. Anything that does not decode is a ``CorruptEntry``: a miss, never bad audio.
+
+The FLAC codec is for 16-bit PCM (raw, or the ``data`` chunk of a WAV file): a lossless
+audio coder predicts each sample from the last ones, where zlib only finds repeated bytes
+(on real speech it stores about half what zlib does). Its payload keeps the bytes around
+the samples as they were, so the WAV header, any extra chunks and an odd last byte come
+back exactly::
+
+    prefix length u32 | suffix length u32 | prefix | suffix | FLAC stream of the samples
+
+Anything else (MP3, 8- or 24-bit WAV, more than two channels) asked to be stored with FLAC
+is stored with zlib instead.
 """
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from dataclasses import dataclass
@@ -29,6 +41,16 @@ except ImportError:  # pragma: no cover - depends on the install
     _zstd: Any = None  # type: ignore[no-redef]
     HAVE_ZSTD = False
 
+try:  # the FLAC codec: libsndfile through soundfile (and numpy, which soundfile needs)
+    import numpy as _np
+    import soundfile as _sf  # type: ignore[import-untyped]
+
+    HAVE_FLAC = True
+except (ImportError, OSError):  # pragma: no cover - depends on the install
+    _np: Any = None  # type: ignore[no-redef]
+    _sf: Any = None  # type: ignore[no-redef]
+    HAVE_FLAC = False
+
 
 class Codec(IntEnum):
     """How the payload is encoded."""
@@ -36,6 +58,7 @@ class Codec(IntEnum):
     NONE = 0
     ZLIB = 1
     ZSTD = 2
+    FLAC = 3
 
     @classmethod
     def named(cls, name: str) -> Codec:
@@ -60,8 +83,91 @@ class Packed:
         return len(self.data)
 
 
-def compress(audio: bytes, codec: Codec, level: int) -> bytes:
-    """The payload for ``codec``."""
+_FLAC_LENGTHS = struct.Struct("<II")
+_RAW_PCM_TYPES = frozenset({"audio/pcm", "audio/l16"})
+_DEFAULT_RATE = 24000  # raw PCM says no rate; FLAC needs one, and it does not change the bytes
+
+
+def pcm_layout(audio: bytes, media_type: str = "") -> tuple[int, int, int, int] | None:
+    """(start, end, channels, sample rate) of the 16-bit samples in ``audio``, or None when it
+    is not 16-bit mono or stereo PCM. A WAV file is recognised by its bytes; headerless PCM
+    by its media type."""
+    if audio[:4] == b"RIFF" and audio[8:12] == b"WAVE":
+        return _wav_layout(audio)
+    if media_type.split(";", 1)[0].strip().lower() in _RAW_PCM_TYPES:
+        return 0, len(audio) // 2 * 2, 1, _DEFAULT_RATE
+    return None
+
+
+def _wav_layout(audio: bytes) -> tuple[int, int, int, int] | None:
+    position, fmt = 12, None
+    while position + 8 <= len(audio):
+        chunk, size = struct.unpack_from("<4sI", audio, position)
+        body = position + 8
+        if chunk == b"fmt " and size >= 16 and body + 16 <= len(audio):
+            tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", audio, body)
+            if tag == 0xFFFE and size >= 40 and body + 26 <= len(audio):
+                tag = struct.unpack_from("<H", audio, body + 24)[0]  # the sub-format's first bytes
+            fmt = (tag, channels, rate, bits)
+        elif chunk == b"data":
+            if fmt is None:
+                return None
+            tag, channels, rate, bits = fmt
+            if tag != 1 or bits != 16 or channels not in (1, 2):
+                return None
+            # A streamed WAV may claim more data than it has (0xFFFFFFFF, or a stale size).
+            frame = 2 * channels
+            length = (min(size, len(audio) - body) // frame) * frame
+            return body, body + length, channels, rate if 1 <= rate <= 655350 else _DEFAULT_RATE
+        position = body + size + (size & 1)
+    return None
+
+
+def _flac_encode(audio: bytes, layout: tuple[int, int, int, int], level: int) -> bytes:
+    start, end, channels, rate = layout
+    samples = _np.frombuffer(audio, dtype="<i2", count=(end - start) // 2, offset=start)
+    out = io.BytesIO()
+    _sf.write(
+        out, samples.reshape(-1, channels), rate, format="FLAC", subtype="PCM_16",
+        compression_level=min(max(level - 1, 0), 8) / 8,
+    )  # fmt: skip
+    prefix, suffix = audio[:start], audio[end:]
+    return b"".join((_FLAC_LENGTHS.pack(len(prefix), len(suffix)), prefix, suffix, out.getvalue()))
+
+
+def _flac_decode(payload: memoryview) -> bytes:
+    if not HAVE_FLAC:
+        raise CorruptEntry("stored with FLAC, which needs the 'soundfile' package")
+    prefix_len, suffix_len = _FLAC_LENGTHS.unpack_from(payload)
+    start = _FLAC_LENGTHS.size
+    middle = start + prefix_len + suffix_len
+    if middle > len(payload):
+        raise CorruptEntry("FLAC payload shorter than its framing")
+    samples, _ = _sf.read(io.BytesIO(payload[middle:]), dtype="int16", always_2d=True)
+    pcm = samples.astype("<i2", copy=False).tobytes()
+    return b"".join(
+        (payload[start : start + prefix_len], pcm, payload[start + prefix_len : middle])
+    )
+
+
+def codec_for(audio: bytes, codec: Codec, media_type: str = "") -> Codec:
+    """The codec ``audio`` is actually stored with when ``codec`` is asked for: FLAC only
+    applies to 16-bit PCM with at least one sample, zlib stands in for the rest."""
+    if codec is not Codec.FLAC:
+        return codec
+    if not HAVE_FLAC:
+        raise RuntimeError("the flac codec needs the 'soundfile' package")
+    layout = pcm_layout(audio, media_type)
+    return Codec.FLAC if layout is not None and layout[1] > layout[0] else Codec.ZLIB
+
+
+def compress(audio: bytes, codec: Codec, level: int, media_type: str = "") -> bytes:
+    """The payload for ``codec`` (for FLAC, ``codec_for`` must have chosen it)."""
+    if codec is Codec.FLAC:
+        layout = pcm_layout(audio, media_type)
+        if layout is None:
+            raise ValueError("FLAC needs 16-bit PCM")
+        return _flac_encode(audio, layout, level)
     if codec is Codec.ZLIB:
         return zlib.compress(audio, level)
     if codec is Codec.ZSTD:
@@ -71,11 +177,12 @@ def compress(audio: bytes, codec: Codec, level: int) -> bytes:
     return audio
 
 
-def pack(audio: bytes, codec: Codec = Codec.NONE, level: int = 6) -> Packed:
-    """Header + payload for ``audio`` encoded with ``codec``."""
+def pack(audio: bytes, codec: Codec = Codec.NONE, level: int = 6, media_type: str = "") -> Packed:
+    """Header + payload for ``audio`` encoded with ``codec`` (see ``codec_for``)."""
+    codec = codec_for(audio, codec, media_type)
     checksum = zlib.crc32(audio)
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, codec, len(audio), checksum)
-    payload = compress(audio, codec, level)
+    payload = compress(audio, codec, level, media_type)
     return Packed(header + payload, codec, len(audio), checksum)
 
 
@@ -103,11 +210,15 @@ def unpack(data: bytes) -> bytes:
             if not HAVE_ZSTD:
                 raise CorruptEntry("stored with zstd, which is not installed")
             audio = _zstd.ZstdDecompressor().decompress(payload, max_output_size=size)
+        elif codec is Codec.FLAC:
+            audio = _flac_decode(payload)
         else:
             audio = bytes(payload)
-    except (zlib.error, ValueError) as exc:
+    except CorruptEntry:
+        raise
+    except (zlib.error, ValueError, struct.error) as exc:
         raise CorruptEntry(f"does not decode: {exc}") from None
-    except Exception as exc:  # zstd raises its own error type
+    except Exception as exc:  # zstd and libsndfile raise their own error types
         raise CorruptEntry(f"does not decode: {exc}") from None
     if len(audio) != size or zlib.crc32(audio) != checksum:
         raise CorruptEntry("size or checksum mismatch")

@@ -296,15 +296,19 @@ class Misses:
         try:
             await response.prepare(request)
             if request.method != "HEAD":
+                # Read-your-writes: the last byte goes out once the entry is stored, so a
+                # client that has the whole answer and asks again gets a hit, here or on
+                # any replica. Only one byte is held back, not a whole chunk: holding the
+                # chunk delayed the first byte by one upstream chunk interval.
                 last = b""
                 async for chunk in fill.stream():
-                    if last:
-                        await response.write(last)
-                    last = chunk
+                    if not chunk:
+                        continue
+                    data = last + chunk if last else chunk
+                    if len(data) > 1:
+                        await response.write(memoryview(data)[:-1])
+                    last = data[-1:]
                 if refusal is None and fill.complete:
-                    # Read-your-writes: the last bytes go out once the entry is stored, so
-                    # a client that has the whole answer and asks again gets a hit, here
-                    # or on any replica. It costs the last chunk one store write.
                     await fill.wait_done()
                 if last:
                     await response.write(last)

@@ -131,6 +131,8 @@ async def test_one_access_line_per_request_without_the_text(
             "/v1/audio/speech", json=speech_body(secret, voice="es"), headers={"X-Request-ID": "t1"}
         )
         body = await r.read()
+        # Lines are written by a thread, in batches, soon after the answer.
+        await eventually(lambda: any(rec.name == "proxy.access" for rec in caplog.records))
     lines = [rec for rec in caplog.records if rec.name == "proxy.access"]
     assert len(lines) == 1
     fields = lines[0].fields  # type: ignore[attr-defined]

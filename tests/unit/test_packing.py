@@ -11,7 +11,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.core.compression import CompressionAdvisor, compression_stats, encode
-from proxy.core.packing import HEADER_SIZE, Codec, CorruptEntry, pack, read_header, unpack
+from proxy.core.packing import (
+    HEADER_SIZE,
+    Codec,
+    CorruptEntry,
+    codec_for,
+    pack,
+    pcm_layout,
+    read_header,
+    unpack,
+)
 
 SPEECHLIKE = (
     b"RIFF" + bytes(2000) + struct.pack("<4000h", *[(i * 37) % 900 - 450 for i in range(4000)])
@@ -22,8 +31,10 @@ SPEECHLIKE = (
 @pytest.mark.parametrize("level", range(1, 10))
 def test_round_trip_is_byte_exact_for_every_codec_and_level(codec: Codec, level: int) -> None:
     packed = pack(SPEECHLIKE, codec, level)
-    assert packed.codec is codec and packed.original_size == len(SPEECHLIKE)
-    assert read_header(packed.data) == (codec, len(SPEECHLIKE), zlib.crc32(SPEECHLIKE))
+    # Not a WAV file: the FLAC codec stores it with zlib.
+    used = Codec.ZLIB if codec is Codec.FLAC else codec
+    assert packed.codec is used and packed.original_size == len(SPEECHLIKE)
+    assert read_header(packed.data) == (used, len(SPEECHLIKE), zlib.crc32(SPEECHLIKE))
     assert unpack(packed.data) == SPEECHLIKE
     if codec is not Codec.NONE:
         assert packed.stored_size < len(SPEECHLIKE)
@@ -120,3 +131,138 @@ def test_stats_block_has_the_seeds_keys_and_arithmetic() -> None:
         compressed_bytes=0, compressed_original_bytes=0,
     )  # fmt: skip
     assert empty["compression_ratio"] == 0.0
+
+
+# -- FLAC: 16-bit PCM and WAV, bit-exact --------------------------------------------------
+
+
+def wav(
+    samples: bytes,
+    *,
+    channels: int = 1,
+    bits: int = 16,
+    rate: int = 24000,
+    tag: int = 1,
+    before: bytes = b"",
+    after: bytes = b"",
+    data_size: int | None = None,
+) -> bytes:
+    """A RIFF/WAVE file around ``samples``, with optional chunks before and after the data."""
+    block = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * block, block, bits)
+    if tag == 0xFFFE:  # WAVE_FORMAT_EXTENSIBLE: the PCM sub-format GUID
+        fmt += struct.pack("<HHI", 22, bits, 0) + b"\x01\x00\x00\x00\x00\x00\x10\x00"
+        fmt += b"\x80\x00\x00\xaa\x00\x38\x9b\x71"
+    size = len(samples) if data_size is None else data_size
+    pad = b"\0" if len(samples) % 2 and data_size is None else b""
+    body = (
+        b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + before
+        + b"data" + struct.pack("<I", size) + samples + pad + after
+    )  # fmt: skip
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def chunk(name: bytes, payload: bytes) -> bytes:
+    return name + struct.pack("<I", len(payload)) + payload + (b"\0" if len(payload) % 2 else b"")
+
+
+@pytest.fixture(scope="module")
+def real_speech() -> bytes:
+    """24 kHz 16-bit mono speech as the demo upstream answers OpenAI clients."""
+    from proxy.demo.espeak import SAMPLE_RATE, synthesize_in_a_fresh_process
+    from proxy.demo.formats import resample
+
+    text = "Welcome to the hotel. Breakfast is served from seven to ten in the dining room."
+    return resample(synthesize_in_a_fresh_process(text, "en", 1.0), SAMPLE_RATE, 24000)
+
+
+@pytest.mark.parametrize("level", [1, 6, 9])
+def test_flac_round_trip_is_bit_exact_on_real_speech(real_speech: bytes, level: int) -> None:
+    for audio, media_type in ((wav(real_speech), "audio/wav"), (real_speech, "audio/pcm")):
+        packed = pack(audio, Codec.FLAC, level, media_type)
+        assert packed.codec is Codec.FLAC
+        assert read_header(packed.data) == (Codec.FLAC, len(audio), zlib.crc32(audio))
+        assert unpack(packed.data) == audio
+        # What the codec is for: far fewer bytes than zlib on speech.
+        assert packed.stored_size < 0.85 * pack(audio, Codec.ZLIB, 9).stored_size
+
+
+SAMPLES = struct.pack("<3001h", *[(i * 37) % 900 - 450 for i in range(3001)])
+
+
+@pytest.mark.parametrize(
+    ("name", "audio", "media_type", "expected"),
+    [
+        ("odd data length", wav(SAMPLES + b"\x07"), "audio/wav", Codec.FLAC),
+        ("odd raw PCM", SAMPLES + b"\x07", "audio/pcm", Codec.FLAC),
+        ("L16 with parameters", SAMPLES, "audio/L16; rate=24000", Codec.FLAC),
+        ("stereo", wav(SAMPLES[:6000], channels=2), "audio/wav", Codec.FLAC),
+        ("stereo, half a frame left", wav(SAMPLES, channels=2), "audio/wav", Codec.FLAC),
+        ("extensible 16-bit", wav(SAMPLES, tag=0xFFFE), "audio/wav", Codec.FLAC),
+        ("8-bit", wav(SAMPLES, bits=8), "audio/wav", Codec.ZLIB),
+        ("24-bit", wav(SAMPLES[:6000], bits=24), "audio/wav", Codec.ZLIB),
+        ("float", wav(SAMPLES[:6000], bits=32, tag=3), "audio/wav", Codec.ZLIB),
+        ("six channels", wav(SAMPLES[:6000], channels=6), "audio/wav", Codec.ZLIB),
+        (
+            "chunks before and after the data",
+            wav(
+                SAMPLES,
+                before=chunk(b"LIST", b"INFOISFT\x05\0\0\0proxy"),
+                after=chunk(b"id3 ", b"tag"),
+            ),
+            "audio/wav",
+            Codec.FLAC,
+        ),
+        ("streamed: size unknown", wav(SAMPLES, data_size=0xFFFFFFFF), "audio/wav", Codec.FLAC),
+        ("claims more than it has", wav(SAMPLES, data_size=10**6), "audio/wav", Codec.FLAC),
+        ("no samples", wav(b""), "audio/wav", Codec.ZLIB),
+        ("data before fmt", b"RIFF\0\0\0\0WAVEdata\4\0\0\0abcd", "audio/wav", Codec.ZLIB),
+        ("header only", wav(SAMPLES)[:30], "audio/wav", Codec.ZLIB),
+        ("MP3", b"ID3\x04" + SAMPLES, "audio/mpeg", Codec.ZLIB),
+    ],
+)
+def test_flac_handles_or_falls_back_on_every_kind_of_body(
+    name: str, audio: bytes, media_type: str, expected: Codec
+) -> None:
+    assert codec_for(audio, Codec.FLAC, media_type) is expected, name
+    packed = pack(audio, Codec.FLAC, 6, media_type)
+    assert packed.codec is expected
+    assert unpack(packed.data) == audio
+
+
+def test_the_samples_are_located_exactly() -> None:
+    extra = chunk(b"LIST", b"abc")
+    audio = wav(SAMPLES + b"\x07", before=extra, after=chunk(b"junk", b"x"))
+    start, end, channels, rate = pcm_layout(audio) or (0, 0, 0, 0)
+    assert audio[start:end] == SAMPLES and (channels, rate) == (1, 24000)
+    assert pcm_layout(SAMPLES, "audio/mpeg") is None
+
+
+def test_a_corrupt_flac_payload_is_caught(real_speech: bytes) -> None:
+    audio = wav(real_speech[:40000])
+    data = pack(audio, Codec.FLAC, 6, "audio/wav").data
+    flac_start = HEADER_SIZE + 8 + 44  # framing, then the WAV header kept as it was
+    assert data[flac_start : flac_start + 4] == b"fLaC"
+    for position in (HEADER_SIZE + 1, HEADER_SIZE + 20, flac_start + 2, flac_start + 200,
+                     len(data) // 2, len(data) - 3):  # fmt: skip
+        corrupted = bytearray(data)
+        corrupted[position] ^= 0x5A
+        with pytest.raises(CorruptEntry):
+            unpack(bytes(corrupted))
+    with pytest.raises(CorruptEntry):
+        unpack(data[: len(data) // 2])  # cut short
+
+
+@given(st.binary(max_size=2000), st.sampled_from([1, 2]), st.booleans())
+def test_flac_round_trips_any_samples(samples: bytes, channels: int, raw: bool) -> None:
+    audio = samples if raw else wav(samples, channels=channels)
+    assert unpack(pack(audio, Codec.FLAC, 5, "audio/pcm" if raw else "audio/wav").data) == audio
+
+
+async def test_encode_with_flac_stores_wav_as_flac_and_mp3_as_it_is(real_speech: bytes) -> None:
+    advisor = CompressionAdvisor(True, threshold_bytes=0, min_saving=0.05)
+    speech = await encode(wav(real_speech), "audio/wav", advisor, Codec.FLAC, 6)
+    assert speech.tried and speech.packed.codec is Codec.FLAC
+    mp3_like = b"ID3\x04" + os.urandom(100_000)
+    mp3 = await encode(mp3_like, "audio/mpeg", advisor, Codec.FLAC, 6)
+    assert mp3.tried and mp3.packed.codec is Codec.NONE
