@@ -211,14 +211,22 @@ class Access:
                 out.append((f"tenant:{tenant}", limit))
         return out
 
-    async def admit(self, caller: Caller, tenant: str = "") -> web.Response | None:
-        """Count one request against the caller's per-minute limits: a 429 when over."""
+    def limited(self, caller: Caller, tenant: str = "") -> bool:
+        """Whether any per-minute limit applies (only then does :meth:`admit` need the
+        store); counts the request either way."""
         counter = self._request_counters.get(caller.name)
         if counter is None:  # labels() takes a lock: looked up once per client
             counter = self._request_counters[caller.name] = METRICS.client_requests.labels(
                 caller.name
             )
         TALLY.add(counter)
+        if caller.key is None and not tenant:
+            return False
+        return bool(self._budgets(caller, tenant, Budget.REQUESTS_PER_MINUTE))
+
+    async def admit(self, caller: Caller, tenant: str = "") -> web.Response | None:
+        """Take one request from the caller's per-minute limits: a 429 when over (after
+        :meth:`limited` said some apply)."""
         return await self._take(caller, tenant, Budget.REQUESTS_PER_MINUTE, 1)
 
     async def charge(self, caller: Caller, tenant: str, characters: int) -> web.Response | None:
@@ -287,6 +295,14 @@ class Access:
         return response
 
     # -- upstream credentials ----------------------------------------------------------
+
+    def verified_here(self, caller: Caller) -> bool:
+        """:meth:`verified` when this replica can tell without the store (the hit path's
+        usual case: outside upstream mode, or a verdict less than a second old)."""
+        credentials = self.credentials
+        if credentials is None or caller.credential is None:
+            return True
+        return credentials.verified_here(caller.credential)
 
     async def verified(self, caller: Caller) -> bool:
         """Whether the cache may answer this caller (always, outside upstream mode)."""

@@ -108,7 +108,9 @@ class AudioProcessor:
                 METRICS.client_refusals.labels("path_not_forwarded").inc()
                 message = f"no route {request.method} {request.path} on this proxy"
                 return openai_error(404, message, code="not_found")
-            refused = await self.access.admit(caller, caller.tenant or "")
+            tenant = caller.tenant or ""
+            limited = self.access.limited(caller, tenant)
+            refused = await self.access.admit(caller, tenant) if limited else None
             if refused is not None:
                 return refused
             if not step.speech_route and is_upgrade(request):
@@ -117,10 +119,11 @@ class AudioProcessor:
         if not isinstance(step, Speech):
             return step  # refused
         described = step.described
-        refused = await self.access.admit(caller, described.tenant)
+        limited = self.access.limited(caller, described.tenant)
+        refused = await self.access.admit(caller, described.tenant) if limited else None
         if refused is not None:
             return refused
-        verified = await self.access.verified(caller)
+        verified = self.access.verified_here(caller) or await self.access.verified(caller)
         hot_tried = False
         sse = step.described.speech.sse
         plain = not sse and is_plain(request)

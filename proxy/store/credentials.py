@@ -41,11 +41,15 @@ class Credentials:
     def key(self, digest: str) -> str:
         return f"{self.prefix}:cred:{digest}"
 
+    def verified_here(self, digest: str) -> bool:
+        """True when this replica's own verdict (at most a second old) says verified."""
+        until = self._local.get(digest)
+        return until is not None and until > self.clock()
+
     async def verified(self, digest: str) -> bool:
         """Whether the upstream accepted this credential within the verify window."""
         now = self.clock()
-        until = self._local.get(digest)
-        if until is not None and until > now:
+        if self.verified_here(digest):
             return True
         if not await self.guard(self.redis.exists(self.key(digest))):
             self._local.pop(digest, None)
