@@ -282,7 +282,13 @@ async def test_sse_requests_share_the_plain_entry(upstream: Any, make_proxy: Any
     [(b"{not json", "body"), (b"[1,2]", "body"), (b'{"voice":"es"}', "json:input"),
      (b'{"input": 5, "voice": "es"}', "json:input"),
      (b'{"input": "  ", "voice": "es"}', "json:input"),
-     (b'\xff\xfe', "body")],
+     (b'\xff\xfe', "body"),
+     # Duplicate keys, lone surrogates, nesting past the bound, invalid UTF-8 in a string.
+     (b'{"model": "tts-1", "input": "Hola", "voice": "es", "voice": "en"}', "json:voice"),
+     (b'{"model": "tts-1", "input": "Hola \\ud800", "voice": "es"}', "json:input"),
+     (b'{"model": "tts-1", "input": "Hola", "voice": "es", "x": ' + b"[" * 100000 + b"}",
+      "body"),
+     (b'{"model": "tts-1", "input": "Hola \xff", "voice": "es"}', "body")],
 )  # fmt: skip
 async def test_malformed_speech_requests_are_400(
     upstream: Any, make_proxy: Any, body: bytes, field: str
@@ -295,6 +301,7 @@ async def test_malformed_speech_requests_are_400(
     assert r.status == 400
     error = (await r.json())["error"]
     assert error["field"] == field
+    assert error["status"] == 400 and error["message"]
     assert fake.calls["openai"] == 0
 
 
