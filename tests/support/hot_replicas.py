@@ -51,12 +51,15 @@ async def make_hot(client: ProxyClient, text: str, voice: str = "alloy") -> str:
             break
     if missed:  # the publication of the miss's store reaches this tier (any message counts)
         await eventually(lambda: hot.generation != generation, what="the store was not heard")
-    _, _, key = await speak(client, text, voice)
-    assert key in hot
-    hits = hot.stats.hits
-    await speak(client, text, voice)
-    assert hot.stats.hits == hits + 1, "served from the hot tier"
-    return key
+    # A publication still on its way (on a cluster, from another master) may drop a first
+    # admission once more: ask again, a bounded number of times, until a hot hit is seen.
+    for _ in range(8):
+        _, _, key = await speak(client, text, voice)
+        hits = hot.stats.hits
+        await speak(client, text, voice)
+        if key in hot and hot.stats.hits == hits + 1:
+            return key
+    raise AssertionError(f"{text!r} was never served from the hot tier")
 
 
 async def hot_proxy(make_proxy: ProxyFactory, url: str, text: str) -> ProxyClient:
