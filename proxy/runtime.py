@@ -34,6 +34,7 @@ from .state import DRAINING, PREFETCHER, PROCESSOR, REDIS, REDIS_URL, SERVICE, S
 from .store.client import open_redis, open_subscriber
 from .store.hot_tier import HotTier
 from .store.invalidation import InvalidationListener
+from .store.keyspace import Keyspace
 from .store.memory_policy import check_policy
 from .store.pipelined import PipelinedReads
 from .store.secret import key_secret
@@ -112,9 +113,8 @@ async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         settings, service, upstream, audio_path_prefix=settings.audio_path_prefix
     )
     processor = app[PROCESSOR]
-    secret = await key_secret(
-        settings.audio_cache_key_secret, redis, f"{settings.audio_cache_key_prefix}:key-secret"
-    )
+    secret_name = Keyspace(settings.audio_cache_key_prefix).key_secret()
+    secret = await key_secret(settings.audio_cache_key_secret, redis, secret_name)
     processor.attach(redis, secret)
     keys_watch: asyncio.Task[None] | None = None
     if processor.access.mode == "keys":

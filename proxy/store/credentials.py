@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .keyspace import Keyspace
 from .limits import Guard, unguarded
 
 _LOCAL_SECONDS = 1.0
@@ -34,12 +35,13 @@ class Credentials:
         self.redis = redis
         self.guard = guard
         self.prefix = prefix
+        self.keyspace = Keyspace(prefix)
         self.verify_ms = int(verify_seconds * 1000)
         self.clock = clock
         self._local: dict[str, float] = {}
 
     def key(self, digest: str) -> str:
-        return f"{self.prefix}:cred:{digest}"
+        return self.keyspace.credential(digest)
 
     def verified_here(self, digest: str) -> bool:
         """True when this replica's own verdict (at most a second old) says verified."""

@@ -14,6 +14,9 @@ Layout (``P`` is the key prefix, ``NN`` one of ``SHARDS`` shards)::
     P:cleanup:lock              STRING  the cleaning replica's lock token
     P:cleanup:history           HASH    cleanup runs of every replica, and the last report
     P:prefetch:job:<id>         STRING  a prefetch job's progress (JSON), kept a day
+    P:limit:{<who>}:<b>:<n>     STRING  one client's or tenant's budget <b> in window <n>
+    P:cred:<digest>             STRING  an upstream credential the upstream accepted lately
+    P:key-secret                STRING  the key secret, when the operator set none
 
 Every key of a shard shares one hash tag, so each shard lives in one Redis Cluster slot and
 each of its scripts is atomic there; counters are per shard, so no single key is hot. The
@@ -106,3 +109,15 @@ class Keyspace:
 
     def prefetch_job(self, job_id: str) -> str:
         return f"{self.prefix}:prefetch:job:{job_id}"
+
+    def limit_window(self, who: str, budget: str, window: int) -> str:
+        """One budget's counter for one window; ``who`` is its hash tag (one slot each)."""
+        return f"{self.prefix}:limit:{{{who}}}:{budget}:{window}"
+
+    def credential(self, digest: str) -> str:
+        """Marks the credential with this keyed digest as accepted by the upstream."""
+        return f"{self.prefix}:cred:{digest}"
+
+    def key_secret(self) -> str:
+        """The key secret the first replica made, when the operator configured none."""
+        return f"{self.prefix}:key-secret"

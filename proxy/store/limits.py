@@ -14,6 +14,8 @@ from enum import StrEnum
 from importlib import resources
 from typing import Any
 
+from .keyspace import Keyspace
+
 _TAKE = resources.files(__package__).joinpath("scripts/limit_take.lua").read_text()
 
 # Runs one store call: the cache service's circuit breaker (``StoreGuard``), so that a
@@ -61,6 +63,7 @@ class Limits:
         self.redis = redis
         self.guard = guard
         self.prefix = prefix
+        self.keyspace = Keyspace(prefix)
         self.clock = clock
         self._take = redis.register_script(_TAKE)
 
@@ -71,7 +74,7 @@ class Limits:
         return number, (number + 1) * budget.window_ms
 
     def key(self, who: str, budget: Budget, window: int) -> str:
-        return f"{self.prefix}:limit:{{{who}}}:{budget}:{window}"
+        return self.keyspace.limit_window(who, budget, window)
 
     async def take(self, who: str, budget: Budget, amount: int, limit: int) -> Verdict:
         """Take ``amount`` from ``who``'s budget if it fits."""

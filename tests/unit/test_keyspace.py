@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from proxy.core.keys import CacheKey
+from proxy.store.credentials import Credentials
 from proxy.store.keyspace import SHARDS, Keyspace, shard_of, shard_of_hex
 
 SPACE = Keyspace("ttsc")
@@ -31,6 +32,19 @@ def test_names_follow_the_documented_layout() -> None:
     assert SPACE.cleanup_lock() == "ttsc:cleanup:lock"
     assert SPACE.cleanup_history() == "ttsc:cleanup:history"
     assert SPACE.prefetch_job("0123456789abcdef") == "ttsc:prefetch:job:0123456789abcdef"
+
+
+def test_the_small_keys_keep_the_names_deployments_already_hold() -> None:
+    # Limit windows, verified credentials and the key secret were named before the keyspace
+    # owned them: a renamed key would reset every budget and every key secret in place.
+    assert SPACE.limit_window("key:a", "rpm", 29_000_000) == "ttsc:limit:{key:a}:rpm:29000000"
+    assert SPACE.limit_window("tenant:acme", "cpd", 20_000) == "ttsc:limit:{tenant:acme}:cpd:20000"
+    assert SPACE.credential("c0ffee") == "ttsc:cred:c0ffee"
+    assert SPACE.key_secret() == "ttsc:key-secret"
+
+
+def test_credentials_use_the_keyspace_name() -> None:
+    assert Credentials(None, "ttsc", 60).key("d1") == SPACE.credential("d1") == "ttsc:cred:d1"
 
 
 def test_the_prefixes_given_to_lua_compose_the_same_names() -> None:
