@@ -318,6 +318,17 @@ class AudioProcessor:
         caller = self.access.identify(request)
         if isinstance(caller, web.Response):
             return caller
+        try:
+            tenant = self.classifier.tenant_of(
+                {k.lower(): v for k, v in request.headers.items()}, caller
+            )
+        except BadTenant as exc:
+            return json_error(403, exc.message, field=exc.field)
+        # Counted like a speech request: stored audio is what a per-minute limit rations.
+        limited = self.access.limited(caller, tenant)
+        refused = await self.access.admit(caller, tenant) if limited else None
+        if refused is not None:
+            return refused
         if not await self.access.verified(caller):
             seconds = int(self.settings.credential_verify_seconds)
             message = (
@@ -325,12 +336,6 @@ class AudioProcessor:
                 f"{seconds} s: make a speech request with this credential first."
             )
             return openai_error(401, message, code="credential_not_verified")
-        try:
-            tenant = self.classifier.tenant_of(
-                {k.lower(): v for k, v in request.headers.items()}, caller
-            )
-        except BadTenant as exc:
-            return json_error(403, exc.message, field=exc.field)
         missing = json_error(404, "no cached audio for this key", field="key")
         try:
             info = await self.service.info(key)

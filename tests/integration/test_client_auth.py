@@ -493,6 +493,39 @@ async def test_requests_per_minute_hold_across_replicas(
     assert "3 requests per minute" in body["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("entry", "settings"),
+    [
+        (key_entry("sk-rpm", requests_per_minute=3), {}),
+        (key_entry("sk-rpm", tenant="acme"), {"tenants": {"acme": {"requests_per_minute": 3}}}),
+    ],
+    ids=["key", "tenant"],
+)
+async def test_audio_by_key_counts_against_requests_per_minute(
+    keyed: Any,
+    make_proxy: ProxyFactory,
+    tmp_path: Path,
+    entry: dict[str, Any],
+    settings: dict[str, Any],
+) -> None:
+    _, url = keyed
+    client = await keys_proxy(make_proxy, url, tmp_path / "k.yaml", entry, **settings)
+    await clear_of_window_edge()
+    stored = await speak(client, "Hola", bearer("sk-rpm"))
+    assert stored.status == 200
+    audio = f"/audio/{stored.headers['X-Audio-Cache-Key']}"
+    fetched = await client.get(audio, headers=bearer("sk-rpm"))
+    assert fetched.status == 200 and (await fetched.read()).startswith(b"RIFF")
+    assert (await client.head(audio, headers=bearer("sk-rpm"))).status == 200
+    over = await client.get(audio, headers=bearer("sk-rpm"))
+    assert over.status == 429
+    assert 1 <= int(over.headers["Retry-After"]) <= 60
+    assert_openai_error(await over.json(), "rate_limit_exceeded")
+    # One budget for both routes: the fetches used up what speech requests get too.
+    again = await client.post(SPEECH_PATH, json=speech_body("Hola"), headers=bearer("sk-rpm"))
+    assert again.status == 429
+
+
 async def test_upstream_characters_per_day_count_only_what_goes_upstream(
     keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
 ) -> None:
