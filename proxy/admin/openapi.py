@@ -71,7 +71,12 @@ def _description(route: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "object",
         "required": ["route"],
-        "anyOf": [{"required": ["text"]}, {"required": ["body"]}, {"required": ["query"]}],
+        "anyOf": [
+            {"required": ["text"]},
+            {"required": ["body"]},
+            {"required": ["query"]},
+            {"required": ["params"]},
+        ],
         "additionalProperties": False,
         "properties": {
             "route": {**route, "description": "Route rule name"},
@@ -85,9 +90,14 @@ def _description(route: dict[str, Any]) -> dict[str, Any]:
             "text": {
                 "type": "string",
                 "minLength": 1,
-                "description": "The text; with params instead of body",
+                "description": "The text, placed where the route's request holds it "
+                "(nested, e.g. Google's input.text); with params instead of body",
             },
-            "params": {"type": "object"},
+            "params": {
+                "type": "object",
+                "description": "The rest of the request beside the text (or holding the "
+                "route's SSML field, without text)",
+            },
             "headers": {"type": "object", "additionalProperties": {"type": "string"}},
             "content_type": {"type": "string", "pattern": "^[a-z0-9_][a-z0-9_.-]{0,63}$"},
             "tenant": _TENANT,

@@ -104,13 +104,30 @@ def _body_and_query(rule: RouteRule, raw: Mapping[str, Any], prefix: str) -> tup
     text, params = raw.get("text"), raw.get("params")
     if text is None and params is None:
         return _encode_pairs(query, _where(prefix, "query")), body
-    if text is None:
-        raise BadDescription(_where(prefix, "text"), "required when params are given")
-    _as_text(text, _where(prefix, "text"))
     if params is not None and not isinstance(params, Mapping):
         raise BadDescription(_where(prefix, "params"), "expected a mapping")
-    fields = {**(params or {}), rule.text.name: text}
     source = rule.text.source
+    if text is None:
+        # SSML instead of text (Google's input.ssml) is given among the params.
+        if rule.ssml is None or not rule.ssml.holds(params or {}):
+            raise BadDescription(_where(prefix, "text"), "required when params are given")
+        fields: dict[str, Any] = dict(params or {})
+    else:
+        _as_text(text, _where(prefix, "text"))
+        if source == "body" and body is None:
+            if params:
+                raise BadDescription(
+                    _where(prefix, "params"),
+                    f"route {rule.name!r} reads its whole body as the text: no params",
+                )
+            return _encode_pairs(query, _where(prefix, "query")), text
+        try:
+            fields = rule.text.placed(params or {}, text)
+        except ValueError as exc:
+            raise BadDescription(
+                _where(prefix, f"params.{exc}"),
+                f"expected an object: route {rule.name!r} reads the text at {rule.text.name!r}",
+            ) from None
     if source == "json" and body is None:
         return _encode_pairs(query, _where(prefix, "query")), fields
     if source == "form" and body is None:
@@ -160,7 +177,8 @@ def describe(rules: Sequence[RouteRule], raw: Mapping[str, Any], *, prefix: str 
         headers["content-type"] = "application/x-www-form-urlencoded"
     elif isinstance(body_value, str):
         body = body_value.encode("utf-8", "surrogateescape")
-        headers.setdefault("content-type", "application/json")
+        whole = rule.text.source == "body"  # an SSML document, as Azure takes it
+        headers.setdefault("content-type", "application/ssml+xml" if whole else "application/json")
     elif isinstance(body_value, Mapping):
         body = json.dumps(body_value, ensure_ascii=False, separators=(",", ":")).encode()
         headers["content-type"] = "application/json"

@@ -66,6 +66,32 @@ class FieldRef:
     def __str__(self) -> str:
         return "body" if self.source == "body" else f"{self.source}:{self.name}"
 
+    def placed(self, document: Mapping[str, Any], value: Any) -> dict[str, Any]:
+        """A copy of ``document`` (a request's JSON object, query or form) holding ``value``
+        where this reference reads it: a dotted JSON name nests as a client's request does
+        (``json:input.text`` is ``{"input": {"text": ...}}``). Raises ValueError naming the
+        dotted part of the path that holds something other than an object."""
+        out = dict(document)
+        parts = self.name.split(".") if self.source == "json" else [self.name]
+        parent = out
+        for depth, part in enumerate(parts[:-1]):
+            child = parent.get(part, {})
+            if not isinstance(child, Mapping):
+                raise ValueError(".".join(parts[: depth + 1]))
+            parent[part] = child = dict(child)
+            parent = child
+        parent[parts[-1]] = value
+        return out
+
+    def holds(self, document: Mapping[str, Any]) -> bool:
+        """Whether ``document`` has a value where this reference reads it."""
+        value: Any = document
+        for part in self.name.split(".") if self.source == "json" else [self.name]:
+            if not isinstance(value, Mapping) or part not in value:
+                return False
+            value = value[part]
+        return True
+
 
 @dataclass(frozen=True, slots=True)
 class SpeechRequest:

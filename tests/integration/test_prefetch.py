@@ -15,7 +15,7 @@ from proxy.core.keys import CacheKey
 from proxy.core.routes import build_rules
 from tests.support.proxies import service_of
 from tests.support.streaming_upstream import StreamingUpstream, serve
-from tests.support.waits import eventually, until_stored
+from tests.support.waits import eventually, until_prefetched, until_stored
 
 TOKEN = "s3cret-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -25,17 +25,7 @@ PARAMS = {"model": "tts-1", "voice": "es", "response_format": "wav"}
 
 async def job_done(client: Any, job: str, seconds: float = 10.0) -> dict[str, Any]:
     """The job's report, once it is done."""
-
-    async def done() -> dict[str, Any] | None:
-        response = await client.get(f"/admin/audio-cache/prefetch/{job}", headers=AUTH)
-        assert response.status == 200
-        body: dict[str, Any] = await response.json()
-        return body if body["state"] == "done" else None
-
-    report: dict[str, Any] = await eventually(
-        done, seconds, interval=0.02, what="prefetch job did not finish in time"
-    )
-    return report
+    return await until_prefetched(client, job, AUTH, seconds)
 
 
 def item(text: str, **extra: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from proxy.core.keys import CacheKey
 from tests.support.provider_stubs import ProviderStubs
 from tests.support.proxies import ProxyClient, ProxyFactory, service_of
-from tests.support.waits import until_filled, until_stored
+from tests.support.waits import until_filled, until_prefetched, until_stored
 
 PRESETS = ["elevenlabs", "google", "azure", "deepgram", "cartesia", "polly"]
 
@@ -240,3 +240,44 @@ async def test_google_answers_vary_on_origin_and_a_browser_origin_gets_its_own_e
     )
     assert again.headers["X-Cache"] == "HIT"
     assert stubs.calls["google"] == 2
+
+
+# (route, what the stub counts, prefetch params, the client's request kwargs)
+PREFETCHED: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
+    ("google", "/v1/text:synthesize",
+     {"voice": GOOGLE["voice"], "audioConfig": GOOGLE["audioConfig"]}, {"json": GOOGLE}),
+    ("polly", "/v1/speech", {"VoiceId": "Joanna", "OutputFormat": "mp3", "Engine": "neural"},
+     {"json": {"Text": "Welcome to the hotel.", "VoiceId": "Joanna", "OutputFormat": "mp3",
+               "Engine": "neural"}}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("route", "path", "params", "kwargs"), PREFETCHED, ids=[p[0] for p in PREFETCHED]
+)
+async def test_a_text_prefetched_with_params_is_a_hit_for_the_clients_request(
+    make_proxy: ProxyFactory,
+    providers: tuple[ProviderStubs, str],
+    route: str,
+    path: str,
+    params: dict[str, Any],
+    kwargs: dict[str, Any],
+) -> None:
+    """The text goes where the preset's request holds it (Google's input.text, nested)."""
+    stubs, url = providers
+    auth = {"Authorization": "Bearer prefetch-admin"}
+    client = await make_proxy(
+        url, routes=PRESETS, client_auth="none", env={"ADMIN_TOKEN": "prefetch-admin"}
+    )
+    item = {"route": route, "text": "Welcome to the hotel.", "params": params}
+    started = await client.post(
+        "/admin/audio-cache/prefetch", json={"requests": [item]}, headers=auth
+    )
+    assert started.status == 202
+    job = await until_prefetched(client, (await started.json())["job"], auth)
+    assert job["results"] == {"stored": 1} and job["errors"] == []
+    assert stubs.requests[-1]["body"] == kwargs["json"]  # the upstream got a real request
+    hit = await client.post(path, **kwargs)
+    assert hit.status == 200 and hit.headers["X-Cache"] == "HIT"
+    await hit.read()
+    assert stubs.calls[route] == 1

@@ -94,3 +94,20 @@ async def until_entries(
             return int((await r.json())["entries"]) == count
 
     await eventually(counted, 2.0, interval=0.02, what=f"the stats never showed {count} entries")
+
+
+async def until_prefetched(
+    client: Any, job: str, headers: dict[str, str], seconds: float = 10.0
+) -> dict[str, Any]:
+    """A prefetch job's report from the admin API, once the job is done."""
+
+    async def done() -> dict[str, Any] | None:
+        response = await client.get(f"/admin/audio-cache/prefetch/{job}", headers=headers)
+        assert response.status == 200
+        body: dict[str, Any] = await response.json()
+        return body if body["state"] == "done" else None
+
+    report: dict[str, Any] = await eventually(
+        done, seconds, interval=0.02, what="prefetch job did not finish in time"
+    )
+    return report

@@ -52,6 +52,49 @@ def test_query_form_and_path_routes() -> None:
     )
 
 
+GOOGLE_PARAMS = {
+    "voice": {"languageCode": "en-US", "name": "en-US-Neural2-C"},
+    "audioConfig": {"audioEncoding": "LINEAR16"},
+}
+PRESETS = build_rules(["google", "azure", "polly"])
+
+
+def test_text_goes_where_the_route_reads_it_nested_or_whole() -> None:
+    by_text = describe(PRESETS, {"route": "google", "text": "Hi.", "params": GOOGLE_PARAMS})
+    sent = {"input": {"text": "Hi."}, **GOOGLE_PARAMS}
+    assert json.loads(by_text.body) == sent  # what Google takes, not {"input.text": ...}
+    assert by_text.speech == describe(PRESETS, {"route": "google", "body": sent}).speech
+    # Other fields of the text's parent object stay beside it.
+    within = {**GOOGLE_PARAMS, "input": {"lang": "x"}}
+    nested = describe(PRESETS, {"route": "google", "text": "Hi.", "params": within})
+    assert json.loads(nested.body)["input"] == {"lang": "x", "text": "Hi."}
+    # SSML instead of text: given where the request holds it, among the params.
+    ssml = {**GOOGLE_PARAMS, "input": {"ssml": "<speak>Hi.</speak>"}}
+    by_ssml = describe(PRESETS, {"route": "google", "params": ssml})
+    assert by_ssml.speech == describe(PRESETS, {"route": "google", "body": ssml}).speech
+    assert by_ssml.speech.text == "<speak>Hi.</speak>"
+    # A whole-body route's text is the body.
+    doc = "<speak version='1.0'><voice name='en-US-JennyNeural'>Hi.</voice></speak>"
+    azure = describe(PRESETS, {"route": "azure", "text": doc})
+    assert azure.body == doc.encode() and azure.headers["content-type"] == "application/ssml+xml"
+    assert azure.speech == describe(PRESETS, {"route": "azure", "body": doc}).speech
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"route": "google", "text": "x", "params": {"input": "flat"}}, "params.input"),
+        ({"route": "google", "params": GOOGLE_PARAMS}, "text"),
+        ({"route": "azure", "text": "<speak/>", "params": {"voice": "v"}}, "params"),
+        ({"route": "polly", "text": "x", "params": {"Text": {}}, "body": {}}, "text"),
+    ],
+)
+def test_misplaced_text_names_the_field(raw: dict[str, Any], field: str) -> None:
+    with pytest.raises(BadDescription) as err:
+        describe(PRESETS, raw)
+    assert err.value.field == field
+
+
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
