@@ -391,43 +391,62 @@ def _refs(items: Iterable[str]) -> frozenset[FieldRef]:
 _NEGOTIATED: tuple[str, ...] = ()
 
 
+def _rule(
+    name: str,
+    path: str,
+    text: str,
+    voice: str | None = None,
+    model: str | None = None,
+    *,
+    method: str = "POST",
+    headers: tuple[str, ...] = _NEGOTIATED,
+    **more: Any,
+) -> RouteRule:
+    """A preset's rule, its field references written as a configured rule writes them."""
+    return RouteRule(
+        name=name,
+        method=method,
+        path=path,
+        text=FieldRef.parse(text),
+        voice=FieldRef.parse(voice) if voice else None,
+        model=FieldRef.parse(model) if model else None,
+        headers=headers,
+        **more,
+    )
+
+
 def _openai() -> list[RouteRule]:
     return [
-        RouteRule(
-            name="openai",
-            method="POST",
-            path="/v1/audio/speech",
-            text=FieldRef("json", "input"),
-            voice=FieldRef("json", "voice"),
-            model=FieldRef("json", "model"),
-            headers=_NEGOTIATED,
+        _rule(
+            "openai",
+            "/v1/audio/speech",
+            "json:input",
+            "json:voice",
+            "json:model",
             sse=FieldRef("json", "stream_format"),
         )
     ]
 
 
 def _elevenlabs() -> list[RouteRule]:
-    common: dict[str, Any] = dict(
-        method="POST",
-        text=FieldRef("json", "text"),
-        voice=FieldRef("path", "voice_id"),
-        model=FieldRef("json", "model_id"),
-        ignore=_refs(["query:enable_logging"]),
-        headers=_NEGOTIATED,
+    sound = ("json:text", "path:voice_id", "json:model_id")
+    ignore = _refs(["query:enable_logging"])
+    timestamps = JsonAudio(
+        field="audio_base64",
+        media_type="audio/mpeg",  # the documented default, mp3_44100_128
+        type_from="query:output_format",
+        types=_ELEVENLABS_FORMATS,
     )
+    base = "/v1/text-to-speech/{voice_id}"
     return [
-        RouteRule(name="elevenlabs", path="/v1/text-to-speech/{voice_id}", **common),
-        RouteRule(name="elevenlabs-stream", path="/v1/text-to-speech/{voice_id}/stream", **common),
-        RouteRule(
-            name="elevenlabs-timestamps",
-            path="/v1/text-to-speech/{voice_id}/with-timestamps",
-            json_audio=JsonAudio(
-                field="audio_base64",
-                media_type="audio/mpeg",  # the documented default, mp3_44100_128
-                type_from="query:output_format",
-                types=_ELEVENLABS_FORMATS,
-            ),
-            **common,
+        _rule("elevenlabs", base, *sound, ignore=ignore),
+        _rule("elevenlabs-stream", base + "/stream", *sound, ignore=ignore),
+        _rule(
+            "elevenlabs-timestamps",
+            base + "/with-timestamps",
+            *sound,
+            ignore=ignore,
+            json_audio=timestamps,
         ),
     ]
 
@@ -442,33 +461,17 @@ _ELEVENLABS_FORMATS = {
 
 
 def _get() -> list[RouteRule]:
-    mary: dict[str, Any] = dict(
-        path="/process",
-        voice=FieldRef("query", "VOICE"),
-        model=FieldRef("query", "LOCALE"),
-        headers=_NEGOTIATED,
-    )
     return [
-        RouteRule(name="marytts", method="GET", text=FieldRef("query", "INPUT_TEXT"), **mary),
-        RouteRule(
-            name="marytts-form",
-            method="POST",
-            text=FieldRef("form", "INPUT_TEXT"),
-            path="/process",
-            voice=FieldRef("form", "VOICE"),
-            model=FieldRef("form", "LOCALE"),
-            headers=_NEGOTIATED,
-        ),
-        RouteRule(
-            name="coqui",
+        _rule(
+            "marytts", "/process", "query:INPUT_TEXT", "query:VOICE", "query:LOCALE",
             method="GET",
-            path="/api/tts",
-            text=FieldRef("query", "text"),
-            voice=FieldRef("query", "speaker_id"),
-            model=FieldRef("query", "language_id"),
-            headers=_NEGOTIATED,
         ),
-    ]
+        _rule("marytts-form", "/process", "form:INPUT_TEXT", "form:VOICE", "form:LOCALE"),
+        _rule(
+            "coqui", "/api/tts", "query:text", "query:speaker_id", "query:language_id",
+            method="GET",
+        ),
+    ]  # fmt: skip
 
 
 # Google's audioEncoding values. LINEAR16 (and, in practice, MULAW and ALAW) come with a
@@ -487,11 +490,7 @@ _GOOGLE_ENCODINGS = {
 
 def _google() -> list[RouteRule]:
     common: dict[str, Any] = dict(
-        method="POST",
-        text=FieldRef("json", "input.text"),
         ssml=FieldRef("json", "input.ssml"),
-        voice=FieldRef("json", "voice.name"),
-        model=FieldRef("json", "voice.languageCode"),
         # Google's API answers carry "Vary: Origin, X-Origin, Referer" (for CORS): keyed, so
         # those answers can be stored. Server-side clients send none of them.
         headers=("origin", "x-origin", "referer"),
@@ -501,9 +500,10 @@ def _google() -> list[RouteRule]:
             types=_GOOGLE_ENCODINGS,
         ),
     )
+    sound = ("json:input.text", "json:voice.name", "json:voice.languageCode")
     return [
-        RouteRule(name="google", path="/v1/text:synthesize", **common),
-        RouteRule(name="google-beta", path="/v1beta1/text:synthesize", **common),
+        _rule("google", "/v1/text:synthesize", *sound, **common),
+        _rule("google-beta", "/v1beta1/text:synthesize", *sound, **common),
     ]
 
 
@@ -511,11 +511,10 @@ def _azure() -> list[RouteRule]:
     # The body is the SSML document; the voice, language and prosody are inside it, so it
     # is keyed whole and never normalized.
     return [
-        RouteRule(
-            name="azure",
-            method="POST",
-            path="/cognitiveservices/v1",
-            text=FieldRef("body", ""),
+        _rule(
+            "azure",
+            "/cognitiveservices/v1",
+            "body",
             headers=("x-microsoft-outputformat",),
             normalize=(),
         )
@@ -524,28 +523,17 @@ def _azure() -> list[RouteRule]:
 
 def _deepgram() -> list[RouteRule]:
     # model, encoding, container, sample_rate and bit_rate are query fields: all keyed.
-    return [
-        RouteRule(
-            name="deepgram",
-            method="POST",
-            path="/v1/speak",
-            text=FieldRef("json", "text"),
-            voice=FieldRef("query", "model"),
-            model=FieldRef("query", "model"),
-            headers=_NEGOTIATED,
-        )
-    ]
+    return [_rule("deepgram", "/v1/speak", "json:text", "query:model", "query:model")]
 
 
 def _cartesia() -> list[RouteRule]:
     return [
-        RouteRule(
-            name="cartesia",
-            method="POST",
-            path="/tts/bytes",
-            text=FieldRef("json", "transcript"),
-            voice=FieldRef("json", "voice.id"),
-            model=FieldRef("json", "model_id"),
+        _rule(
+            "cartesia",
+            "/tts/bytes",
+            "json:transcript",
+            "json:voice.id",
+            "json:model_id",
             headers=("cartesia-version",),
             # Raw PCM comes as application/octet-stream when output_format.container is raw.
             pcm_types=frozenset({"application/octet-stream"}),
@@ -556,14 +544,12 @@ def _cartesia() -> list[RouteRule]:
 def _polly() -> list[RouteRule]:
     # Speech marks (OutputFormat json) are not audio: passed through.
     return [
-        RouteRule(
-            name="polly",
-            method="POST",
-            path="/v1/speech",
-            text=FieldRef("json", "Text"),
-            voice=FieldRef("json", "VoiceId"),
-            model=FieldRef("json", "Engine"),
-            headers=_NEGOTIATED,
+        _rule(
+            "polly",
+            "/v1/speech",
+            "json:Text",
+            "json:VoiceId",
+            "json:Engine",
             bypass={FieldRef("json", "OutputFormat"): frozenset({"json"})},
         )
     ]
