@@ -10,7 +10,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +58,23 @@ def key_entry(key: str, **fields: Any) -> dict[str, Any]:
     return {"sha256": digest_of(key), "name": key, **fields}
 
 
-async def keys_proxy(
-    make_proxy: ProxyFactory, url: str, path: Path, *entries: dict[str, Any], **settings: Any
-) -> ProxyClient:
-    file = keys_file(path, *entries)
-    env = {**INJECTED, **settings.pop("env", {})}
-    return await make_proxy(url, client_auth="keys", client_keys_file=file, env=env, **settings)
+KeysProxy = Callable[..., Awaitable[ProxyClient]]
+
+
+@pytest.fixture
+def with_keys(keyed: Any, make_proxy: ProxyFactory, tmp_path: Path) -> KeysProxy:
+    """Starts a proxy in client_auth keys, with these key entries and the injected upstream
+    key, before the ``keyed`` upstream; ``path=`` names its keys file (a new one otherwise)."""
+    _, url = keyed
+
+    async def start(
+        *entries: dict[str, Any], path: Path | None = None, **settings: Any
+    ) -> ProxyClient:
+        file = keys_file(path or tmp_path / f"keys-{uuid.uuid4().hex[:8]}.yaml", *entries)
+        env = {**INJECTED, **settings.pop("env", {})}
+        return await make_proxy(url, client_auth="keys", client_keys_file=file, env=env, **settings)
+
+    return start
 
 
 async def speak(
@@ -94,10 +105,10 @@ async def clear_of_window_edge(margin: float = 5.0) -> None:
 
 
 async def test_keys_refuse_anonymous_and_wrong_keys_before_any_upstream_call(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
+    keyed: Any, with_keys: KeysProxy
 ) -> None:
-    fake, url = keyed
-    client = await keys_proxy(make_proxy, url, tmp_path / "k.yaml", key_entry("sk-front"))
+    fake, _ = keyed
+    client = await with_keys(key_entry("sk-front"))
     anonymous = await client.post(SPEECH_PATH, json=speech_body("Hola"))
     assert anonymous.status == 401
     body = await anonymous.json()
@@ -111,10 +122,10 @@ async def test_keys_refuse_anonymous_and_wrong_keys_before_any_upstream_call(
 
 
 async def test_keys_accept_a_right_key_in_authorization_or_the_sdk_header(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
+    keyed: Any, with_keys: KeysProxy
 ) -> None:
-    fake, url = keyed
-    client = await keys_proxy(make_proxy, url, tmp_path / "k.yaml", key_entry("sk-front"))
+    fake, _ = keyed
+    client = await with_keys(key_entry("sk-front"))
     first = await speak(client, "Hola", bearer("sk-front"))
     second = await speak(client, "Hola", {"xi-api-key": "sk-front"})
     assert (first.status, second.status) == (200, 200)
@@ -123,12 +134,10 @@ async def test_keys_accept_a_right_key_in_authorization_or_the_sdk_header(
 
 
 async def test_the_proxy_key_never_reaches_the_upstream_its_own_key_does(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
+    keyed: Any, with_keys: KeysProxy
 ) -> None:
-    fake, url = keyed
-    client = await keys_proxy(
-        make_proxy, url, tmp_path / "k.yaml", key_entry("sk-front"), passthrough_paths=["/other/*"]
-    )
+    fake, _ = keyed
+    client = await with_keys(key_entry("sk-front"), passthrough_paths=["/other/*"])
     await speak(client, "Uno", bearer("sk-front"))
     await speak(client, "Dos", {"xi-api-key": "sk-front", "x-api-key": "sk-front"})
     other = await client.get("/other/models", headers=bearer("sk-front"))
@@ -140,10 +149,10 @@ async def test_the_proxy_key_never_reaches_the_upstream_its_own_key_does(
 
 
 async def test_the_openai_sdk_works_through_the_proxy_with_its_key(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
+    keyed: Any, with_keys: KeysProxy
 ) -> None:
-    fake, url = keyed
-    client = await keys_proxy(make_proxy, url, tmp_path / "k.yaml", key_entry("sk-front"))
+    fake, _ = keyed
+    client = await with_keys(key_entry("sk-front"))
     base = str(client.make_url("/v1"))
     sdk = openai.AsyncOpenAI(base_url=base, api_key="sk-front", max_retries=0)
     async with sdk:
@@ -161,11 +170,10 @@ async def test_the_openai_sdk_works_through_the_proxy_with_its_key(
 
 
 async def test_a_changed_keys_file_takes_effect_within_seconds(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
+    with_keys: KeysProxy, tmp_path: Path
 ) -> None:
-    _, url = keyed
     path = tmp_path / "k.yaml"
-    client = await keys_proxy(make_proxy, url, path, key_entry("sk-old"))
+    client = await with_keys(key_entry("sk-old"), path=path)
     assert (await speak(client, "Hola", bearer("sk-old"))).status == 200
     assert (
         await client.post(SPEECH_PATH, json=speech_body("Hola"), headers=bearer("sk-new"))
@@ -183,11 +191,10 @@ async def test_a_changed_keys_file_takes_effect_within_seconds(
 
 
 async def test_a_broken_keys_file_keeps_the_old_keys_and_logs_an_error(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    with_keys: KeysProxy, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, url = keyed
     path = tmp_path / "k.yaml"
-    client = await keys_proxy(make_proxy, url, path, key_entry("sk-old"))
+    client = await with_keys(key_entry("sk-old"), path=path)
     caplog.set_level(logging.ERROR, logger="proxy.request.access")
     path.write_text("keys: [{sha256: not-hex}]\n", encoding="utf-8")
 
@@ -342,12 +349,10 @@ async def test_a_cold_burst_of_one_credential_across_replicas_makes_one_call(
 
 
 async def test_with_an_injected_key_only_listed_paths_are_passed_through(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
+    keyed: Any, with_keys: KeysProxy
 ) -> None:
-    fake, url = keyed
-    client = await keys_proxy(
-        make_proxy, url, tmp_path / "k.yaml", key_entry("sk-front"), passthrough_paths=["/other/*"]
-    )
+    fake, _ = keyed
+    client = await with_keys(key_entry("sk-front"), passthrough_paths=["/other/*"])
     refused = await client.delete("/v1/files/x", headers=bearer("sk-front"))
     assert refused.status == 404
     assert_openai_error(await refused.json(), "not_found")
@@ -375,14 +380,9 @@ async def test_without_an_injected_key_anything_is_passed_through(
 # -- tenants ----------------------------------------------------------------------------------
 
 
-async def test_a_key_cannot_claim_another_tenant(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
-) -> None:
-    fake, url = keyed
-    client = await keys_proxy(
-        make_proxy,
-        url,
-        tmp_path / "k.yaml",
+async def test_a_key_cannot_claim_another_tenant(keyed: Any, with_keys: KeysProxy) -> None:
+    fake, _ = keyed
+    client = await with_keys(
         key_entry("sk-a", tenant="tenant-a"),
         tenant_header="X-Tenant-Id",
     )
@@ -416,14 +416,8 @@ async def test_a_tenant_header_names_the_tenant_only_when_trusted(
     assert (await service_of(trusted).totals())["tenant:acme:entries"] == 1
 
 
-async def test_another_tenants_isolated_entry_is_absent_by_key(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
-) -> None:
-    _, url = keyed
-    client = await keys_proxy(
-        make_proxy,
-        url,
-        tmp_path / "k.yaml",
+async def test_another_tenants_isolated_entry_is_absent_by_key(with_keys: KeysProxy) -> None:
+    client = await with_keys(
         key_entry("sk-a", tenant="tenant-a"),
         key_entry("sk-b", tenant="tenant-b"),
     )
@@ -438,16 +432,12 @@ async def test_another_tenants_isolated_entry_is_absent_by_key(
     assert (await client.get(f"/audio/{key}")).status == 401
 
 
-async def test_isolated_keys_depend_on_the_key_secret(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
-) -> None:
-    _, url = keyed
+async def test_isolated_keys_depend_on_the_key_secret(with_keys: KeysProxy) -> None:
     entry = key_entry("sk-a", tenant="tenant-a")
 
     async def key_with(secret: str | None, prefix: str) -> str:
         env = {"AUDIO_CACHE_KEY_SECRET": secret} if secret else {}
-        path = tmp_path / f"{uuid.uuid4().hex}.yaml"
-        client = await keys_proxy(make_proxy, url, path, entry, prefix=prefix, env=env)
+        client = await with_keys(entry, prefix=prefix, env=env)
         response = await speak(client, "Su habitación es la 204", bearer("sk-a"))
         return str(response.headers["X-Audio-Cache-Key"])
 
@@ -464,18 +454,10 @@ async def test_isolated_keys_depend_on_the_key_secret(
 # -- limits -----------------------------------------------------------------------------------
 
 
-async def test_requests_per_minute_hold_across_replicas(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
-) -> None:
-    _, url = keyed
-    path = keys_file(tmp_path / "k.yaml", key_entry("sk-rpm", requests_per_minute=3))
+async def test_requests_per_minute_hold_across_replicas(with_keys: KeysProxy) -> None:
+    entry = key_entry("sk-rpm", requests_per_minute=3)
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    replicas = [
-        await make_proxy(
-            url, prefix=prefix, client_auth="keys", client_keys_file=path, env=INJECTED
-        )
-        for _ in range(2)
-    ]
+    replicas = [await with_keys(entry, prefix=prefix) for _ in range(2)]
     await clear_of_window_edge()
     statuses = []
     refusals = []
@@ -502,14 +484,9 @@ async def test_requests_per_minute_hold_across_replicas(
     ids=["key", "tenant"],
 )
 async def test_audio_by_key_counts_against_requests_per_minute(
-    keyed: Any,
-    make_proxy: ProxyFactory,
-    tmp_path: Path,
-    entry: dict[str, Any],
-    settings: dict[str, Any],
+    with_keys: KeysProxy, entry: dict[str, Any], settings: dict[str, Any]
 ) -> None:
-    _, url = keyed
-    client = await keys_proxy(make_proxy, url, tmp_path / "k.yaml", entry, **settings)
+    client = await with_keys(entry, **settings)
     await clear_of_window_edge()
     stored = await speak(client, "Hola", bearer("sk-rpm"))
     assert stored.status == 200
@@ -527,14 +504,11 @@ async def test_audio_by_key_counts_against_requests_per_minute(
 
 
 async def test_upstream_characters_per_day_count_only_what_goes_upstream(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
+    keyed: Any, with_keys: KeysProxy
 ) -> None:
-    fake, url = keyed
+    fake, _ = keyed
     text = "Diez letra"  # 10 characters
-    client = await keys_proxy(
-        make_proxy,
-        url,
-        tmp_path / "k.yaml",
+    client = await with_keys(
         key_entry("sk-cpd", upstream_characters_per_day=25),
     )
     for _ in range(4):  # one miss, then hits that cost nothing
@@ -590,13 +564,10 @@ async def test_limits_without_their_store(
 
 
 async def test_only_keys_allowed_to_refresh_make_the_cache_pay_again(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
+    keyed: Any, with_keys: KeysProxy
 ) -> None:
-    fake, url = keyed
-    client = await keys_proxy(
-        make_proxy,
-        url,
-        tmp_path / "k.yaml",
+    fake, _ = keyed
+    client = await with_keys(
         key_entry("sk-plain"),
         key_entry("sk-refresh", may_refresh=True),
     )
@@ -609,14 +580,8 @@ async def test_only_keys_allowed_to_refresh_make_the_cache_pay_again(
     assert fake.calls["openai"] == 2
 
 
-async def test_only_keys_allowed_to_classify_name_a_content_type(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
-) -> None:
-    _, url = keyed
-    client = await keys_proxy(
-        make_proxy,
-        url,
-        tmp_path / "k.yaml",
+async def test_only_keys_allowed_to_classify_name_a_content_type(with_keys: KeysProxy) -> None:
+    client = await with_keys(
         key_entry("sk-plain"),
         key_entry("sk-classify", may_classify=True),
     )
@@ -648,13 +613,9 @@ async def test_only_keys_allowed_to_classify_name_a_content_type(
 
 
 async def test_usage_route_shows_each_key_and_tenant_against_its_limits(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
+    with_keys: KeysProxy,
 ) -> None:
-    _, url = keyed
-    client = await keys_proxy(
-        make_proxy,
-        url,
-        tmp_path / "k.yaml",
+    client = await with_keys(
         key_entry("sk-a", tenant="acme", requests_per_minute=100),
         key_entry("sk-b"),
         tenants={"acme": {"upstream_characters_per_day": 1000}},
@@ -686,14 +647,10 @@ async def test_usage_route_shows_each_key_and_tenant_against_its_limits(
 
 
 async def test_client_metrics_move_with_requests_refusals_and_characters(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
+    with_keys: KeysProxy,
 ) -> None:
-    _, url = keyed
     name = f"sk-m{uuid.uuid4().hex[:8]}"
-    client = await keys_proxy(
-        make_proxy,
-        url,
-        tmp_path / "k.yaml",
+    client = await with_keys(
         key_entry(name, upstream_characters_per_day=10),
         key_entry(f"{name}-rpm", requests_per_minute=1),
     )
@@ -719,14 +676,12 @@ async def test_client_metrics_move_with_requests_refusals_and_characters(
 
 
 async def test_coalesced_misses_charge_and_count_the_characters_once(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
+    keyed: Any, with_keys: KeysProxy
 ) -> None:
-    fake, url = keyed
+    fake, _ = keyed
     fake.mode = "chunked"
     name = f"sk-c{uuid.uuid4().hex[:8]}"
-    client = await keys_proxy(
-        make_proxy, url, tmp_path / "k.yaml", key_entry(name, upstream_characters_per_day=100)
-    )
+    client = await with_keys(key_entry(name, upstream_characters_per_day=100))
     before = samples(await scrape_text(client))
 
     async def one() -> int:
@@ -762,19 +717,14 @@ async def test_a_budget_given_back_after_its_window_turned_still_expires(redis_u
 
 
 async def test_a_burst_across_replicas_charges_the_characters_once(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
+    keyed: Any, with_keys: KeysProxy
 ) -> None:
-    fake, url = keyed
+    fake, _ = keyed
     fake.mode = "chunked"
     name = f"sk-r{uuid.uuid4().hex[:8]}"
-    path = keys_file(tmp_path / "k.yaml", key_entry(name, upstream_characters_per_day=100))
+    entry = key_entry(name, upstream_characters_per_day=100)
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    replicas = [
-        await make_proxy(
-            url, prefix=prefix, client_auth="keys", client_keys_file=path, env=INJECTED
-        )
-        for _ in range(2)
-    ]
+    replicas = [await with_keys(entry, prefix=prefix) for _ in range(2)]
     before = samples(await scrape_text(replicas[0]))
 
     async def one(client: ProxyClient) -> int:
@@ -815,14 +765,8 @@ async def test_a_refusal_learnt_on_one_replica_reaches_the_other_within_a_second
     assert time.monotonic() - refused_at < 2.0
 
 
-async def test_a_tenant_limit_refusal_gives_the_key_its_request_back(
-    keyed: Any, make_proxy: ProxyFactory, tmp_path: Path
-) -> None:
-    _, url = keyed
-    client = await keys_proxy(
-        make_proxy,
-        url,
-        tmp_path / "k.yaml",
+async def test_a_tenant_limit_refusal_gives_the_key_its_request_back(with_keys: KeysProxy) -> None:
+    client = await with_keys(
         key_entry("sk-a", tenant="acme", requests_per_minute=10),
         key_entry("sk-b", tenant="acme", requests_per_minute=10),
         tenants={"acme": {"requests_per_minute": 3}},
