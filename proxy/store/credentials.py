@@ -34,7 +34,6 @@ class Credentials:
     ) -> None:
         self.redis = redis
         self.guard = guard
-        self.prefix = prefix
         self.keyspace = Keyspace(prefix)
         self.verify_ms = int(verify_seconds * 1000)
         self.clock = clock

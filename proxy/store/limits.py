@@ -62,7 +62,6 @@ class Limits:
     ) -> None:
         self.redis = redis
         self.guard = guard
-        self.prefix = prefix
         self.keyspace = Keyspace(prefix)
         self.clock = clock
         self._take = redis.register_script(_TAKE)

@@ -9,19 +9,31 @@ import os
 import signal
 from typing import Any
 
+import pytest
+
 from proxy.store.embedded import EmbeddedValkey
+from proxy.store.hot_tier import HotTier
 from tests.support.hot_replicas import BOUND, hot_of, make_hot, speak
-from tests.support.proxies import proxy_on
+from tests.support.proxies import ProxyClient, proxy_on
 from tests.support.waits import eventually
 
 
-async def test_serves_nothing_while_redis_is_down_and_comes_back_after(
+@pytest.fixture
+async def listening(
     upstream: Any, private_valkey: EmbeddedValkey, aiohttp_client: Any
-) -> None:
+) -> tuple[ProxyClient, HotTier[Any]]:
+    """A proxy on the test's own Valkey, its hot tier listening to the invalidations."""
     _, url = upstream
     client = await proxy_on(aiohttp_client, url, private_valkey.url)
     hot = hot_of(client)
     await eventually(lambda: hot.live, 5)
+    return client, hot
+
+
+async def test_serves_nothing_while_redis_is_down_and_comes_back_after(
+    listening: tuple[ProxyClient, HotTier[Any]], private_valkey: EmbeddedValkey
+) -> None:
+    client, hot = listening
     await make_hot(client, "Our pool opens at eight")
     assert private_valkey.process is not None
     private_valkey.process.kill()
@@ -35,12 +47,9 @@ async def test_serves_nothing_while_redis_is_down_and_comes_back_after(
 
 
 async def test_a_silent_channel_empties_the_tier_until_it_speaks_again(
-    upstream: Any, private_valkey: EmbeddedValkey, aiohttp_client: Any
+    listening: tuple[ProxyClient, HotTier[Any]], private_valkey: EmbeddedValkey
 ) -> None:
-    _, url = upstream
-    client = await proxy_on(aiohttp_client, url, private_valkey.url)
-    hot = hot_of(client)
-    await eventually(lambda: hot.live, 5)
+    client, hot = listening
     await make_hot(client, "The bar closes at midnight")
     assert private_valkey.process is not None
     os.kill(private_valkey.process.pid, signal.SIGSTOP)  # hung, not dead: no error, no answer
