@@ -22,17 +22,14 @@ from proxy.config.settings import load_settings
 from proxy.demo.upstream import create_demo_upstream_app
 from proxy.store.embedded import EmbeddedValkey, free_port
 
+from .loopback import quantile
+
 SENTENCES = [
     "Bienvenido al hotel, su habitación está lista.",
     "El desayuno se sirve de siete a diez de la mañana.",
     "La hora de salida es a las doce del mediodía.",
     "Su habitación tiene vista al mar.",
 ]
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def _serve(app: web.Application, port: int) -> web.AppRunner:

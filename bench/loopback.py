@@ -1,5 +1,6 @@
-"""Shared parts of the hit benchmarks: a bare aiohttp server, speech bodies, a Python load
-generator. Everything listens on and talks to 127.0.0.1 only."""
+"""Shared parts of the benchmarks: a bare aiohttp server, speech bodies, a Python load
+generator, waiting for a server, quantiles. Everything listens on and talks to 127.0.0.1
+only."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import textwrap
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -80,23 +82,45 @@ class Run:
 
     def percentile(self, q: float) -> float:
         """Latency at quantile ``q``, in ms."""
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+        return quantile(self.latencies, q) * 1000
 
 
-async def wait_ready(url: str, within: float = 15.0) -> None:
-    """Until ``url`` answers a speech request with 200 (bounded)."""
+def quantile(values: list[float], q: float) -> float:
+    """The value at quantile ``q`` (nearest rank below); NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def until_ok(
+    url: str,
+    *,
+    within: float = 15.0,
+    json: Any = None,
+    process: asyncio.subprocess.Process | None = None,
+) -> None:
+    """Until ``url`` answers 200 (a POST of ``json`` when given, else a GET), for at most
+    ``within`` seconds; fails at once when ``process`` (the server) exits."""
     deadline = time.monotonic() + within
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
+            if process is not None and process.returncode is not None:
+                raise RuntimeError(f"{url} exited")
             try:
-                async with session.post(url + SPEECH, json=speech_body(0)) as r:
+                method = "POST" if json is not None else "GET"
+                async with session.request(method, url, json=json) as r:
                     if r.status == 200:
                         return
             except aiohttp.ClientConnectionError:
                 pass
             await asyncio.sleep(0.1)
     raise RuntimeError(f"{url} did not answer")
+
+
+async def wait_ready(url: str, within: float = 15.0) -> None:
+    """Until ``url`` answers a speech request with 200 (bounded)."""
+    await until_ok(url + SPEECH, within=within, json=speech_body(0))
 
 
 async def python_load(

@@ -38,6 +38,8 @@ import aiohttp
 from proxy.core.segments import split, storable
 from proxy.store.embedded import EmbeddedValkey, free_port
 
+from .loopback import quantile, until_ok
+
 SPEECH = "/v1/audio/speech"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -150,28 +152,6 @@ UPSTREAM = textwrap.dedent(
 )
 
 
-async def _started(url: str, process: asyncio.subprocess.Process) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):  # 20 s at most
-            if process.returncode is not None:
-                raise RuntimeError(f"{url} exited")
-            try:
-                async with session.get(url) as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not start")
-
-
-def quantile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def replay(mode: str, texts: list[tuple[str, str]], store_url: str, deadline_s: float) -> Run:
     up_port, proxy_port = free_port(), free_port()
     up_url = f"http://127.0.0.1:{up_port}"
@@ -186,14 +166,14 @@ async def replay(mode: str, texts: list[tuple[str, str]], store_url: str, deadli
     proxy: asyncio.subprocess.Process | None = None
     run = Run(mode)
     try:
-        await _started(up_url + "/bench/counts", process)
+        await until_ok(up_url + "/bench/counts", within=20, process=process)
         # The proxy in a process of its own too: the client's time is not the proxy's.
         proxy = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy.cli", "serve", "--port", str(proxy_port),
             "--upstream", up_url, "--redis-url", store_url,
             env={**os.environ, "PYTHONPATH": ROOT, **settings}, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
-        await _started(f"http://127.0.0.1:{proxy_port}/readyz", proxy)
+        await until_ok(f"http://127.0.0.1:{proxy_port}/readyz", within=20, process=proxy)
         stop = time.monotonic() + deadline_s
         seen: set[tuple[str, str]] = set()
         async with aiohttp.ClientSession() as session:
