@@ -20,6 +20,7 @@ from proxy.store.embedded import EmbeddedValkey, free_port
 from tests.support.cluster import ValkeyCluster, start_cluster
 from tests.support.loopback_upstream import LoopbackUpstream
 from tests.support.proxies import ProxyClient, ProxyFactory
+from tests.support.servers import served
 
 
 @pytest.fixture(scope="session")
@@ -59,10 +60,8 @@ def valkey_cluster() -> Iterator[ValkeyCluster]:
 @pytest.fixture
 async def upstream() -> AsyncIterator[tuple[LoopbackUpstream, str]]:
     fake = LoopbackUpstream()
-    server = TestServer(fake.app(), host="127.0.0.1")
-    await server.start_server()
-    yield fake, str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with served(fake.app()) as url:
+        yield fake, url
 
 
 @pytest.fixture

@@ -9,12 +9,13 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from proxy.app import create_admin_app, create_app
 from proxy.config.settings import load_settings
 from proxy.core.keys import CacheKey
 from tests.support.proxies import service_of
+from tests.support.servers import served
 from tests.support.speech import speech_body
 from tests.support.waits import until_stored
 
@@ -132,10 +133,8 @@ async def test_admin_paths_are_never_forwarded(make_proxy: Any, aiohttp_client: 
 
     upstream_app = web.Application()
     upstream_app.router.add_route("*", "/{tail:.*}", record)
-    server = TestServer(upstream_app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        client = await make_proxy(str(server.make_url("")).rstrip("/"))
+    async with served(upstream_app) as url:
+        client = await make_proxy(url)
         for method, path in [("GET", "/admin"), ("GET", "/admin/"), ("POST", "/admin/x/y"),
                              ("GET", "/admin/audio-cache/nope"), ("PUT", "/admin/audio-cache")]:  # fmt: skip
             status, body = await call(client, method, path)
@@ -144,8 +143,6 @@ async def test_admin_paths_are_never_forwarded(make_proxy: Any, aiohttp_client: 
         assert status == 405 and body["error"]["allowed"] == ["GET"]
         assert (await client.get("/other/thing")).status == 200  # the rest is forwarded
         assert seen == ["/other/thing"]
-    finally:
-        await server.close()
 
 
 async def test_separate_admin_port(upstream: Any, redis_url: str, aiohttp_client: Any) -> None:

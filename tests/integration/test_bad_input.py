@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from tests.support.loopback_upstream import fake_wav
 from tests.support.proxies import ProxyClient, ProxyFactory, raw_request
+from tests.support.servers import served
 from tests.support.speech import SPEECH_PATH, speech_body
 from tests.support.waits import until_stored
 
@@ -60,10 +60,8 @@ async def recorder() -> AsyncIterator[tuple[Recorder, str]]:
     rec = Recorder()
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_route("*", "/{tail:[\\s\\S]*}", rec.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield rec, str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with served(app) as url:
+        yield rec, url
 
 
 def _error(raw: bytes) -> tuple[int, dict[str, Any]]:

@@ -24,7 +24,6 @@ import miniaudio
 import openai
 import pytest
 import soundfile
-from aiohttp.test_utils import TestServer
 from elevenlabs.client import AsyncElevenLabs
 from elevenlabs.core.api_error import ApiError
 
@@ -32,6 +31,7 @@ from proxy.demo.formats import resample
 from proxy.demo.upstream import create_demo_upstream_app
 from proxy.demo.voices import OPENAI_VOICES, is_espeak_voice
 from proxy.store.embedded import free_port
+from tests.support.servers import served
 
 TEXT = "Welcome to the hotel. Breakfast is served at seven."
 SPEECH = {"model": "tts-1", "input": TEXT, "voice": "alloy"}
@@ -43,10 +43,8 @@ SDK_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx"
 
 @pytest.fixture
 async def demo() -> AsyncIterator[str]:
-    server = TestServer(create_demo_upstream_app(), host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with served(create_demo_upstream_app()) as url:
+        yield url
 
 
 @pytest.fixture

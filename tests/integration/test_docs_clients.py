@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from proxy.demo.upstream import create_demo_upstream_app
 from tests.support.paths import ROOT
 from tests.support.proxies import ProxyFactory
+from tests.support.servers import served
 
 PAGE = ROOT / "docs" / "clients.md"
 SNIPPETS = re.findall(r"```python\n(.*?)```", PAGE.read_text(), flags=re.S)
@@ -24,10 +24,8 @@ def test_the_page_has_snippets() -> None:
 
 @pytest.fixture
 async def demo() -> AsyncIterator[str]:
-    server = TestServer(create_demo_upstream_app(), host="127.0.0.1")
-    await server.start_server()
-    yield str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with served(create_demo_upstream_app()) as url:
+        yield url
 
 
 @pytest.mark.parametrize("index", range(len(SNIPPETS)))

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from proxy.app import SERVICE
 from proxy.core.keys import CacheKey
 from tests.support.proxies import ProxyClient, raw_request
+from tests.support.servers import served
 from tests.support.speech import SPEECH_PATH, speech_body
 from tests.support.waits import until_filled
 
@@ -53,10 +53,8 @@ async def bad_upstream() -> AsyncIterator[tuple[dict[str, int], str]]:
     app.router.add_post("/hang/v1/audio/speech", hang)
     app.router.add_post("/reset/v1/audio/speech", reset)
     app.router.add_post("/stall/v1/audio/speech", stall_mid_body)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield calls, str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with served(app) as url:
+        yield calls, url
 
 
 @pytest.mark.parametrize(("mode", "status"), [("hang", 504), ("reset", 502)])

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import soundfile
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from proxy.core.media import RAW_TYPES, SNIFF_BYTES, sniff
 from proxy.core.policy import refusal_after_body
@@ -19,6 +18,7 @@ from proxy.core.routes import RuleError, rule_from_mapping
 from proxy.demo.espeak import SAMPLE_RATE, synthesize_in_a_fresh_process
 from proxy.demo.upstream import wav_file
 from tests.support.proxies import ProxyFactory, service_of
+from tests.support.servers import served
 from tests.support.waits import until_stored
 
 
@@ -173,10 +173,8 @@ async def lying(speech_pcm: bytes) -> AsyncIterator[tuple[LyingUpstream, str]]:
     fake = LyingUpstream(wav_file(speech_pcm, SAMPLE_RATE))
     app = web.Application()
     app.router.add_post("/v1/audio/speech", fake.speech)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield fake, str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with served(app) as url:
+        yield fake, url
 
 
 async def test_through_the_proxy_a_json_error_labelled_wav_is_not_stored(

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from proxy.core.keys import CacheKey
 from tests.support.provider_stubs import ProviderStubs
 from tests.support.proxies import ProxyClient, ProxyFactory, service_of
+from tests.support.servers import served
 from tests.support.waits import until_filled, until_prefetched, until_stored
 
 PRESETS = ["elevenlabs", "google", "azure", "deepgram", "cartesia", "polly"]
@@ -22,10 +22,8 @@ PRESETS = ["elevenlabs", "google", "azure", "deepgram", "cartesia", "polly"]
 @pytest.fixture
 async def providers() -> AsyncIterator[tuple[ProviderStubs, str]]:
     stubs = ProviderStubs()
-    server = TestServer(stubs.app(), host="127.0.0.1")
-    await server.start_server()
-    yield stubs, str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with served(stubs.app()) as url:
+        yield stubs, url
 
 
 async def proxy_for(make_proxy: ProxyFactory, url: str) -> ProxyClient:

@@ -11,11 +11,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from proxy.core.sse import decode_events
 from proxy.demo.upstream import SPEECH_CALLS, create_demo_upstream_app
 from tests.support.proxies import ProxyClient
+from tests.support.servers import served
 from tests.support.speech import SPEECH_PATH, speech_body
 from tests.support.waits import until_filled, until_stored
 
@@ -26,10 +26,8 @@ SSE = {**BODY, "stream_format": "sse"}
 @pytest.fixture
 async def demo() -> Any:
     app = create_demo_upstream_app()
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield app, str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with served(app) as url:
+        yield app, url
 
 
 def calls(app: web.Application) -> int:
@@ -149,10 +147,8 @@ async def broken() -> Any:
     fake = BrokenSSE()
     app = web.Application()
     app.router.add_post(SPEECH_PATH, fake.speech)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield fake, str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with served(app) as url:
+        yield fake, url
 
 
 @pytest.mark.parametrize("mode", ["no-done", "garbage"])

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from proxy.request.upstream import strip_hop_by_hop, upstream_query
 from tests.support.loopback_upstream import fake_wav
 from tests.support.proxies import ProxyFactory
+from tests.support.servers import served
 
 
 class Recorder:
@@ -45,10 +45,8 @@ class Recorder:
 @pytest.fixture
 async def recorder() -> AsyncIterator[tuple[Recorder, str]]:
     fake = Recorder()
-    server = TestServer(fake.app(), host="127.0.0.1")
-    await server.start_server()
-    yield fake, str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with served(fake.app()) as url:
+        yield fake, url
 
 
 async def send_raw(port: int, head: str, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from proxy.core.policy import refusal_before_body, vary_refusal
 from proxy.core.routes import PRESETS, rule_from_mapping
 from tests.support.loopback_upstream import fake_wav
 from tests.support.proxies import ProxyFactory, service_of
+from tests.support.servers import served
 from tests.support.waits import until_stored
 
 
@@ -118,10 +118,8 @@ async def varying() -> AsyncIterator[tuple[VaryingUpstream, str]]:
     fake = VaryingUpstream()
     app = web.Application()
     app.router.add_post("/v1/audio/speech", fake.speech)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield fake, str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with served(app) as url:
+        yield fake, url
 
 
 SPEECH = {"model": "tts-1", "input": "Hola", "voice": "es", "response_format": "wav"}

@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import WSMsgType, web
-from aiohttp.test_utils import TestServer
 
 from proxy.observability.metrics import METRICS
 from tests.support.proxies import ProxyClient
+from tests.support.servers import served
 from tests.support.waits import eventually
 
 
@@ -62,10 +62,8 @@ class WebSocketUpstream:
 @pytest.fixture
 async def ws_upstream() -> Any:
     fake = WebSocketUpstream()
-    server = TestServer(fake.app(), host="127.0.0.1")
-    await server.start_server()
-    yield fake, str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with served(fake.app()) as url:
+        yield fake, url
 
 
 async def receive(ws: Any) -> aiohttp.WSMessage:

@@ -19,11 +19,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from proxy.store.embedded import EmbeddedValkey, free_port
 from tests.support.loopback_upstream import fake_wav
 from tests.support.proxies import ProxyFactory, service_of
+from tests.support.servers import served
 from tests.support.speech import SPEECH_PATH, speech_body
 from tests.support.waits import wait_ready
 
@@ -59,10 +59,8 @@ async def slow_upstream(request: pytest.FixtureRequest) -> AsyncIterator[tuple[S
     fake = SlowUpstream(pause=getattr(request, "param", 0.25))
     app = web.Application()
     app.router.add_post(SPEECH_PATH, fake.speech)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield fake, str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with served(app) as url:
+        yield fake, url
 
 
 def _console_script() -> str:

@@ -13,9 +13,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from .loopback_upstream import LoopbackUpstream
+from .servers import served
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -71,9 +71,5 @@ class KeyedUpstream(LoopbackUpstream):
 async def keyed_upstream(valid: Iterable[str]) -> AsyncIterator[tuple[KeyedUpstream, str]]:
     """A :class:`KeyedUpstream` on 127.0.0.1: (the upstream, its base URL)."""
     fake = KeyedUpstream(valid)
-    server = TestServer(fake.app(), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield fake, str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
+    async with served(fake.app()) as url:
+        yield fake, url

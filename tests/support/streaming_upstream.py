@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+
+from .servers import served
 
 
 def audio_for(text: str, size: int) -> bytes:
@@ -90,9 +91,5 @@ class StreamingUpstream:
 @asynccontextmanager
 async def serve(upstream: StreamingUpstream) -> AsyncIterator[str]:
     """Run ``upstream`` on 127.0.0.1; yields its base URL."""
-    server = TestServer(upstream.app(), host="127.0.0.1")
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/")
-    finally:
-        await server.close()
+    async with served(upstream.app()) as url:
+        yield url
