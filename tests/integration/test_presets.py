@@ -26,8 +26,13 @@ async def providers() -> AsyncIterator[tuple[ProviderStubs, str]]:
         yield stubs, url
 
 
-async def proxy_for(make_proxy: ProxyFactory, url: str) -> ProxyClient:
-    return await make_proxy(url, routes=PRESETS, client_auth="none")
+@pytest.fixture
+async def presets(
+    make_proxy: ProxyFactory, providers: tuple[ProviderStubs, str]
+) -> tuple[ProviderStubs, ProxyClient]:
+    """The provider stubs, and a proxy with every preset in front of them."""
+    stubs, url = providers
+    return stubs, await make_proxy(url, routes=PRESETS, client_auth="none")
 
 
 GOOGLE = {
@@ -77,14 +82,12 @@ CASES: list[tuple[str, str, dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("route", "path", "kwargs"), CASES, ids=[c[0] for c in CASES])
 async def test_a_miss_then_a_hit_with_the_same_bytes(
-    make_proxy: ProxyFactory,
-    providers: tuple[ProviderStubs, str],
+    presets: tuple[ProviderStubs, ProxyClient],
     route: str,
     path: str,
     kwargs: dict[str, Any],
 ) -> None:
-    stubs, url = providers
-    client = await proxy_for(make_proxy, url)
+    stubs, client = presets
     first = await client.post(path, **kwargs)
     sent = await first.read()
     assert first.status == 200, sent
@@ -100,10 +103,9 @@ async def test_a_miss_then_a_hit_with_the_same_bytes(
 
 
 async def test_a_json_answer_is_replayed_byte_for_byte(
-    make_proxy: ProxyFactory, providers: tuple[ProviderStubs, str]
+    presets: tuple[ProviderStubs, ProxyClient],
 ) -> None:
-    _, url = providers
-    client = await proxy_for(make_proxy, url)
+    _, client = presets
     miss = await client.post("/v1beta1/text:synthesize", json=GOOGLE)
     sent = await miss.read()
     assert b'\n  "audioContent": "' in sent  # the stub's own spacing
@@ -130,16 +132,14 @@ def _key(response: Any) -> CacheKey:
     ],
 )
 async def test_a_json_answer_without_good_audio_is_passed_on_but_never_stored(
-    make_proxy: ProxyFactory,
-    providers: tuple[ProviderStubs, str],
+    presets: tuple[ProviderStubs, ProxyClient],
     mode: str,
     route: str,
     path: str,
     body: dict[str, Any],
 ) -> None:
-    stubs, url = providers
+    stubs, client = presets
     stubs.mode = mode
-    client = await proxy_for(make_proxy, url)
     first = await client.post(path, json=body)
     assert first.status == 200  # the client gets what the upstream said
     await first.read()
@@ -151,12 +151,11 @@ async def test_a_json_answer_without_good_audio_is_passed_on_but_never_stored(
 
 
 async def test_google_audio_must_be_of_the_requested_encoding(
-    make_proxy: ProxyFactory, providers: tuple[ProviderStubs, str]
+    presets: tuple[ProviderStubs, ProxyClient],
 ) -> None:
     """MP3 audio in the answer to a LINEAR16 request is passed on, never stored."""
-    stubs, url = providers
+    stubs, client = presets
     stubs.mode = "mp3-always"
-    client = await proxy_for(make_proxy, url)
     asked_wav = await client.post("/v1/text:synthesize", json=GOOGLE)
     await asked_wav.read()
     mp3 = {**GOOGLE, "audioConfig": {"audioEncoding": "MP3"}}
@@ -169,11 +168,10 @@ async def test_google_audio_must_be_of_the_requested_encoding(
 
 
 async def test_keyed_fields_reach_separate_entries(
-    make_proxy: ProxyFactory, providers: tuple[ProviderStubs, str]
+    presets: tuple[ProviderStubs, ProxyClient],
 ) -> None:
     """A changed sound field misses (and gets its own audio) through the real proxy."""
-    stubs, url = providers
-    client = await proxy_for(make_proxy, url)
+    stubs, client = presets
     headers = {"X-API-Key": "k", "Cartesia-Version": "2024-11-13"}
     body = {"transcript": "Hi.", "model_id": "sonic-2", "voice": {"mode": "id", "id": "a"},
             "output_format": {"container": "wav", "encoding": "pcm_s16le", "sample_rate": 24000}}  # fmt: skip
@@ -192,10 +190,9 @@ async def test_keyed_fields_reach_separate_entries(
 
 
 async def test_polly_speech_marks_pass_through_uncached(
-    make_proxy: ProxyFactory, providers: tuple[ProviderStubs, str]
+    presets: tuple[ProviderStubs, ProxyClient],
 ) -> None:
-    stubs, url = providers
-    client = await proxy_for(make_proxy, url)
+    stubs, client = presets
     body = {"Text": "Hi.", "VoiceId": "Joanna", "OutputFormat": "json", "SpeechMarkTypes": ["word"]}
     for _ in range(2):
         r = await client.post("/v1/speech", json=body)
@@ -204,10 +201,9 @@ async def test_polly_speech_marks_pass_through_uncached(
 
 
 async def test_a_bad_request_on_a_preset_route_names_the_field(
-    make_proxy: ProxyFactory, providers: tuple[ProviderStubs, str]
+    presets: tuple[ProviderStubs, ProxyClient],
 ) -> None:
-    stubs, url = providers
-    client = await proxy_for(make_proxy, url)
+    stubs, client = presets
     r = await client.post("/v1/text:synthesize", json={**GOOGLE, "input": {}})
     assert r.status == 400
     assert (await r.json())["error"]["field"] == "json:input.text"
@@ -219,10 +215,9 @@ async def test_a_bad_request_on_a_preset_route_names_the_field(
 
 
 async def test_google_answers_vary_on_origin_and_a_browser_origin_gets_its_own_entry(
-    make_proxy: ProxyFactory, providers: tuple[ProviderStubs, str]
+    presets: tuple[ProviderStubs, ProxyClient],
 ) -> None:
-    stubs, url = providers
-    client = await proxy_for(make_proxy, url)
+    stubs, client = presets
     server = await client.post("/v1/text:synthesize", json=GOOGLE)
     assert server.headers.getall("Vary") == ["Origin", "X-Origin", "Referer"]
     await server.read()
