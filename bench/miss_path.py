@@ -56,16 +56,23 @@ class Upstream:
         seed = body["input"].encode()
         audio = (seed * (AUDIO_BYTES // len(seed) + 1))[:AUDIO_BYTES]
         await asyncio.sleep(self.latency)
-        response = web.StreamResponse(headers={"Content-Type": "audio/pcm"})
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        size = AUDIO_BYTES // CHUNKS
-        for i in range(CHUNKS):
-            if i:
-                await asyncio.sleep(CHUNK_INTERVAL)
-            await response.write(audio[i * size : (i + 1) * size])
-        await response.write_eof()
-        return response
+        return await streamed(request, audio, "audio/pcm", CHUNK_INTERVAL)
+
+
+async def streamed(
+    request: web.Request, audio: bytes, kind: str, interval: float
+) -> web.StreamResponse:
+    """``audio`` in ``CHUNKS`` chunked pieces, ``interval`` seconds apart."""
+    response = web.StreamResponse(headers={"Content-Type": kind})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    step = -(-len(audio) // CHUNKS)
+    for i in range(CHUNKS):
+        if i:
+            await asyncio.sleep(interval)
+        await response.write(audio[i * step : (i + 1) * step])
+    await response.write_eof()
+    return response
 
 
 MATRIX_LATENCY = 0.02
@@ -91,16 +98,7 @@ async def matrix_answer(request: web.Request, text: str) -> web.StreamResponse:
     await asyncio.sleep(MATRIX_LATENCY)
     if mode == "immediate":
         return web.Response(body=audio, content_type=kind)
-    response = web.StreamResponse(headers={"Content-Type": kind})
-    response.enable_chunked_encoding()
-    await response.prepare(request)
-    step = -(-len(audio) // CHUNKS)
-    for i in range(CHUNKS):
-        if i:
-            await asyncio.sleep(MATRIX_INTERVAL)
-        await response.write(audio[i * step : (i + 1) * step])
-    await response.write_eof()
-    return response
+    return await streamed(request, audio, kind, MATRIX_INTERVAL)
 
 
 async def timed_matrix(
