@@ -17,6 +17,7 @@ Each stage decides with the pure functions of :mod:`proxy.core` and does only it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from .misses import Misses, Outgoing
 from .passthrough import PassThrough
 from .prepared_hit import is_plain
 from .savings import Savings
-from .segments import Segments
+from .segments import SegmentPlan, Segments
 from .sse import audio_type
 from .upstream import UpstreamClient
 from .websocket import WebSocketRelay, is_upgrade
@@ -154,11 +155,24 @@ class AudioProcessor:
         described = step.described
         characters = len(described.speech.text)
         stale = None
+        plan: SegmentPlan | None = None
         # An upstream credential not yet accepted gets no stored audio: its request goes
         # upstream with it (RFC 9111 §3.5), and a success lets it hit from then on.
         if step.directive is Directive.USE and verified:
+            planned = self.segments.plan(request, step, self.key_for)
+            if isinstance(planned, web.Response):
+                return planned, None
+            plan = planned
+            lookup = self.service.get_or_stale(described.key, hot_tried=hot_tried)
             try:
-                cached, stale = await self.service.get_or_stale(described.key, hot_tried=hot_tried)
+                if plan is None:
+                    cached, stale = await lookup
+                else:
+                    # The pieces are read with the whole text, in the same round trip: with
+                    # segments on, a text of several pieces is mostly stored as its pieces.
+                    (cached, stale), _ = await asyncio.gather(
+                        lookup, self.segments.read_stored(plan)
+                    )
             except RedisError as exc:
                 log.warning("cache read failed, going to the upstream: %s", exc)
                 METRICS.redis_errors.labels("get").inc()
@@ -184,9 +198,9 @@ class AudioProcessor:
         labels = self.labels_for(
             described.speech, step.rule, described.content_class, described.tenant
         )
-        if verified:  # stored pieces only for callers stored audio may be served to
+        if plan is not None:  # stored pieces only for callers stored audio may be served to
             joined = await self.segments.serve(
-                request, step, caller, labels, self.ttl_for(labels), started, self.key_for
+                request, step, plan, caller, labels, self.ttl_for(labels), started, self.key_for
             )
             if joined is not None:
                 status = CacheStatus.parse(joined.headers.get("Cache-Status", ""))
