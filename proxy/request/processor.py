@@ -163,16 +163,8 @@ class AudioProcessor:
             if isinstance(planned, web.Response):
                 return planned, None
             plan = planned
-            lookup = self.service.get_or_stale(described.key, hot_tried=hot_tried)
             try:
-                if plan is None:
-                    cached, stale = await lookup
-                else:
-                    # The pieces are read with the whole text, in the same round trip: with
-                    # segments on, a text of several pieces is mostly stored as its pieces.
-                    (cached, stale), _ = await asyncio.gather(
-                        lookup, self.segments.read_stored(plan)
-                    )
+                cached, stale = await self._look_up(described.key, plan, hot_tried=hot_tried)
             except RedisError as exc:
                 log.warning("cache read failed, going to the upstream: %s", exc)
                 METRICS.redis_errors.labels("get").inc()
@@ -249,6 +241,22 @@ class AudioProcessor:
         if result is Result.COALESCED and fill.status == 200:
             described.metrics.saved(characters)
         return response, result
+
+    async def _look_up(
+        self, key: CacheKey, plan: SegmentPlan | None, *, hot_tried: bool
+    ) -> tuple[CachedAudio | None, CachedAudio | None]:
+        """The whole text's entry (fresh, stale). A segment plan's pieces are read with it,
+        in the same round trip: with segments on, a text of several pieces is mostly stored
+        as its pieces, and its first byte should wait for one round trip, not two."""
+        lookup = self.service.get_or_stale(key, hot_tried=hot_tried)
+        if plan is None:
+            return await lookup
+        found = await asyncio.gather(lookup, *self.segments.reads(plan), return_exceptions=True)
+        for failed in found:  # raised once every read has ended: none may land later
+            if isinstance(failed, BaseException):
+                raise failed
+        whole: tuple[CachedAudio | None, CachedAudio | None] = found[0]
+        return whole
 
     def labels_for(
         self, speech: SpeechRequest, rule: RouteRule, content_class: str | None, tenant: str

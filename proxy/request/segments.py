@@ -20,7 +20,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -204,21 +204,21 @@ class Segments:
             pieces.append(_Piece(raw, text, key, storable(text, self.no_cache)))
         return SegmentPlan(fmt, pieces, namespace)
 
-    async def read_stored(self, plan: SegmentPlan) -> None:
-        """Every stored piece, read at once (with the whole text's lookup, when gathered
-        with it): one round trip's wait, not one per piece. Not counted until used."""
+    def reads(self, plan: SegmentPlan) -> list[Coroutine[Any, Any, None]]:
+        """A read of each storable piece, to be gathered with the whole text's lookup: the
+        reads of one event-loop turn leave in one write, so all wait one round trip.
+        Counted only once used (:meth:`serve`)."""
+        return [self._read(p) for p in plan.pieces if p.store]
 
-        async def read(piece: _Piece) -> None:
-            try:
-                cached = await self.service.peek(piece.key)
-            except RedisError as exc:
-                log.warning("cache read failed for a segment: %s", exc)
-                METRICS.redis_errors.labels("get").inc()
-                cached = None
-            if cached is not None:
-                piece.audio, piece.media_type, piece.result = cached.audio, cached.media_type, "hit"
-
-        await asyncio.gather(*(read(p) for p in plan.pieces if p.store))
+    async def _read(self, piece: _Piece) -> None:
+        try:
+            cached = await self.service.peek(piece.key)
+        except RedisError as exc:
+            log.warning("cache read failed for a segment: %s", exc)
+            METRICS.redis_errors.labels("get").inc()
+            cached = None
+        if cached is not None:
+            piece.audio, piece.media_type, piece.result = cached.audio, cached.media_type, "hit"
 
     async def serve(
         self,
@@ -231,7 +231,7 @@ class Segments:
         started: float,
         key_for: Any,
     ) -> web.StreamResponse | None:
-        """The answer joined from the plan's pieces (read by :meth:`read_stored`), or None
+        """The answer joined from the plan's pieces (read by :meth:`reads`), or None
         for the whole-text path."""
         pieces = plan.pieces
         for piece in pieces:
