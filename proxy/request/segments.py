@@ -1,17 +1,20 @@
 """Segments: a missed text answered piece by piece, stored pieces at once, the rest synthesized.
 
 Opt-in (``audio_cache_segments``: the setting, a route rule's ``segments``, a tenant
-policy, or the ``X-Audio-Cache-Segments`` header). When the whole text misses, it is cut
-into sentences or clauses (:mod:`proxy.core.segments`); each piece is the request the client
+policy, or the ``X-Audio-Cache-Segments`` header). A text is cut into sentences or clauses
+(:mod:`proxy.core.segments`) before it is looked up; each piece is the request the client
 would have sent with that piece as its text, so its key is that request's key and a
-one-sentence request shares its entry. Stored pieces are read; each missing piece is
-synthesized on its own through the miss machinery (coalesced with other requests and
-replicas, stored when admitted), at most ``segment_concurrency`` at once. Pieces go out in
-order as soon as each is ready, joined by :mod:`proxy.core.joining`.
+one-sentence request shares its entry. The stored pieces are read in the whole text's
+round trip; when the whole text misses, each missing piece is synthesized on its own
+through the miss machinery (coalesced with other requests and replicas, stored when
+admitted: not one-off, and missed ``segment_store_after_sightings`` times), at most
+``segment_concurrency`` at once, or with ``segment_miss_mode: runs`` a run of missing
+pieces is one upstream call and its pieces are rendered apart for the cache. Pieces go out
+in order as soon as each is ready, joined by :mod:`proxy.core.joining`; a leading stored
+piece is written before any synthesis starts.
 
 Only wav, mp3 and pcm answers are joined; for any other format, or a text that gives one
-piece, the request is served whole by the usual path.
-"""
+piece, the request is served whole by the usual path."""
 
 from __future__ import annotations
 
