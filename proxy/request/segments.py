@@ -65,8 +65,6 @@ _WHOLE_ANSWER_HEADERS = ("Range", "If-None-Match", "If-Modified-Since")
 # Where the answer's format is asked for, by the presets' APIs, and what each says.
 _FORMAT_FIELDS = ("json:response_format", "query:output_format", "json:output_format")
 _DEFAULT_FORMATS = {"openai": "mp3", "elevenlabs": "mp3", "elevenlabs-stream": "mp3"}
-# Where a piece's text can be put in place of the whole (a path or header text cannot).
-_REWRITABLE = ("json", "query", "form")
 
 
 def requested_format(
@@ -188,7 +186,6 @@ class Segments:
             mode == "off"
             or step.directive is not Directive.USE
             or request.method not in ("GET", "POST")
-            or step.rule.text.source not in _REWRITABLE
             or any(h in request.headers for h in _WHOLE_ANSWER_HEADERS)
         ):
             return None
@@ -196,6 +193,8 @@ class Segments:
         texts = split(step.described.speech.text, mode)
         if fmt is None or not 1 < len(texts) <= MAX_PIECES:
             return None
+        if _with_text(step.rule, step, texts[0]) is None:
+            return None  # a body this cannot rewrite: each piece's request is built from it
         namespace = self.tenants.namespace(step.described.tenant)
         speech = step.described.speech
         pieces = []
@@ -410,7 +409,7 @@ class _Work:
     def _outgoing(self, text: str) -> Outgoing:
         step, request, misses = self.step, self.request, self.segments.misses
         rewritten = _with_text(step.rule, step, text)
-        assert rewritten is not None  # plan() took only rules whose text it can rewrite
+        assert rewritten is not None  # plan() took only requests whose text it can rewrite
         if self._headers is None:
             forwarded = misses.access.forwarded(request.headers)
             self._headers = misses.upstream.outgoing_headers(forwarded, identity=True)
