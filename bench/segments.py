@@ -3,9 +3,22 @@
     python -m bench.segments [--answers 160] [--deadline 240]
 
 Replays one generated trace through the real proxy and the demo upstream (espeak-ng), on
-loopback, once per mode (off, sentence, clause), each on its own key prefix of one embedded
-Valkey, and prints characters sent upstream, upstream calls, the request hit ratio and the
-time to first byte (p50/p99) of all answers and of the partly cached ones.
+loopback, once per configuration, each on its own key prefix of one embedded Valkey:
+segments off, sentence and clause; sentence with a piece stored from its 2nd or 3rd miss
+(``segment_store_after_sightings``); sentence and clause with runs of missing pieces sent
+as one request (``segment_miss_mode: runs``). It prints characters sent upstream, upstream
+calls, the request hit ratio, entries and bytes stored, and the time to first byte
+(p50/p99) of all answers, of the partly cached ones, and of whole hits (the floor the
+client and the machine set, in the same run).
+
+Then what memcat's rules would bill on the same trace (offline: no audio): sentences cut
+into clauses at , ; : and dashes, clauses with digits, currency, emails, URLs or spelled
+codes never cached, a clause stored once 3 distinct conversations said it (captured when
+it was synthesized alone, else rendered once more), live clauses of a sentence sent as
+one run. memcat's own splitter and blocking rules are used when the ``memcat`` package
+can be imported (``pip install --no-deps memcat``: its full install brings Pipecat,
+onnxruntime and numba); otherwise an emulation of its published rules, and the table
+says which.
 
 The trace's assumptions (what a hotel voice agent says, as the design document describes
 it: mostly fixed sentences around a few dynamic ones):
@@ -25,15 +38,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
+import itertools
 import os
 import random
-import statistics
+import re
 import sys
 import textwrap
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
+import redis
 
 from proxy.core.segments import split, storable
 from proxy.store.embedded import EmbeddedValkey, free_port
@@ -116,16 +133,39 @@ def trace(answers: int, seed: int = 18) -> list[tuple[str, str]]:
     return out[:answers]
 
 
+@dataclass(frozen=True)
+class Config:
+    """One replay: a label and the proxy's settings for it."""
+
+    label: str
+    mode: str
+    settings: dict[str, str] = field(default_factory=dict)
+
+
+CONFIGS = (
+    Config("off", "off"),
+    Config("sentence", "sentence"),
+    Config("clause", "clause"),
+    Config("sentence, stored from 2nd miss", "sentence", {"SEGMENT_STORE_AFTER_SIGHTINGS": "2"}),
+    Config("sentence, stored from 3rd miss", "sentence", {"SEGMENT_STORE_AFTER_SIGHTINGS": "3"}),
+    Config("sentence, runs", "sentence", {"SEGMENT_MISS_MODE": "runs"}),
+    Config("clause, runs", "clause", {"SEGMENT_MISS_MODE": "runs"}),
+)
+
+
 @dataclass
 class Run:
-    mode: str
+    label: str
     ttfb_ms: list[float] = field(default_factory=list)
     partial_ttfb_ms: list[float] = field(default_factory=list)
     # Partial answers whose first piece was stored by an earlier answer.
     leading_ttfb_ms: list[float] = field(default_factory=list)
+    hit_ttfb_ms: list[float] = field(default_factory=list)
     x_cache: list[str] = field(default_factory=list)
     calls: int = 0
     characters: int = 0
+    entries: int = 0
+    stored_bytes: int = 0
 
 
 # The demo upstream in a process of its own, as in a deployment: its synthesis must not
@@ -152,19 +192,39 @@ UPSTREAM = textwrap.dedent(
 )
 
 
-async def replay(mode: str, texts: list[tuple[str, str]], store_url: str, deadline_s: float) -> Run:
+def _stored(store_url: str, prefix: str) -> tuple[int, int]:
+    """Entries under ``prefix`` and the bytes Valkey holds for them (MEMORY USAGE)."""
+    client = redis.Redis.from_url(store_url)
+    try:
+        entries = used = 0
+        for name in client.scan_iter(match=f"{prefix}:*:e:*", count=500):
+            entries += 1
+            used += int(client.memory_usage(name, samples=0) or 0)
+            if entries >= 100_000:
+                break
+        return entries, used
+    finally:
+        client.close()
+
+
+async def replay(
+    config: Config, texts: list[tuple[str, str]], store_url: str, deadline_s: float
+) -> Run:
     up_port, proxy_port = free_port(), free_port()
     up_url = f"http://127.0.0.1:{up_port}"
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-c", UPSTREAM, str(up_port), env={**os.environ, "PYTHONPATH": ROOT}
     )
+    prefix = f"bseg-{len(config.label)}-{time.time_ns() % 10**9}"
     settings = {
         "CLIENT_AUTH": "none",
-        "AUDIO_CACHE_SEGMENTS": mode,
-        "AUDIO_CACHE_KEY_PREFIX": f"bseg-{mode}-{time.time_ns() % 10**9}",
+        "AUDIO_CACHE_SEGMENTS": config.mode,
+        "AUDIO_CACHE_KEY_PREFIX": prefix,
+        **config.settings,
     }
     proxy: asyncio.subprocess.Process | None = None
-    run = Run(mode)
+    run = Run(config.label)
+    mode = config.mode
     try:
         await until_ok(up_url + "/bench/counts", within=20, process=process)
         # The proxy in a process of its own too: the client's time is not the proxy's.
@@ -192,6 +252,8 @@ async def replay(mode: str, texts: list[tuple[str, str]], store_url: str, deadli
                 run.ttfb_ms.append(ttfb)
                 run.x_cache.append(x_cache)
                 first = split(text, "sentence" if mode == "off" else mode)[0].strip()  # type: ignore[arg-type]
+                if x_cache == "HIT":
+                    run.hit_ttfb_ms.append(ttfb)
                 if x_cache == "PARTIAL":
                     run.partial_ttfb_ms.append(ttfb)
                     if (voice, first) in seen and storable(first):
@@ -205,39 +267,165 @@ async def replay(mode: str, texts: list[tuple[str, str]], store_url: str, deadli
                 child.terminate()
                 await child.wait()
     run.calls, run.characters = counted["calls"], counted["characters"]
+    run.entries, run.stored_bytes = _stored(store_url, prefix)
     return run
+
+
+# -- memcat's rules, offline -----------------------------------------------------------
+
+
+def _memcat_chunker() -> Any:
+    """memcat's pure splitter module, loaded alone (its package imports Pipecat), or None."""
+    spec = importlib.util.find_spec("memcat")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(next(iter(spec.submodule_search_locations)), "core", "chunker.py")
+    if not os.path.exists(path):
+        return None
+    loaded = importlib.util.spec_from_file_location("memcat_chunker", path)
+    if loaded is None or loaded.loader is None:
+        return None
+    module = importlib.util.module_from_spec(loaded)
+    sys.modules[loaded.name] = module  # its dataclasses look their module up there
+    loaded.loader.exec_module(module)
+    return module
+
+
+_DASHES = "\u2014\u2013"  # em and en dash
+_CLAUSE_CUT = re.compile(rf"[,;:](?=\s)\s*|(?<!\s)\s+[{_DASHES}-]\s+|[{_DASHES}]")
+_SPELLED = re.compile(r"\b(?:[A-Z]\s){2,}[A-Z]\b|\b[A-Z]{5,}\b")
+
+
+def _emulated_clauses(sentence: str) -> list[tuple[str, bool]]:
+    """memcat's published rules as this bench reads them: cut after , ; : and dashes, a
+    clause of under 3 words joins its neighbour, never cached with a digit, a currency
+    sign, an email, a URL or a spelled code."""
+    bounds = [0, *(m.end() for m in _CLAUSE_CUT.finditer(sentence)), len(sentence)]
+    pieces = [sentence[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+    merged: list[str] = []
+    for piece in pieces:
+        if merged and len(merged[-1].split()) < 3:
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    if len(merged) > 1 and len(merged[-1].split()) < 3:
+        merged[-2] += merged.pop()
+    return [(c, storable(c) and not _SPELLED.search(c)) for c in merged]
+
+
+@dataclass
+class Billed:
+    label: str
+    characters: int = 0
+    calls: int = 0
+    answers: int = 0
+    hits: int = 0
+    partial: int = 0
+    entries: int = 0
+
+
+def _bill_run(
+    billed: Billed,
+    run: list[tuple[str, bool]],
+    voice: str,
+    call: int,
+    stored: set[tuple[str, str]],
+    said_in: dict[tuple[str, str], set[int]],
+    admit_after: int,
+) -> None:
+    """One live run of a sentence's clauses: one call, and its clauses' admission."""
+    if not run:
+        return
+    billed.characters += len("".join(c for c, _ in run).strip())
+    billed.calls += 1
+    for clause, cacheable in run:
+        key = (voice, clause.strip())
+        if not cacheable or key in stored:
+            continue
+        said_in.setdefault(key, set()).add(call)
+        if len(said_in[key]) >= admit_after:
+            stored.add(key)
+            if len(run) > 1:  # not captured from a call of its own: rendered apart
+                billed.characters += len(key[1])
+                billed.calls += 1
+
+
+def memcat_bill(texts: list[tuple[str, str]], admit_after: int = 3) -> Billed:
+    """What memcat's splitting and admission bill on the trace (no audio, no timing)."""
+    chunker = _memcat_chunker()
+    label = "memcat (its splitter)" if chunker is not None else "memcat (emulated rules)"
+    billed = Billed(label)
+    stored: set[tuple[str, str]] = set()
+    said_in: dict[tuple[str, str], set[int]] = {}
+    for n, (voice, text) in enumerate(texts):
+        call = n // 4  # one conversation: the trace's 4 answers in one language
+        billed.answers += 1
+        cached = live = 0
+        for sentence in split(text, "sentence"):
+            if chunker is not None:
+                clauses = [(c.text, c.cacheable) for c in chunker.split(sentence)]
+            else:
+                clauses = _emulated_clauses(sentence)
+            run: list[tuple[str, bool]] = []
+            for clause, cacheable in clauses:
+                if cacheable and (voice, clause.strip()) in stored:
+                    _bill_run(billed, run, voice, call, stored, said_in, admit_after)
+                    run = []
+                    cached += 1
+                else:
+                    run.append((clause, cacheable))
+                    live += 1
+            _bill_run(billed, run, voice, call, stored, said_in, admit_after)
+        if cached and not live:
+            billed.hits += 1
+        elif cached:
+            billed.partial += 1
+    billed.entries = len(stored)
+    return billed
 
 
 async def main(answers: int, deadline_s: float) -> None:
     texts = trace(answers)
     total = sum(len(t) for _, t in texts)
+    load_before = os.getloadavg()[0]
     runs = []
     with EmbeddedValkey() as store:
-        for mode in ("off", "sentence", "clause"):
-            runs.append(await replay(mode, texts, store.url, deadline_s))
+        for config in CONFIGS:
+            runs.append(await replay(config, texts, store.url, deadline_s))
+    load_after = os.getloadavg()[0]
     base = runs[0].characters or 1
-    print(f"{answers} answers, {total} characters requested")
     print(
-        "| mode | answers | upstream chars | vs off | upstream calls | hit ratio | partial | "
-        "TTFB p50 / p99 ms | partial TTFB p50 / p99 ms | stored first piece: n, p50 / p99 |"
+        f"{answers} answers, {total} characters requested; "
+        f"load average {load_before:.1f} before, {load_after:.1f} after"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| configuration | upstream chars | vs off | upstream calls | hit ratio | partial | "
+        "entries, KB stored | TTFB p50 / p99 ms | partial TTFB p50 / p99 ms | "
+        "stored first piece: n, p50 / p99 ms | whole hits: p50 ms |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for run in runs:
         n = len(run.x_cache) or 1
         hits = run.x_cache.count("HIT") / n
         partial = run.x_cache.count("PARTIAL") / n
         print(
-            f"| {run.mode} | {len(run.x_cache)} | {run.characters} | "
+            f"| {run.label} | {run.characters} | "
             f"{100 * (run.characters / base - 1):+.0f}% | {run.calls} | {hits:.0%} | "
-            f"{partial:.0%} | {quantile(run.ttfb_ms, 0.5):.1f} / {quantile(run.ttfb_ms, 0.99):.1f}"
+            f"{partial:.0%} | {run.entries}, {run.stored_bytes / 1024:.0f} | "
+            f"{quantile(run.ttfb_ms, 0.5):.1f} / {quantile(run.ttfb_ms, 0.99):.1f}"
             f" | {quantile(run.partial_ttfb_ms, 0.5):.1f} / "
             f"{quantile(run.partial_ttfb_ms, 0.99):.1f} | {len(run.leading_ttfb_ms)}, "
             f"{quantile(run.leading_ttfb_ms, 0.5):.1f} / "
-            f"{quantile(run.leading_ttfb_ms, 0.99):.1f} |"
+            f"{quantile(run.leading_ttfb_ms, 0.99):.1f} | "
+            f"{quantile(run.hit_ttfb_ms, 0.5):.1f} |"
         )
-    if runs[1].partial_ttfb_ms:
-        mean = statistics.mean(runs[1].partial_ttfb_ms)
-        print(f"sentence mode, partial answers: mean TTFB {mean:.1f} ms")
+    billed = memcat_bill(texts)
+    n = billed.answers or 1
+    print(
+        f"| {billed.label} | {billed.characters} | "
+        f"{100 * (billed.characters / base - 1):+.0f}% | {billed.calls} | {billed.hits / n:.0%} | "
+        f"{billed.partial / n:.0%} | {billed.entries}, - | - | - | - | - |"
+    )
 
 
 if __name__ == "__main__":

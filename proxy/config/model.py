@@ -15,6 +15,7 @@ from typing import Any
 from ..core.clients import SDK_KEY_HEADERS
 from ..core.joining import DEFAULT_PAUSE_MS
 from ..core.routes import RouteRule, build_rules
+from ..core.segments import MISS_MODES as SEGMENT_MISS_MODES
 from ..core.segments import MODES as SEGMENT_MODES
 from ..core.tenants import TenantPolicy, Tenants
 
@@ -323,6 +324,20 @@ class Settings:
     segment_concurrency: int = _setting(
         4, "Missing pieces of one answer synthesized at once.", lo=1, hi=64
     )
+    segment_store_after_sightings: int = _setting(
+        1, "A piece is stored from the request that misses it this many times (counted "
+        "across replicas); 1: at its first miss.", lo=1, hi=1000,
+    )  # fmt: skip
+    segment_sightings_window_seconds: int = _setting(
+        86400, "How long a piece's misses are remembered for segment_store_after_sightings.",
+        lo=1, hi=31536000,
+    )  # fmt: skip
+    segment_miss_mode: str = _setting(
+        "pieces", "pieces (each missing piece its own upstream call, stored) or runs (a run "
+        "of missing pieces is one call for the answer; its pieces are rendered apart for "
+        "the cache).",
+        choices=SEGMENT_MISS_MODES,
+    )  # fmt: skip
     event_loop: str = _setting(
         "asyncio", "The event loop of serve: asyncio's own, or uvloop (pip install uvloop).",
         choices=("asyncio", "uvloop"),

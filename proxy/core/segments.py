@@ -21,6 +21,10 @@ from typing import Literal
 
 SegmentMode = Literal["off", "sentence", "clause"]
 MODES: tuple[SegmentMode, ...] = ("off", "sentence", "clause")
+# How the missing pieces of an answer go upstream: one call each, or one call per run of
+# consecutive missing pieces (docs/segments.md has the figures of both).
+MissMode = Literal["pieces", "runs"]
+MISS_MODES: tuple[MissMode, ...] = ("pieces", "runs")
 
 # A piece with fewer letters and digits than this joins a neighbour: "Sí." or "Yes," alone
 # would be an entry (and an upstream call) for almost no sound.
@@ -243,3 +247,15 @@ def storable(piece: str, no_cache: Sequence[re.Pattern[str]] = ()) -> bool:
     if any(unicodedata.category(c) == "Sc" for c in piece):
         return False
     return not any(p.search(piece) for p in (*_ONE_OFF, *no_cache))
+
+
+def parts(missing: Sequence[bool], mode: MissMode) -> list[tuple[int, ...]]:
+    """How an answer's pieces (by index, in order) go out: each stored piece alone; each
+    missing piece alone (``pieces``), or consecutive missing ones as one run (``runs``)."""
+    out: list[tuple[int, ...]] = []
+    for i, miss in enumerate(missing):
+        if mode == "runs" and miss and out and missing[out[-1][-1]]:
+            out[-1] = (*out[-1], i)
+        else:
+            out.append((i,))
+    return out

@@ -186,7 +186,8 @@ def _build() -> Metrics:
         ),
         segment_pieces=Counter(
             "tts_proxy_segment_pieces_total",
-            "Pieces of segmented answers, by result (hit, miss, coalesced, one_off, failed)",
+            "Pieces of segmented answers, by result (hit, miss, coalesced, one_off, sighted, "
+            "failed)",
             ["result"],
         ),
         segment_characters_saved=Counter(

@@ -99,18 +99,18 @@ class Misses:
         *,
         credential: str | None = None,
         private: bool = False,
-        store: bool = True,
+        not_stored: str | None = None,
     ) -> tuple[Fill, bool]:
         """Join the fill in flight for ``key`` (False), or start one (True): identical
         misses, in this process or on any replica, make one upstream call. A ``private``
         fill (an upstream credential not yet accepted) is shared only by requests with the
         same credential, here and on other replicas, and never settles for a stored
         answer: no one gets audio through another caller's call unless the upstream
-        accepted their own credential. Without ``store`` (a one-off segment) the answer
-        is streamed and never stored."""
+        accepted their own credential. With a ``not_stored`` reason (a one-off segment,
+        say) the answer is streamed and never stored, and the reason is counted."""
 
         async def lead(fill: Fill) -> None:
-            await self._run(fill, rule, outgoing, key, labels, ttl, started, credential, store)
+            await self._run(fill, rule, outgoing, key, labels, ttl, started, credential, not_stored)
 
         sse = outgoing.sse_media_type is not None
         flight = sse_form.flight_key(key) if sse else key
@@ -121,7 +121,7 @@ class Misses:
                 await lead(fill)
                 return
             # A refresh must reach the upstream, so it never settles for a stored answer.
-            use = directive is Directive.USE and not private and not sse and store
+            use = directive is Directive.USE and not private and not sse and not not_stored
             recheck = self.service.fetch_fresh if use else None
             await self.flights.run(fill, flight, lead, recheck=recheck, entry=key)
 
@@ -137,7 +137,7 @@ class Misses:
         ttl: int,
         started: float,
         credential: str | None,
-        store: bool = True,
+        not_stored: str | None = None,
     ) -> None:
         t0 = time.perf_counter()
         try:
@@ -205,8 +205,8 @@ class Misses:
                 pcm_types=rule.pcm_types,
                 json_audio=rule.expected_audio(outgoing.query, outgoing.body),
             )
-        if refusal is None and not store:
-            refusal = "one_off_segment"
+        if refusal is None:
+            refusal = not_stored
         if refusal is not None:
             METRICS.not_stored.labels(refusal).inc()
             METRICS.operations.labels("set", "skipped").inc()

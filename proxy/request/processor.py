@@ -17,6 +17,7 @@ Each stage decides with the pure functions of :mod:`proxy.core` and does only it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from .misses import Misses, Outgoing
 from .passthrough import PassThrough
 from .prepared_hit import is_plain
 from .savings import Savings
-from .segments import Segments
+from .segments import SegmentPlan, Segments
 from .sse import audio_type
 from .upstream import UpstreamClient
 from .websocket import WebSocketRelay, is_upgrade
@@ -154,11 +155,16 @@ class AudioProcessor:
         described = step.described
         characters = len(described.speech.text)
         stale = None
+        plan: SegmentPlan | None = None
         # An upstream credential not yet accepted gets no stored audio: its request goes
         # upstream with it (RFC 9111 §3.5), and a success lets it hit from then on.
         if step.directive is Directive.USE and verified:
+            planned = self.segments.plan(request, step, self.key_for)
+            if isinstance(planned, web.Response):
+                return planned, None
+            plan = planned
             try:
-                cached, stale = await self.service.get_or_stale(described.key, hot_tried=hot_tried)
+                cached, stale = await self._look_up(described.key, plan, hot_tried=hot_tried)
             except RedisError as exc:
                 log.warning("cache read failed, going to the upstream: %s", exc)
                 METRICS.redis_errors.labels("get").inc()
@@ -184,9 +190,9 @@ class AudioProcessor:
         labels = self.labels_for(
             described.speech, step.rule, described.content_class, described.tenant
         )
-        if verified:  # stored pieces only for callers stored audio may be served to
+        if plan is not None:  # stored pieces only for callers stored audio may be served to
             joined = await self.segments.serve(
-                request, step, caller, labels, self.ttl_for(labels), started, self.key_for
+                request, step, plan, caller, labels, self.ttl_for(labels), started, self.key_for
             )
             if joined is not None:
                 status = CacheStatus.parse(joined.headers.get("Cache-Status", ""))
@@ -235,6 +241,22 @@ class AudioProcessor:
         if result is Result.COALESCED and fill.status == 200:
             described.metrics.saved(characters)
         return response, result
+
+    async def _look_up(
+        self, key: CacheKey, plan: SegmentPlan | None, *, hot_tried: bool
+    ) -> tuple[CachedAudio | None, CachedAudio | None]:
+        """The whole text's entry (fresh, stale). A segment plan's pieces are read with it,
+        in the same round trip: with segments on, a text of several pieces is mostly stored
+        as its pieces, and its first byte should wait for one round trip, not two."""
+        lookup = self.service.get_or_stale(key, hot_tried=hot_tried)
+        if plan is None:
+            return await lookup
+        found = await asyncio.gather(lookup, *self.segments.reads(plan), return_exceptions=True)
+        for failed in found:  # raised once every read has ended: none may land later
+            if isinstance(failed, BaseException):
+                raise failed
+        whole: tuple[CachedAudio | None, CachedAudio | None] = found[0]
+        return whole
 
     def labels_for(
         self, speech: SpeechRequest, rule: RouteRule, content_class: str | None, tenant: str

@@ -1,17 +1,20 @@
 """Segments: a missed text answered piece by piece, stored pieces at once, the rest synthesized.
 
 Opt-in (``audio_cache_segments``: the setting, a route rule's ``segments``, a tenant
-policy, or the ``X-Audio-Cache-Segments`` header). When the whole text misses, it is cut
-into sentences or clauses (:mod:`proxy.core.segments`); each piece is the request the client
+policy, or the ``X-Audio-Cache-Segments`` header). A text is cut into sentences or clauses
+(:mod:`proxy.core.segments`) before it is looked up; each piece is the request the client
 would have sent with that piece as its text, so its key is that request's key and a
-one-sentence request shares its entry. Stored pieces are read; each missing piece is
-synthesized on its own through the miss machinery (coalesced with other requests and
-replicas, stored when admitted), at most ``segment_concurrency`` at once. Pieces go out in
-order as soon as each is ready, joined by :mod:`proxy.core.joining`.
+one-sentence request shares its entry. The stored pieces are read in the whole text's
+round trip; when the whole text misses, each missing piece is synthesized on its own
+through the miss machinery (coalesced with other requests and replicas, stored when
+admitted: not one-off, and missed ``segment_store_after_sightings`` times), at most
+``segment_concurrency`` at once, or with ``segment_miss_mode: runs`` a run of missing
+pieces is one upstream call and its pieces are rendered apart for the cache. Pieces go out
+in order as soon as each is ready, joined by :mod:`proxy.core.joining`; a leading stored
+piece is written before any synthesis starts.
 
 Only wav, mp3 and pcm answers are joined; for any other format, or a text that gives one
-piece, the request is served whole by the usual path.
-"""
+piece, the request is served whole by the usual path."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -33,14 +36,23 @@ from ..core.keys import CacheKey
 from ..core.outcomes import segments_status
 from ..core.policy import Directive
 from ..core.request_json import BadJSON, load_object
-from ..core.routes import RouteRule, SpeechRequest
-from ..core.segments import SegmentMode, compile_patterns, parse_mode, split, storable
+from ..core.routes import RouteRule
+from ..core.segments import (
+    MissMode,
+    SegmentMode,
+    compile_patterns,
+    parse_mode,
+    parts,
+    split,
+    storable,
+)
 from ..observability.access_log import tag
 from ..observability.metrics import METRICS
 from ..store.service import AudioCacheService, EntryLabels
 from .access import Caller
 from .classify import Speech
 from .errors import json_error
+from .fill import Fill
 from .misses import Misses, Outgoing
 
 log = logging.getLogger(__name__)
@@ -101,13 +113,37 @@ def _with_text(rule: RouteRule, step: Speech, text: str) -> tuple[bytes, str] | 
 
 @dataclasses.dataclass
 class _Piece:
+    raw: str  # the piece as cut, with the whitespace around it
     text: str  # what is synthesized: the piece without its surrounding whitespace
     key: CacheKey
-    outgoing: Outgoing
-    store: bool
+    store: bool  # False: it looks one-off (a figure, an address...)
     audio: bytes | None = None
     media_type: str = ""
     result: str = "miss"
+    not_stored: str | None = None  # why its synthesis is not stored
+
+
+@dataclasses.dataclass
+class _Part:
+    """What is spliced in as one: a piece, or (``runs``) consecutive missing pieces that
+    one upstream call synthesizes together."""
+
+    pieces: list[_Piece]
+    audio: bytes | None = None
+    media_type: str = ""
+
+    @property
+    def text(self) -> str:
+        return "".join(p.raw for p in self.pieces).strip()
+
+
+@dataclasses.dataclass
+class SegmentPlan:
+    """A request to be answered from pieces, if its whole text misses."""
+
+    fmt: tuple[Joinable, PcmFormat]
+    pieces: list[_Piece]
+    namespace: str
 
 
 class Segments:
@@ -120,6 +156,8 @@ class Segments:
         self.tenants = settings.tenancy
         self.no_cache = compile_patterns(settings.segment_no_cache_patterns)
         self.default: SegmentMode = parse_mode(settings.audio_cache_segments) or "off"
+        self.miss_mode: MissMode = "runs" if settings.segment_miss_mode == "runs" else "pieces"
+        self.sightings = settings.segment_store_after_sightings
 
     def mode(
         self, request: web.Request, rule: RouteRule, tenant: str
@@ -136,17 +174,11 @@ class Segments:
         policy = self.tenants.policy(tenant).audio_cache_segments
         return parse_mode(policy) or rule.segments or self.default
 
-    async def serve(
-        self,
-        request: web.Request,
-        step: Speech,
-        caller: Caller,
-        labels: EntryLabels,
-        ttl: int,
-        started: float,
-        key_for: Any,
-    ) -> web.StreamResponse | None:
-        """The answer joined from pieces, or None for the whole-text path."""
+    def plan(
+        self, request: web.Request, step: Speech, key_for: Any
+    ) -> SegmentPlan | web.Response | None:
+        """The pieces of a request that may be answered from them (their keys only: their
+        upstream requests are built when they miss), or None for the whole-text path."""
         mode = self.mode(request, step.rule, step.described.tenant)
         if isinstance(mode, web.Response):
             return mode
@@ -161,10 +193,52 @@ class Segments:
         texts = split(step.described.speech.text, mode)
         if fmt is None or not 1 < len(texts) <= MAX_PIECES:
             return None
-        pieces = self._pieces(request, step, texts, key_for)
-        if pieces is None:
-            return None
-        await self._read_stored(pieces)
+        if _with_text(step.rule, step, texts[0]) is None:
+            return None  # a body this cannot rewrite: each piece's request is built from it
+        namespace = self.tenants.namespace(step.described.tenant)
+        speech = step.described.speech
+        pieces = []
+        for raw in texts:
+            text = raw.strip()
+            if not text:
+                return None
+            key = key_for(dataclasses.replace(speech, text=text), namespace)
+            pieces.append(_Piece(raw, text, key, storable(text, self.no_cache)))
+        return SegmentPlan(fmt, pieces, namespace)
+
+    def reads(self, plan: SegmentPlan) -> list[Coroutine[Any, Any, None]]:
+        """A read of each storable piece, to be gathered with the whole text's lookup: the
+        reads of one event-loop turn leave in one write, so all wait one round trip.
+        Counted only once used (:meth:`serve`)."""
+        return [self._read(p) for p in plan.pieces if p.store]
+
+    async def _read(self, piece: _Piece) -> None:
+        try:
+            cached = await self.service.peek(piece.key)
+        except RedisError as exc:
+            log.warning("cache read failed for a segment: %s", exc)
+            METRICS.redis_errors.labels("get").inc()
+            cached = None
+        if cached is not None:
+            piece.audio, piece.media_type, piece.result = cached.audio, cached.media_type, "hit"
+
+    async def serve(
+        self,
+        request: web.Request,
+        step: Speech,
+        plan: SegmentPlan,
+        caller: Caller,
+        labels: EntryLabels,
+        ttl: int,
+        started: float,
+        key_for: Any,
+    ) -> web.StreamResponse | None:
+        """The answer joined from the plan's pieces (read by :meth:`reads`), or None
+        for the whole-text path."""
+        pieces = plan.pieces
+        for piece in pieces:
+            if piece.store:
+                self.service.count_lookup(piece.key, hit=piece.audio is not None)
         missing = [p for p in pieces if p.audio is None]
         characters = sum(len(p.text) for p in missing)
         refused = await self.misses.access.charge(caller, step.described.tenant, characters)
@@ -173,158 +247,236 @@ class Segments:
         saved = sum(len(p.text) for p in pieces if p.audio is not None)
         if saved:
             METRICS.segment_characters_saved.inc(saved)
-        limit = asyncio.Semaphore(self.settings.segment_concurrency)
-        tasks: list[asyncio.Task[None] | None] = []
-
-        def synthesize_missing() -> None:
-            tasks.extend(
-                asyncio.create_task(
-                    self._synthesize(p, step.rule, labels, ttl, started, caller, limit)
-                )
-                if p.audio is None
-                else None
-                for p in pieces
-            )
-
+        grouped = [
+            _Part([pieces[i] for i in indexes])
+            for indexes in parts([p.audio is None for p in pieces], self.miss_mode)
+        ]
+        for part in grouped:
+            if len(part.pieces) == 1 and part.pieces[0].audio is not None:
+                part.audio, part.media_type = part.pieces[0].audio, part.pieces[0].media_type
+        work = _Work(
+            self, request, step, plan, caller, labels, ttl, started, key_for, grouped, missing
+        )
         try:
-            return await self._stream(
-                request, step, pieces, synthesize_missing, tasks, fmt, started
-            )
+            return await self._stream(request, step, work, plan.fmt)
         finally:
-            for task in tasks:
-                if task is not None and not task.done():
-                    task.cancel()
-
-    def _pieces(
-        self, request: web.Request, step: Speech, texts: tuple[str, ...], key_for: Any
-    ) -> list[_Piece] | None:
-        namespace = self.tenants.namespace(step.described.tenant)
-        pieces = []
-        for raw in texts:
-            text = raw.strip()
-            rewritten = _with_text(step.rule, step, text)
-            if rewritten is None or not text:
-                return None
-            body, query = rewritten
-            speech: SpeechRequest = dataclasses.replace(step.described.speech, text=text)
-            outgoing = Outgoing(
-                method=request.method,
-                path=request.rel_url.raw_path,
-                query=query,
-                headers=self.misses.upstream.outgoing_headers(
-                    self.misses.access.forwarded(request.headers), identity=True
-                ),
-                body=body,
-            )
-            store = storable(text, self.no_cache)
-            pieces.append(_Piece(text, key_for(speech, namespace), outgoing, store))
-        return pieces
-
-    async def _read_stored(self, pieces: list[_Piece]) -> None:
-        """Every stored piece, read at once: one round trip's wait, not one per piece."""
-
-        async def read(piece: _Piece) -> None:
-            try:
-                cached = self.service.hot_hit(piece.key)
-                if cached is None:
-                    cached, _ = await self.service.get_or_stale(piece.key, hot_tried=True)
-            except RedisError as exc:
-                log.warning("cache read failed for a segment: %s", exc)
-                METRICS.redis_errors.labels("get").inc()
-                cached = None
-            if cached is not None:
-                piece.audio, piece.media_type, piece.result = cached.audio, cached.media_type, "hit"
-
-        await asyncio.gather(*(read(p) for p in pieces if p.store))
-
-    async def _synthesize(
-        self,
-        piece: _Piece,
-        rule: RouteRule,
-        labels: EntryLabels,
-        ttl: int,
-        started: float,
-        caller: Caller,
-        limit: asyncio.Semaphore,
-    ) -> None:
-        async with limit:
-            fill, leader = self.misses.start(
-                rule,
-                piece.key,
-                piece.outgoing,
-                labels,
-                ttl,
-                Directive.USE,
-                started,
-                credential=caller.credential,
-                store=piece.store,
-            )
-            with fill.reader():
-                await fill.wait_done()
-        if fill.status != 200 or not fill.complete:
-            piece.result = "failed"
-            return
-        piece.audio = fill.body()
-        piece.media_type = dict((k.lower(), v) for k, v in fill.headers).get("content-type", "")
-        collapsed = not leader or fill.origin != "upstream"
-        piece.result = "one_off" if not piece.store else "coalesced" if collapsed else "miss"
+            work.cancel()
 
     async def _stream(
         self,
         request: web.Request,
         step: Speech,
-        pieces: list[_Piece],
-        synthesize_missing: Callable[[], None],
-        tasks: list[asyncio.Task[None] | None],
+        work: _Work,
         fmt: tuple[Joinable, PcmFormat],
-        started: float,
     ) -> web.StreamResponse | None:
-        """Write the pieces in order. A leading stored piece goes out before any synthesis
+        """Write the parts in order. A leading stored piece goes out before any synthesis
         starts: the upstream calls' own work must not delay the first byte."""
-        if pieces[0].audio is None:
-            synthesize_missing()
+        grouped = work.parts
+        if grouped[0].audio is None:
+            work.start()
         kind, pcm = fmt
         splicer = Splicer(kind, self.settings.segment_pause_ms, pcm)
-        hits = sum(p.result == "hit" for p in pieces)
-        status = segments_status(len(pieces), hits)
+        hits = sum(p.result == "hit" for p in work.plan.pieces)
+        status = segments_status(len(work.plan.pieces), hits)
         response: web.StreamResponse | None = None
-        for index, piece in enumerate(pieces):
-            task = tasks[index] if tasks else None
-            if task is not None:
-                await task
-            METRICS.segment_pieces.labels(piece.result).inc()
-            if piece.audio is None or joinable(piece.media_type) != kind:
+        for index, part in enumerate(grouped):
+            await work.ready(index)
+            for piece in part.pieces:
+                METRICS.segment_pieces.labels(piece.result).inc()
+            if part.audio is None or joinable(part.media_type) != kind:
                 if response is None:
-                    if piece.audio is not None:
+                    if part.audio is not None:
                         return None  # not the format it asked for: served whole instead
                     return json_error(502, "the upstream failed to synthesize a segment")
                 break
             try:
-                data = splicer.first(piece.audio) if index == 0 else splicer.then(piece.audio)
+                data = splicer.first(part.audio) if index == 0 else splicer.then(part.audio)
             except NotJoinable as exc:
                 log.warning("segments of %s not joined: %s", step.described.key.hex[:12], exc)
                 if response is None:
                     return None
                 break
             if response is None:
-                response = web.StreamResponse(status=200)
-                response.content_type = piece.media_type.split(";")[0]
+                response = _Joined(status=200)
+                response.content_type = part.media_type.split(";")[0]
                 response.headers["Cache-Status"] = status.render()
                 response.headers["X-Cache"] = status.x_cache
                 response.headers["X-Audio-Cache-Key"] = step.described.key.hex
                 tag(request, response)
                 await response.prepare(request)
+                await response.write(data)
                 METRICS.time_to_first_byte.labels(step.rule.name).observe(
-                    time.perf_counter() - started
+                    time.perf_counter() - work.started
                 )
+                work.start()  # a no-op when the first part had to be synthesized
+                continue
             await response.write(data)
-            if not tasks:
-                synthesize_missing()
         else:
             assert response is not None
+            await work.rendered()
             await response.write_eof()
             return response
-        # A piece failed after the answer began: close, so the client sees it cut short.
+        # A part failed after the answer began: close, so the client sees it cut short.
         if request.transport is not None:
             request.transport.close()
         return response
+
+
+class _Joined(web.StreamResponse):
+    """A joined answer: its headers leave with its first piece, in one write, not alone
+    before it (aiohttp's stream responses send them at ``prepare``)."""
+
+    _send_headers_immediately = False
+
+
+class _Work:
+    """The synthesis of one answer's missing parts: started once, awaited part by part."""
+
+    def __init__(
+        self,
+        segments: Segments,
+        request: web.Request,
+        step: Speech,
+        plan: SegmentPlan,
+        caller: Caller,
+        labels: EntryLabels,
+        ttl: int,
+        started: float,
+        key_for: Any,
+        grouped: list[_Part],
+        missing: list[_Piece],
+    ) -> None:
+        self.segments = segments
+        self.request = request
+        self.step = step
+        self.plan = plan
+        self.caller = caller
+        self.labels = labels
+        self.ttl = ttl
+        self.started = started
+        self.key_for = key_for
+        self.parts = grouped
+        self.missing = missing
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.renders: list[asyncio.Task[None]] = []
+        self.limit = asyncio.Semaphore(segments.settings.segment_concurrency)
+        self.counted: asyncio.Future[None] | None = None
+        self._headers: Any = None
+
+    def start(self) -> None:
+        if self.counted is not None:
+            return
+        self.counted = asyncio.ensure_future(self._count_sightings())
+        for index, part in enumerate(self.parts):
+            if part.audio is None:
+                self.tasks[index] = asyncio.create_task(self._synthesize(part))
+
+    async def ready(self, index: int) -> None:
+        task = self.tasks.get(index)
+        if task is not None:
+            await task
+
+    async def rendered(self) -> None:
+        """Until the pieces a run synthesized for the answer are rendered for the cache."""
+        if self.renders:
+            await asyncio.gather(*self.renders, return_exceptions=True)
+
+    def cancel(self) -> None:
+        for task in (*self.tasks.values(), *self.renders):
+            if not task.done():
+                task.cancel()
+        if self.counted is not None and not self.counted.done():
+            self.counted.cancel()
+
+    async def _count_sightings(self) -> None:
+        """Which storable missing pieces are stored now: from their Nth miss on, counted
+        across replicas (``segment_store_after_sightings``; 1 stores at the first)."""
+        needed = self.segments.sightings
+        counted = [p for p in self.missing if p.store]
+        if needed <= 1 or not counted:
+            return
+        window = self.segments.settings.segment_sightings_window_seconds
+        try:
+            seen = await self.segments.service.count_sightings([p.key for p in counted], window)
+        except RedisError as exc:  # the store is failing: store as at the first sighting
+            log.warning("segment sightings not counted: %s", exc)
+            METRICS.redis_errors.labels("set").inc()
+            return
+        for piece, times in zip(counted, seen, strict=True):
+            if times < needed:
+                piece.not_stored = "segment_sightings"
+
+    def _outgoing(self, text: str) -> Outgoing:
+        step, request, misses = self.step, self.request, self.segments.misses
+        rewritten = _with_text(step.rule, step, text)
+        assert rewritten is not None  # plan() took only requests whose text it can rewrite
+        if self._headers is None:
+            forwarded = misses.access.forwarded(request.headers)
+            self._headers = misses.upstream.outgoing_headers(forwarded, identity=True)
+        body, query = rewritten
+        return Outgoing(request.method, request.rel_url.raw_path, query, self._headers, body)
+
+    async def _fill(self, text: str, key: CacheKey, not_stored: str | None) -> tuple[Fill, bool]:
+        """Synthesize ``text`` through the miss path (coalesced, stored unless
+        ``not_stored``), within the answer's concurrency."""
+        async with self.limit:
+            fill, leader = self.segments.misses.start(
+                self.step.rule,
+                key,
+                self._outgoing(text),
+                self.labels,
+                self.ttl,
+                Directive.USE,
+                self.started,
+                credential=self.caller.credential,
+                not_stored=not_stored,
+            )
+            with fill.reader():
+                await fill.wait_done()
+        return fill, leader
+
+    async def _synthesize(self, part: _Part) -> None:
+        assert self.counted is not None
+        await self.counted
+        if len(part.pieces) == 1:
+            piece = part.pieces[0]
+            reason = "one_off_segment" if not piece.store else piece.not_stored
+            fill, leader = await self._fill(piece.text, piece.key, reason)
+            audio, media_type = _answer(fill)
+            piece.audio = part.audio = audio
+            piece.media_type = part.media_type = media_type
+            piece.result = _result(piece, fill, leader)
+            return
+        # A run: one call for the answer, under the key a request for the run's text has
+        # (never stored: runs vary); its pieces are rendered apart for the cache.
+        speech = dataclasses.replace(self.step.described.speech, text=part.text)
+        key = self.key_for(speech, self.plan.namespace)
+        run = asyncio.ensure_future(self._fill(part.text, key, "segment_run"))
+        for piece in part.pieces:
+            if piece.store and piece.not_stored is None:
+                self.renders.append(asyncio.create_task(self._render(piece)))
+        fill, leader = await run
+        part.audio, part.media_type = _answer(fill)
+        for piece in part.pieces:
+            piece.result = _result(piece, fill, leader) if part.audio is not None else "failed"
+
+    async def _render(self, piece: _Piece) -> None:
+        await self._fill(piece.text, piece.key, None)
+
+
+def _answer(fill: Fill) -> tuple[bytes | None, str]:
+    if fill.status != 200 or not fill.complete:
+        return None, ""
+    media_type = dict((k.lower(), v) for k, v in fill.headers).get("content-type", "")
+    return fill.body(), media_type
+
+
+def _result(piece: _Piece, fill: Fill, leader: bool) -> str:
+    if fill.status != 200 or not fill.complete:
+        return "failed"
+    if not piece.store:
+        return "one_off"
+    if piece.not_stored is not None:
+        return "sighted"
+    collapsed = not leader or fill.origin != "upstream"
+    return "coalesced" if collapsed else "miss"

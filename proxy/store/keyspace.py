@@ -10,6 +10,7 @@ Layout (``P`` is the key prefix, ``NN`` one of ``SHARDS`` shards)::
     P:{P.NN}:fl:<key>           STRING  cross-replica fill: the leader's lock token
     P:{P.NN}:fs:<key>           STREAM  cross-replica fill: the leader's answer
     P:{P.NN}:ff:<key>           STRING  cross-replica fill: how many replicas follow it
+    P:{P.NN}:sg:<key>           STRING  segment caching: how many requests missed this piece
     P:invalidate                channel keys removed or replaced, for every hot tier
     P:cleanup:lock              STRING  the cleaning replica's lock token
     P:cleanup:history           HASH    cleanup runs of every replica, and the last report
@@ -94,6 +95,10 @@ class Keyspace:
 
     def flight_followers(self, key: CacheKey) -> str:
         return f"{self.shard(shard_of(key))}ff:{key.hex}"
+
+    def sightings(self, key: CacheKey) -> str:
+        """A piece's miss counter (``segment_store_after_sightings``); has a TTL."""
+        return f"{self.shard(shard_of(key))}sg:{key.hex}"
 
     # -- the whole cache ----------------------------------------------------------------
 

@@ -176,6 +176,42 @@ class AudioCacheService:
             self._count_hit(key)
         return found, stale
 
+    async def peek(self, key: CacheKey) -> CachedAudio | None:
+        """Fresh audio for ``key`` from the hot tier or the store, not counted (see
+        :meth:`count_lookup`): read on a guess, before it is known to be wanted."""
+        hot = self._usable_hot()
+        if hot is not None:
+            found = hot.get(key.hex, _now_ms())
+            if found is not None:
+                return found
+            generation = hot.generation
+            found = await self._reads.fetch(key)
+            if found is not None:
+                hot.offer(key.hex, found, generation, _now_ms())
+        else:
+            found = await self._reads.fetch(key)
+        if found is not None and found.expires_ms <= _now_ms():
+            return None
+        return found
+
+    def count_lookup(self, key: CacheKey, *, hit: bool) -> None:
+        """Count a :meth:`peek` that was used, as a hit or a miss (batched)."""
+        if hit:
+            self._count_hit(key)
+        else:
+            self.count_miss(key)
+
+    async def count_sightings(self, keys: Sequence[CacheKey], window_seconds: int) -> list[int]:
+        """One more miss for each key, and how many each has had in the window (one
+        round trip; each counter lives ``window_seconds`` from its first miss)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            name = self.keyspace.sightings(key)
+            pipe.incr(name)
+            pipe.expire(name, window_seconds, nx=True)
+        replies = await self.guard(pipe.execute())
+        return [int(n) for n in replies[::2]]
+
     def count_miss(self, key: CacheKey) -> None:
         """A request for ``key`` that the cache did not answer (batched)."""
         self._pending_misses[shard_of(key)] += 1

@@ -4,13 +4,17 @@ one new sentence of a templated answer."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import miniaudio
 import pytest
+import redis.asyncio as aioredis
 import soundfile
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.core.joining import DEFAULT_PAUSE_MS
@@ -168,3 +172,131 @@ async def test_formats_without_a_join_are_cached_whole(
     assert response.status == 200 and response.headers["X-Cache"] == "MISS"
     await response.read()
     assert calls(server) == 1
+
+
+class Recorded:
+    """The demo upstream, recording the texts it is asked for; ``held`` cleared holds
+    every speech request until it is set again."""
+
+    def __init__(self) -> None:
+        self.inputs: list[str] = []
+        self.held = asyncio.Event()
+        self.held.set()
+
+    @web.middleware
+    async def record(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == SPEECH:
+            self.inputs.append((await request.json())["input"])
+            await asyncio.wait_for(self.held.wait(), 10)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+
+@pytest.fixture
+async def recorded() -> AsyncIterator[tuple[Recorded, str]]:
+    upstream = Recorded()
+    app = create_demo_upstream_app()
+    app.middlewares.append(upstream.record)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield upstream, str(server.make_url("")).rstrip("/")
+    upstream.held.set()
+    await server.close()
+
+
+async def entries(redis_url: str, prefix: str) -> list[bytes]:
+    client = aioredis.from_url(redis_url)
+    try:
+        return [k async for k in client.scan_iter(match=f"{prefix}:*:e:*", count=1000)]
+    finally:
+        await client.aclose()
+
+
+async def test_a_leading_stored_piece_goes_out_while_the_missing_one_synthesizes(
+    recorded: tuple[Recorded, str], make_proxy: Any
+) -> None:
+    upstream, url = recorded
+    client = await make_proxy(url, client_auth="none", audio_cache_segments="sentence")
+    alone = await client.post(SPEECH, json=body(FIXED_1))
+    assert alone.status == 200
+    await alone.read()
+    upstream.held.clear()  # the new sentence's synthesis waits until the first bytes arrived
+    response = await client.post(SPEECH, json=body(f"{FIXED_1} A sentence nobody said before."))
+    assert response.status == 200 and response.headers["X-Cache"] == "PARTIAL"
+    first = await asyncio.wait_for(response.content.readany(), 5)
+    assert first.startswith(b"RIFF")
+    # Its synthesis started (and is held): the first bytes did not wait for it.
+    await eventually(lambda: len(upstream.inputs) == 2, what="the missing piece never went up")
+    assert upstream.inputs[1] == "A sentence nobody said before."
+    upstream.held.set()
+    rest = await response.read()
+    assert soundfile.info(io.BytesIO(first + rest)).frames > 0
+
+
+async def test_a_piece_is_stored_from_its_nth_miss_counted_across_replicas(
+    recorded: tuple[Recorded, str], make_proxy: Any, redis_url: str
+) -> None:
+    upstream, url = recorded
+    prefix = f"s{uuid.uuid4().hex[:10]}"
+    replicas = [
+        await make_proxy(
+            url, prefix=prefix, client_auth="none", audio_cache_segments="sentence",
+            segment_store_after_sightings=2, segment_sightings_window_seconds=600,
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    text = f"{FIXED_1} {FIXED_2}"
+    first = await replicas[0].post(SPEECH, json=body(text))
+    assert first.status == 200 and first.headers["X-Cache"] == "MISS"
+    await first.read()
+    await until_filled(*replicas)
+    assert await entries(redis_url, prefix) == []  # one miss each: not stored yet
+    store = aioredis.from_url(redis_url)
+    try:
+        counters = [k async for k in store.scan_iter(match=f"{prefix}:*:sg:*", count=1000)]
+        assert len(counters) == 2
+        for name in counters:
+            assert await store.get(name) == b"1"
+            assert 0 < await store.ttl(name) <= 600
+    finally:
+        await store.aclose()
+
+    second = await replicas[1].post(SPEECH, json=body(text))  # the other replica's miss
+    assert second.status == 200 and second.headers["X-Cache"] == "MISS"
+    await second.read()
+    assert len(await entries(redis_url, prefix)) == 2  # stored before the answer ended
+    third = await replicas[0].post(SPEECH, json=body(text))
+    assert third.headers["Cache-Status"] == "tts-cache; hit; detail=pieces-2-hits-2"
+    await third.read()
+    assert upstream.inputs == [FIXED_1, FIXED_2] * 2
+
+
+async def test_runs_of_missing_pieces_are_one_call_and_their_pieces_are_rendered_apart(
+    recorded: tuple[Recorded, str], make_proxy: Any
+) -> None:
+    upstream, url = recorded
+    client = await make_proxy(
+        url, client_auth="none", audio_cache_segments="sentence", segment_miss_mode="runs"
+    )
+    warmed = await client.post(SPEECH, json=body(FIXED_1))
+    await warmed.read()
+    last = "Enjoy your stay with us."
+    run = f"{FIXED_2} Your room is 214. {last}"
+    response = await client.post(SPEECH, json=body(f"{FIXED_1} {run}"))
+    assert response.status == 200
+    assert response.headers["Cache-Status"] == "tts-cache; fwd=partial; detail=pieces-4-hits-1"
+    joined = await response.read()
+    # The run went up as one request; its storable pieces were rendered alone for the
+    # cache (the room number is one-off: not rendered).
+    assert upstream.inputs[0] == FIXED_1 and upstream.inputs[1] == run
+    assert sorted(upstream.inputs[2:]) == sorted([FIXED_2, last])
+    fixed_alone = await upstream_alone(url, FIXED_1, "wav")
+    run_alone = await upstream_alone(url, run, "wav")
+    expected = seconds(fixed_alone) + DEFAULT_PAUSE_MS / 1000 + seconds(run_alone)
+    assert seconds(joined) == pytest.approx(expected, rel=0.01)
+
+    calls_before = len(upstream.inputs)
+    again = await client.post(SPEECH, json=body(f"{FIXED_1} {run}"))
+    assert again.headers["Cache-Status"] == "tts-cache; fwd=partial; detail=pieces-4-hits-3"
+    await again.read()
+    assert upstream.inputs[calls_before:] == ["Your room is 214."]  # a run of one piece

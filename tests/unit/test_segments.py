@@ -10,6 +10,7 @@ from proxy.core.segments import (
     compile_patterns,
     is_ssml,
     parse_mode,
+    parts,
     split,
     storable,
 )
@@ -324,3 +325,11 @@ def test_no_cache_patterns() -> None:
     assert storable("Hello, how are you?", patterns)
     with pytest.raises(ValueError, match=r"segment_no_cache_patterns.*'\('"):
         compile_patterns(["("])
+
+
+def test_parts_keep_missing_pieces_apart_or_in_runs() -> None:
+    missing = [False, True, True, False, True]
+    assert parts(missing, "pieces") == [(0,), (1,), (2,), (3,), (4,)]
+    assert parts(missing, "runs") == [(0,), (1, 2), (3,), (4,)]
+    assert parts([True, True, True], "runs") == [(0, 1, 2)]
+    assert parts([], "runs") == []
