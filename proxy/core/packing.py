@@ -207,6 +207,9 @@ def pack(audio: bytes, codec: Codec = Codec.NONE, level: int = 6, media_type: st
     return Packed(header + payload, codec, len(audio), checksum)
 
 
+_CODECS = {int(c): c for c in Codec}  # a lookup costs less than Codec(n) on every read
+
+
 def read_header(data: bytes) -> tuple[Codec, int, int]:
     """(codec, original size, checksum) of a stored body, or CorruptEntry."""
     if len(data) < HEADER_SIZE:
@@ -214,15 +217,19 @@ def read_header(data: bytes) -> tuple[Codec, int, int]:
     magic, version, codec, size, checksum = _HEADER.unpack_from(data)
     if magic != MAGIC or version != FORMAT_VERSION:
         raise CorruptEntry("unknown magic or format version")
-    try:
-        return Codec(codec), size, checksum
-    except ValueError:
-        raise CorruptEntry(f"unknown codec {codec}") from None
+    known = _CODECS.get(codec)
+    if known is None:
+        raise CorruptEntry(f"unknown codec {codec}")
+    return known, size, checksum
 
 
 def unpack(data: bytes) -> bytes:
     """The original audio, verified; CorruptEntry if it does not decode or check out."""
-    codec, size, checksum = read_header(data)
+    return decode(data, *read_header(data))
+
+
+def decode(data: bytes, codec: Codec, size: int, checksum: int) -> bytes:
+    """:func:`unpack` for a body whose header :func:`read_header` has read already."""
     payload = memoryview(data)[HEADER_SIZE:]
     try:
         if codec is Codec.ZLIB:

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..core.compression import decode_in_thread
 from ..core.keys import CacheKey
-from ..core.packing import Codec, CorruptEntry, read_header, unpack
+from ..core.packing import Codec, CorruptEntry, decode, read_header
 from ..observability.metrics import METRICS
 from . import schema
 from .batching import ReadBatcher
@@ -64,9 +64,9 @@ class EntryReads:
         try:
             codec, size, checksum = read_header(body)
             if decode_in_thread(codec, size):
-                audio = await asyncio.to_thread(unpack, body)
+                audio = await asyncio.to_thread(decode, body, codec, size, checksum)
             else:
-                audio = unpack(body)
+                audio = decode(body, codec, size, checksum)
             if codec is not Codec.NONE:
                 self._decoded.inc()
             memo = self._memo(key, schema.memo_identity(values, size, checksum))
