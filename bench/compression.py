@@ -224,7 +224,7 @@ async def _hits_by_codec(
     for name, codec, enabled in (
         ("plain", Codec.ZLIB, False),
         ("zlib-6", Codec.ZLIB, True),
-        ("zstd-3", Codec.ZSTD, True),
+        ("zstd-6", Codec.ZSTD, True),
         ("flac-6", Codec.FLAC, True),
     ):
         if (codec is Codec.ZSTD and not HAVE_ZSTD) or (codec is Codec.FLAC and not HAVE_FLAC):
@@ -234,7 +234,7 @@ async def _hits_by_codec(
             prefix=f"b{uuid.uuid4().hex[:8]}",
             advisor=CompressionAdvisor(enabled, 0, 0.05),
             codec=codec,
-            compression_level=6 if codec is Codec.ZLIB else 3,
+            compression_level=6,  # the default level
         )
         result = await service.put(
             key, audio, media_type=media_type, ttl_seconds=600, labels=EntryLabels()

@@ -14,7 +14,7 @@ sentences, go to:
 - ``hot-nolog`` and ``hot-uvloop``: the same with the access log off, and on uvloop;
 - ``redis``: the same with ``audio_cache_hot_tier_mb: 0``, so every hit reads Redis
   (a Valkey server on loopback TCP) and, above the 100 KB compression threshold,
-  decodes the entry (FLAC, the default codec, stores WAV speech in about half its size);
+  decodes the entry (zstd, the default codec);
 - ``redis-plain`` (bodies above the threshold only): the same with compression off, to
   show the Redis path itself;
 - ``nginx``: nginx ``proxy_cache`` keyed on the request body, one worker (when ``nginx``

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from enum import IntEnum
@@ -33,13 +34,33 @@ FORMAT_VERSION = 1
 _HEADER = struct.Struct("<3sBBxxQI")
 HEADER_SIZE = _HEADER.size
 
-try:  # optional second codec
+try:  # the default codec: decodes speech ~5x faster than zlib, at the same ratio
     import zstandard as _zstd
 
     HAVE_ZSTD = True
 except ImportError:  # pragma: no cover - depends on the install
     _zstd: Any = None  # type: ignore[no-redef]
     HAVE_ZSTD = False
+
+try:  # ISA-L: the same CRC-32 as zlib's (~10x faster) and a zlib-compatible inflate (~1.6x)
+    from isal import isal_zlib as _inflater
+
+    crc32 = _inflater.crc32
+except ImportError:  # pragma: no cover - depends on the install
+    _inflater: Any = zlib  # type: ignore[no-redef]
+    crc32 = zlib.crc32
+
+# A zstd decompression context is reused (making one costs a few µs per hit), one per
+# thread: a context is not safe to share between threads.
+_contexts = threading.local()
+
+
+def _zstd_decompressor() -> Any:
+    context = getattr(_contexts, "zstd", None)
+    if context is None:
+        context = _contexts.zstd = _zstd.ZstdDecompressor()
+    return context
+
 
 try:  # the FLAC codec: libsndfile through soundfile (and numpy, which soundfile needs)
     import numpy as _np
@@ -180,10 +201,13 @@ def compress(audio: bytes, codec: Codec, level: int, media_type: str = "") -> by
 def pack(audio: bytes, codec: Codec = Codec.NONE, level: int = 6, media_type: str = "") -> Packed:
     """Header + payload for ``audio`` encoded with ``codec`` (see ``codec_for``)."""
     codec = codec_for(audio, codec, media_type)
-    checksum = zlib.crc32(audio)
+    checksum = crc32(audio)
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, codec, len(audio), checksum)
     payload = compress(audio, codec, level, media_type)
     return Packed(header + payload, codec, len(audio), checksum)
+
+
+_CODECS = {int(c): c for c in Codec}  # a lookup costs less than Codec(n) on every read
 
 
 def read_header(data: bytes) -> tuple[Codec, int, int]:
@@ -193,23 +217,27 @@ def read_header(data: bytes) -> tuple[Codec, int, int]:
     magic, version, codec, size, checksum = _HEADER.unpack_from(data)
     if magic != MAGIC or version != FORMAT_VERSION:
         raise CorruptEntry("unknown magic or format version")
-    try:
-        return Codec(codec), size, checksum
-    except ValueError:
-        raise CorruptEntry(f"unknown codec {codec}") from None
+    known = _CODECS.get(codec)
+    if known is None:
+        raise CorruptEntry(f"unknown codec {codec}")
+    return known, size, checksum
 
 
 def unpack(data: bytes) -> bytes:
     """The original audio, verified; CorruptEntry if it does not decode or check out."""
-    codec, size, checksum = read_header(data)
+    return decode(data, *read_header(data))
+
+
+def decode(data: bytes, codec: Codec, size: int, checksum: int) -> bytes:
+    """:func:`unpack` for a body whose header :func:`read_header` has read already."""
     payload = memoryview(data)[HEADER_SIZE:]
     try:
         if codec is Codec.ZLIB:
-            audio = zlib.decompress(payload, bufsize=max(size, 1))
+            audio = _inflater.decompress(payload, bufsize=max(size, 1))
         elif codec is Codec.ZSTD:
             if not HAVE_ZSTD:
                 raise CorruptEntry("stored with zstd, which is not installed")
-            audio = _zstd.ZstdDecompressor().decompress(payload, max_output_size=size)
+            audio = _zstd_decompressor().decompress(payload, max_output_size=size)
         elif codec is Codec.FLAC:
             audio = _flac_decode(payload)
         else:
@@ -220,6 +248,6 @@ def unpack(data: bytes) -> bytes:
         raise CorruptEntry(f"does not decode: {exc}") from None
     except Exception as exc:  # zstd and libsndfile raise their own error types
         raise CorruptEntry(f"does not decode: {exc}") from None
-    if len(audio) != size or zlib.crc32(audio) != checksum:
+    if len(audio) != size or crc32(audio) != checksum:
         raise CorruptEntry("size or checksum mismatch")
     return audio

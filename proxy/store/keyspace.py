@@ -29,6 +29,7 @@ and :meth:`Keyspace.selector` do.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..core.keys import CacheKey
 
@@ -62,8 +63,13 @@ class Keyspace:
         """Entries of shard ``n`` are this followed by their key's hex."""
         return self.shard(n) + "e:"
 
+    @cached_property
+    def _entry_prefixes(self) -> tuple[str, ...]:
+        # Built once: every hit names its entry.
+        return tuple(self.entry_prefix(n) for n in range(SHARDS))
+
     def entry(self, key: CacheKey) -> str:
-        return self.entry_prefix(shard_of(key)) + key.hex
+        return self._entry_prefixes[shard_of_hex(key.hex)] + key.hex
 
     def stats(self, n: int) -> str:
         return self.shard(n) + "stats"

@@ -245,10 +245,15 @@ def stored_headers(stored: bytes) -> tuple[tuple[tuple[str, str], ...], str]:
 
 
 def cached_audio(
-    key: CacheKey, values: Sequence[bytes | None], audio: bytes, checksum: int
+    key: CacheKey,
+    values: Sequence[bytes | None],
+    audio: bytes,
+    checksum: int,
+    memo: dict[str, Any] | None = None,
 ) -> CachedAudio:
-    """A hit from its :data:`HIT_FIELDS` values and its verified audio. ValueError or
-    TypeError when a field does not decode."""
+    """A hit from its :data:`HIT_FIELDS` values and its verified audio (``memo``: what was
+    derived from an earlier read of the same entry, see :func:`memo_identity`). ValueError
+    or TypeError when a field does not decode."""
     _, media_type, headers, created, expires, content_class = values
     replayed_headers, sse_usage = stored_headers(headers or b"[]")
     return CachedAudio(
@@ -261,7 +266,16 @@ def cached_audio(
         expires_ms=int(expires or 0),
         content_class=(content_class or b"default").decode(),
         checksum=checksum,
+        memo={} if memo is None else memo,
     )
+
+
+def memo_identity(values: Sequence[bytes | None], size: int, checksum: int) -> tuple[Any, ...]:
+    """What a :attr:`CachedAudio.memo` is derived from besides the key (the audio's size
+    and checksum, its media type, stored headers and creation time): two reads with the
+    same identity may share one memo."""
+    _, media_type, headers, created, _, _ = values
+    return size, checksum, media_type, headers, created
 
 
 def entry_info(

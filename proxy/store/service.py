@@ -67,7 +67,7 @@ class AudioCacheService:
         *,
         prefix: str = "ttsc",
         advisor: CompressionAdvisor | None = None,
-        codec: Codec = Codec.ZLIB,
+        codec: Codec = Codec.ZSTD,
         compression_level: int = 6,
         breaker: CircuitBreaker | None = None,
         hot: HotTier[CachedAudio] | None = None,

@@ -66,15 +66,15 @@ async def stored_body(client: Any, hex_key: str) -> bytes:
     return body
 
 
-@pytest.mark.parametrize("codec", ["zlib", "flac"])
+@pytest.mark.parametrize("codec", [None, "zlib", "flac"])  # None: the default, zstd
 @pytest.mark.parametrize("response_format", ["wav", "pcm"])
 async def test_real_speech_is_stored_compressed_and_served_byte_exact(
-    demo: Any, make_proxy: Any, response_format: str, codec: str
+    demo: Any, make_proxy: Any, response_format: str, codec: str | None
 ) -> None:
     server, url = demo
-    client = await make_proxy(
-        url, audio_cache_compression_threshold_kb=10, audio_cache_compression_codec=codec
-    )
+    chosen = {} if codec is None else {"audio_cache_compression_codec": codec}
+    client = await make_proxy(url, audio_cache_compression_threshold_kb=10, **chosen)
+    codec = codec or "zstd"
     before = ops("compress", "ok"), ops("decompress", "ok")
     first = await client.post(
         "/v1/audio/speech", json={**SPEECH, "response_format": response_format}

@@ -28,6 +28,8 @@ from proxy.store.guard import CacheUnavailable, StoreGuard
 from proxy.store.keyspace import shard_of
 from proxy.store.lua import Lua, read
 from proxy.store.service import AudioCacheService, EntryLabels
+from tests.support.proxies import service_of
+from tests.support.waits import until_stored
 
 KEY = CacheKey("5e" * 32)
 AUDIO = b"RIFF" + bytes(range(256)) * 16
@@ -133,6 +135,53 @@ async def test_a_put_writes_the_stored_format(service: AudioCacheService) -> Non
     stats = await redis.hgetall(base + "stats")
     assert stats[b"entries"] == b"1"
     assert stats[b"tenant:acme:bytes"] == str(len(packed.data)).encode()
+
+
+# -- reads --------------------------------------------------------------------------------
+
+
+async def test_reads_of_one_entry_share_what_was_derived_until_it_changes(
+    service: AudioCacheService,
+) -> None:
+    put = {"media_type": "audio/wav", "ttl_seconds": 60, "labels": LABELS}
+    await service.put(KEY, AUDIO, **put)
+    first, second = await service.fetch(KEY), await service.fetch(KEY)
+    assert first is not None and second is not None and first is not second
+    first.memo["derived"] = "from the first read"
+    assert second.memo is first.memo
+    for changed in ({**put, "headers": [("X-Voice", "b")]}, {**put, "media_type": "audio/x-wav"}):
+        await service.put(KEY, AUDIO, **changed)
+        third = await service.fetch(KEY)
+        assert third is not None and "derived" not in third.memo
+        third.memo["derived"] = "again"
+    await service.put(KEY, AUDIO[::-1], **put)
+    fourth = await service.fetch(KEY)
+    assert fourth is not None and fourth.audio == AUDIO[::-1] and "derived" not in fourth.memo
+
+
+async def test_a_hit_read_from_the_store_answers_the_entry_as_it_is_now(
+    upstream: Any, make_proxy: Any
+) -> None:
+    _, url = upstream
+    client = await make_proxy(url, audio_cache_hot_tier_mb=0, client_auth="none")
+    speech = {"model": "tts-1", "voice": "alloy", "input": "Checkout is at noon."}
+    first = await client.post("/v1/audio/speech", json=speech)
+    original = await first.read()
+    await until_stored(client, first)
+    hit = await client.post("/v1/audio/speech", json=speech)
+    assert hit.headers["X-Cache"] == "HIT" and await hit.read() == original
+    key = CacheKey(first.headers["X-Audio-Cache-Key"])
+    replaced = original + b"\x00\x01" * 50
+    await service_of(client).put(
+        key, replaced, media_type="audio/x-wav", ttl_seconds=60, labels=LABELS,
+        headers=[("X-Sample-Rate", "16000")],
+    )  # fmt: skip
+    again = await client.post("/v1/audio/speech", json=speech)
+    assert again.headers["X-Cache"] == "HIT" and await again.read() == replaced
+    assert again.headers["Content-Length"] == str(len(replaced))
+    assert again.headers["Content-Type"] == "audio/x-wav"
+    assert again.headers["X-Sample-Rate"] == "16000"
+    assert again.headers["ETag"] != hit.headers["ETag"]
 
 
 # -- the circuit breaker around every call ----------------------------------------------------

@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.core.compression import CompressionAdvisor, compression_stats, encode
+from proxy.core.compression import (
+    THREAD_THRESHOLD_BYTES,
+    ZSTD_DECODE_THREAD_BYTES,
+    CompressionAdvisor,
+    compression_stats,
+    decode_in_thread,
+    encode,
+)
 from proxy.core.packing import (
+    FORMAT_VERSION,
     HEADER_SIZE,
+    MAGIC,
     Codec,
     CorruptEntry,
     codec_for,
+    crc32,
     pack,
     pcm_layout,
     read_header,
@@ -54,6 +65,54 @@ def test_any_flipped_byte_is_caught(codec: Codec) -> None:
         corrupted[position] ^= 0x5A
         with pytest.raises(CorruptEntry):
             unpack(bytes(corrupted))
+
+
+@given(st.binary(max_size=5000))
+def test_the_checksum_is_zlibs_crc32(audio: bytes) -> None:
+    # Entries written with zlib's CRC-32 must keep verifying with the faster one.
+    assert crc32(audio) == zlib.crc32(audio)
+    assert crc32(memoryview(audio)) == zlib.crc32(audio)
+
+
+def test_an_entry_packed_by_zlib_alone_is_read() -> None:
+    # The format as written before ISA-L checked it: zlib's stream, zlib's checksum.
+    header = struct.pack(
+        "<3sBBxxQI", MAGIC, FORMAT_VERSION, Codec.ZLIB, len(SPEECHLIKE), zlib.crc32(SPEECHLIKE)
+    )
+    for level in (1, 6, 9):
+        assert unpack(header + zlib.compress(SPEECHLIKE, level)) == SPEECHLIKE
+    corrupt = bytearray(header + zlib.compress(SPEECHLIKE, 6))
+    corrupt[HEADER_SIZE + 40] ^= 1
+    with pytest.raises(CorruptEntry):
+        unpack(bytes(corrupt))
+
+
+def test_zstd_entries_decode_in_many_threads_at_once() -> None:
+    bodies = [os.urandom(64) * (100 + i) + SPEECHLIKE for i in range(8)]
+    packed = [pack(body, Codec.ZSTD, 6).data for body in bodies]
+    wrong: list[int] = []
+
+    def read(turns: int) -> None:
+        for turn in range(turns):
+            i = turn % len(bodies)
+            if unpack(packed[i]) != bodies[i]:
+                wrong.append(i)
+
+    threads = [threading.Thread(target=read, args=(200,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not wrong and not any(t.is_alive() for t in threads)
+
+
+def test_what_decodes_in_a_worker_thread() -> None:
+    assert not decode_in_thread(Codec.NONE, 10 * 1024 * 1024)
+    for codec in (Codec.ZLIB, Codec.FLAC):
+        assert not decode_in_thread(codec, THREAD_THRESHOLD_BYTES - 1)
+        assert decode_in_thread(codec, THREAD_THRESHOLD_BYTES)
+    assert not decode_in_thread(Codec.ZSTD, ZSTD_DECODE_THREAD_BYTES - 1)
+    assert decode_in_thread(Codec.ZSTD, ZSTD_DECODE_THREAD_BYTES)
 
 
 @pytest.mark.parametrize(
