@@ -31,6 +31,7 @@ from ..core.outcomes import HIT, CacheStatus, Forward, Result
 from ..core.policy import Directive
 from ..core.routes import RouteRule, SpeechRequest
 from ..core.tenants import BadTenant
+from ..observability import tracing
 from ..observability.metrics import METRICS
 from ..observability.tally import TALLY
 from ..store.service import AudioCacheService, CachedAudio, EntryLabels
@@ -75,6 +76,7 @@ class AudioProcessor:
     ) -> None:
         self.settings = settings
         self.service = service
+        self.lookups = tracing.lookups(service)  # the service itself unless tracing is on
         self.upstream = upstream
         self.rules = settings.rules
         self.tenants = settings.tenancy
@@ -129,7 +131,7 @@ class AudioProcessor:
         plain = not sse and is_plain(request)
         if verified and step.seen_before and step.directive is Directive.USE and plain:
             # The hot path: a plain request for an entry of the in-process hot tier.
-            cached = self.service.hot_hit(described.key)
+            cached = self.lookups.hot_hit(described.key)
             if cached is not None:
                 characters = len(described.speech.text)
                 return self.hits.plain(request, cached, described.metrics, characters, started)
@@ -158,7 +160,7 @@ class AudioProcessor:
         # upstream with it (RFC 9111 §3.5), and a success lets it hit from then on.
         if step.directive is Directive.USE and verified:
             try:
-                cached, stale = await self.service.get_or_stale(described.key, hot_tried=hot_tried)
+                cached, stale = await self.lookups.get_or_stale(described.key, hot_tried=hot_tried)
             except RedisError as exc:
                 log.warning("cache read failed, going to the upstream: %s", exc)
                 METRICS.redis_errors.labels("get").inc()
