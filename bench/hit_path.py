@@ -12,6 +12,8 @@ sentences, go to:
   upstream of the proxies and nginx): the ceiling of an aiohttp process;
 - ``hot``: one ``tts-cache-proxy serve`` process as shipped: hot tier and access log on;
 - ``hot-nolog`` and ``hot-uvloop``: the same with the access log off, and on uvloop;
+- ``hot-otel`` (``--otel``): the same with ``otel_enabled``, every request traced and its
+  spans exported over OTLP/HTTP (to the bare server, which answers any POST);
 - ``redis``: the same with ``audio_cache_hot_tier_mb: 0``, so every hit reads Redis
   (a Valkey server on loopback TCP) and, above the 100 KB compression threshold,
   decodes the entry (zstd, the default codec);
@@ -64,7 +66,7 @@ from .loopback import (
 )
 
 OUT = Path(__file__).resolve().parent / "out"
-TARGETS = ("bare", "hot", "hot-nolog", "hot-uvloop", "redis", "redis-plain", "nginx")
+TARGETS = ("bare", "hot", "hot-nolog", "hot-uvloop", "hot-otel", "redis", "redis-plain", "nginx")
 COMPRESSION_THRESHOLD_KB = 100  # the default: larger bodies are stored compressed
 
 NGINX_CONF = """
@@ -273,6 +275,12 @@ async def measure_size(
                 )
             )
             targets.append("hot-uvloop")
+        if args.otel:  # the same as shipped, every request traced and exported
+            otel = {"OTEL_ENABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": upstream}
+            pids["hot-otel"] = await stack.enter_async_context(
+                proxy("hot-otel", AUDIO_CACHE_HOT_TIER_MB=str(args.hot_tier_mb), **otel)
+            )
+            targets.append("hot-otel")
         pids["redis"] = await stack.enter_async_context(proxy("redis", AUDIO_CACHE_HOT_TIER_MB="0"))
         targets.append("redis")
         if payload_kb > COMPRESSION_THRESHOLD_KB and kind == "wav":
@@ -457,6 +465,7 @@ def main() -> None:
     )
     p.add_argument("--loop", choices=("asyncio", "uvloop"), help="the proxy's event loop")
     p.add_argument("--no-uvloop", dest="uvloop", action="store_false", help="skip hot-uvloop")
+    p.add_argument("--otel", action="store_true", help="also hot-otel (needs the otel extra)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args()
     tool = args.tool

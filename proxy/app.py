@@ -19,6 +19,7 @@ from .admin.auth import admin_only
 from .admin.params import admin_errors
 from .background.maintenance import refresh_gauges
 from .config.settings import Settings
+from .observability import tracing
 from .observability.metrics import METRICS, MULTIPROCESS_DIR, multiprocess_exposition
 from .request.endpoints import (
     answering_expect,
@@ -110,6 +111,7 @@ def create_app(settings: Settings, *, redis_url: str) -> web.Application:
     """The proxy as an aiohttp application, talking to Redis at ``redis_url``. The admin
     routes are on it unless ``admin_port`` is set (then see :func:`create_admin_app`)."""
     # No middlewares: every handler is wrapped once, here (see proxy.request.endpoints).
+    tracing.configure(settings)
     app = _application(settings)
     app[SETTINGS] = settings
     app[REDIS_URL] = redis_url
@@ -121,13 +123,14 @@ def create_app(settings: Settings, *, redis_url: str) -> web.Application:
         )
     else:
         admin_routes = admin.fence()
+    audio_route = settings.audio_path_prefix + "/{key}"
     routes = [
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get("/metrics", metrics),
         *admin_routes,
-        web.get(settings.audio_path_prefix + "/{key}", _audio_by_key),  # and HEAD
-        web.route("*", _ANY_PATH, _speech),
+        web.get(audio_route, tracing.serving(_audio_by_key, lambda _: audio_route)),  # and HEAD
+        web.route("*", _ANY_PATH, tracing.serving(_speech, tracing.rule_route(settings.rules))),
     ]
     expect = expect_continue(int(settings.max_request_body_kb * 1024))
     app.add_routes(answering_expect(wrapped(routes, tagged), expect))

@@ -1,8 +1,9 @@
 """The OpenAPI 3 document of the admin API, served at ``GET /admin/openapi.json``.
 
-Written by hand, apart from the routes it describes: tests/test_admin_openapi.py checks
-that every registered admin route is in it and every operation in it is registered, and
-runs schemathesis against it.
+Written by hand, apart from the route rule names it lists (docs/admin.md, "The OpenAPI
+document", says why): tests/integration/test_admin_openapi.py checks that every registered
+admin route is in it and every operation in it is registered, and runs schemathesis
+against it.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Iterator
 
 from ..core.packing import HAVE_FLAC, HAVE_ZSTD
+from ..observability import tracing
 from ..store.client import RedisUrlError, check_url
 from .errors import ConfigError
 from .files import load_client_keys
@@ -48,6 +49,12 @@ def _codec(s: Settings) -> Iterator[str]:
         )
     if s.audio_cache_compression_codec == "flac" and not HAVE_FLAC:
         yield "audio_cache_compression_codec: flac needs the 'soundfile' package, or use zlib"
+
+
+@_reads("otel_enabled")
+def _tracing(s: Settings) -> Iterator[str]:
+    if s.otel_enabled and not tracing.installed():
+        yield f"otel_enabled: tracing needs OpenTelemetry: {tracing.INSTALL_HINT}"
 
 
 @_reads("audio_cache_target_size_percent", "audio_cache_cleanup_threshold_percent")

@@ -37,9 +37,11 @@ _ENV_FALSE = ("0", "false", "no", "off")
 _POLICY_KEYS = tuple(f.name for f in dataclasses.fields(TenantPolicy))
 # Environment names that share a setting's first word but are not settings: secret files
 # are known names; these are other programs' (Kubernetes service links name a Service
-# "redis" REDIS_PORT, REDIS_SERVICE_HOST, REDIS_PORT_6379_TCP_ADDR...).
+# "redis" REDIS_PORT, REDIS_SERVICE_HOST, REDIS_PORT_6379_TCP_ADDR...), and OpenTelemetry's
+# OTEL_* variables, read by its SDK (OTEL_ENABLED is the proxy's setting otel_enabled).
 _FOREIGN_ENV = re.compile(
-    r"^(PROMETHEUS_MULTIPROC_DIR|[A-Z0-9_]+_SERVICE_(HOST|PORT)(_[A-Z0-9_]+)?"
+    r"^(PROMETHEUS_MULTIPROC_DIR|OTEL_(?!ENABLED$)[A-Z0-9_]+"
+    r"|[A-Z0-9_]+_SERVICE_(HOST|PORT)(_[A-Z0-9_]+)?"
     r"|[A-Z0-9_]+_PORT(_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)?)$"
 )
 

@@ -229,6 +229,10 @@ class Settings:
     access_log: bool = _setting(
         True, "One line per request (request id, route, result, status, bytes, duration)."
     )
+    otel_enabled: bool = _setting(
+        False, "OpenTelemetry traces of the request path (pip install 'tts-cache-proxy[otel]'); "
+        "the exporter is set by the standard OTEL_* variables (docs/tracing.md).",
+    )  # fmt: skip
     cost_per_million_characters: Mapping[str, float] = _table(
         dict, "Price per million characters for the estimated cost saved; keys "
         '"<route>:<voice>", "<route>" or "default" (most specific wins).'

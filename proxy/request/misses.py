@@ -23,6 +23,7 @@ from ..core.keys import CacheKey
 from ..core.outcomes import CacheStatus, Forward, Result
 from ..core.policy import Directive, refusal_after_body, refusal_before_body, replayable
 from ..core.routes import RouteRule
+from ..observability import tracing
 from ..observability.access_log import tag
 from ..observability.metrics import METRICS
 from ..store.service import AudioCacheService, CachedAudio, EntryLabels
@@ -69,6 +70,7 @@ class Misses:
         self.access = access
         self.settings = settings
         self.service = service
+        self.writes = tracing.writes(service)  # the service itself unless tracing is on
         self.upstream = upstream
         self.hits = hits
         self.fills = FillRegistry(continue_when_abandoned=settings.fill_continue_after_disconnect)
@@ -213,7 +215,7 @@ class Misses:
             fill.settle(stored=False, refusal=refusal)
             return
         try:
-            result = await self.service.put(
+            result = await self.writes.put(
                 key,
                 audio,
                 media_type=media_type,

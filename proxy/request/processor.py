@@ -32,6 +32,7 @@ from ..core.outcomes import HIT, CacheStatus, Forward, Result
 from ..core.policy import Directive
 from ..core.routes import RouteRule, SpeechRequest
 from ..core.tenants import BadTenant
+from ..observability import tracing
 from ..observability.metrics import METRICS
 from ..observability.tally import TALLY
 from ..store.service import AudioCacheService, CachedAudio, EntryLabels
@@ -76,6 +77,7 @@ class AudioProcessor:
     ) -> None:
         self.settings = settings
         self.service = service
+        self.lookups = tracing.lookups(service)  # the service itself unless tracing is on
         self.upstream = upstream
         self.rules = settings.rules
         self.tenants = settings.tenancy
@@ -130,7 +132,7 @@ class AudioProcessor:
         plain = not sse and is_plain(request)
         if verified and step.seen_before and step.directive is Directive.USE and plain:
             # The hot path: a plain request for an entry of the in-process hot tier.
-            cached = self.service.hot_hit(described.key)
+            cached = self.lookups.hot_hit(described.key)
             if cached is not None:
                 characters = len(described.speech.text)
                 return self.hits.plain(request, cached, described.metrics, characters, started)
@@ -248,7 +250,7 @@ class AudioProcessor:
         """The whole text's entry (fresh, stale). A segment plan's pieces are read with it,
         in the same round trip: with segments on, a text of several pieces is mostly stored
         as its pieces, and its first byte should wait for one round trip, not two."""
-        lookup = self.service.get_or_stale(key, hot_tried=hot_tried)
+        lookup = self.lookups.get_or_stale(key, hot_tried=hot_tried)
         if plan is None:
             return await lookup
         found = await asyncio.gather(lookup, *self.segments.reads(plan), return_exceptions=True)

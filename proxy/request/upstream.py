@@ -16,6 +16,8 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from ..observability import tracing
+
 # RFC 9110 §7.6.1 hop-by-hop headers, plus what the proxy must set itself.
 HOP_BY_HOP = frozenset(
     {
@@ -240,18 +242,22 @@ class UpstreamClient:
         """Open the upstream response (headers read, body not yet). Raises UpstreamError."""
         assert self.session is not None, "UpstreamClient.start() was not awaited"
         url = self.url_for(raw_path, raw_query)
-        try:
-            return await self.session.request(
-                method, url, headers=headers, data=body, allow_redirects=False
-            )
-        except TimeoutError as exc:
-            raise UpstreamError(504, "timeout", "the upstream TTS service timed out") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamError(
-                502, "connect", "cannot connect to the upstream TTS service"
-            ) from exc
-        except (aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
-            raise UpstreamError(502, "protocol", f"the upstream TTS service failed: {exc}") from exc
+        with tracing.upstream_call(method, url, headers) as call:  # a no-op unless tracing
+            try:
+                response = await self.session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False
+                )
+            except TimeoutError as exc:
+                raise UpstreamError(504, "timeout", "the upstream TTS service timed out") from exc
+            except aiohttp.ClientConnectorError as exc:
+                raise UpstreamError(
+                    502, "connect", "cannot connect to the upstream TTS service"
+                ) from exc
+            except (aiohttp.ClientError, asyncio.IncompleteReadError, OSError) as exc:
+                message = f"the upstream TTS service failed: {exc}"
+                raise UpstreamError(502, "protocol", message) from exc
+            call.answered(response.status)
+        return response
 
     async def ws_connect(
         self,

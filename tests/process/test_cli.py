@@ -306,3 +306,24 @@ def test_settings_reference_prints_the_committed_reference() -> None:
     result = run("settings-reference")
     assert result.returncode == 0, result.stderr
     assert result.stdout == (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+
+
+def test_tracing_without_the_otel_extra_fails_with_the_install_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("upstream_url: http://127.0.0.1:9\notel_enabled: true\n")
+    # The extra made missing: its top package cannot be imported in this process.
+    code = (
+        "import sys; sys.modules['opentelemetry'] = None; from proxy.cli import main; "
+        f"sys.exit(main(['check-config', {str(path)!r}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "tts-cache-proxy: config error: otel_enabled: tracing needs OpenTelemetry: "
+        "pip install 'tts-cache-proxy[otel]'"
+    ]
