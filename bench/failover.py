@@ -9,7 +9,7 @@ Two modes, each on real servers from the pip-installed binary:
   that serves the slots of some stored sentences (the hot ones), and the cluster promotes
   its replica.
 
-A loopback upstream answers; ``--clients`` clients ask a mix of stored sentences (hits)
+A loopback upstream answers (no hot tier: a hit is an answer from the store); ``--clients`` clients ask a mix of stored sentences (hits)
 and new ones (misses, then stored) for ``--seconds``. The bench prints the requests sent,
 the failed ones (any answer but the right audio), the seconds from the failover until a
 hot sentence is a hit again, the drift (counters minus the entries Redis really holds)
@@ -169,6 +169,7 @@ async def main(mode: str, clients: int, seconds: float) -> list[str]:
                 "redis_socket_timeout_seconds": 0.3,
                 "redis_connect_timeout_seconds": 0.3,
                 "redis_breaker_reset_seconds": 0.5,
+                "audio_cache_hot_tier_mb": 0,  # a hit is an answer from the store
             },
         )
         proxy = create_app(settings, redis_url=failover.url)

@@ -10,6 +10,8 @@ Layout (``P`` is the key prefix, ``NN`` one of ``SHARDS`` shards)::
     P:{P.NN}:fl:<key>           STRING  cross-replica fill: the leader's lock token
     P:{P.NN}:fs:<key>           STREAM  cross-replica fill: the leader's answer
     P:{P.NN}:ff:<key>           STRING  cross-replica fill: how many replicas follow it
+    P:{P.NN}:fsb                HASH    stream key -> audio bytes counted in it (stats'
+                                        stream_bytes_held), until the sweep finds it gone
     P:invalidate                channel keys removed or replaced, for every hot tier
     P:cleanup:lock              STRING  the cleaning replica's lock token
     P:cleanup:history           HASH    cleanup runs of every replica, and the last report
@@ -91,6 +93,10 @@ class Keyspace:
 
     def flight_followers(self, key: CacheKey) -> str:
         return f"{self.shard(shard_of(key))}ff:{key.hex}"
+
+    def flight_bytes(self, n: int) -> str:
+        """Shard ``n``'s streams that hold audio, and how many bytes each was counted for."""
+        return self.shard(n) + "fsb"
 
     # -- the whole cache ----------------------------------------------------------------
 

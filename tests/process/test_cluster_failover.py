@@ -51,7 +51,10 @@ async def test_a_killed_master_fails_no_request_and_hits_resume_on_its_replica(
 ) -> None:
     cluster = replicated_cluster
     _fake, url = upstream
-    client = await proxy_on(aiohttp_client, url, cluster.url, client_auth="none")
+    # No hot tier: a hit is an answer from the store.
+    client = await proxy_on(
+        aiohttp_client, url, cluster.url, client_auth="none", audio_cache_hot_tier_mb=0
+    )
     # Which master each stored sentence's entry lives on.
     entries: dict[str, str] = {}
     known = await entry_keys(client)
