@@ -110,6 +110,7 @@ async def test_stats_show_the_stream_bytes_held_during_a_slow_miss_and_none_afte
     assert 0 < held <= len(upstream.audio(TEXT))
     assert await asking == [(200, upstream.audio(TEXT))] * 2
     assert upstream.calls == 1
+
     # Once the stream is gone, the sweep takes its bytes off; the lifetime count stays.
     async def none_held() -> bool:
         return await held_in_stats(a) == 0

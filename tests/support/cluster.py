@@ -131,7 +131,9 @@ class ValkeyCluster:
     def _synced(self, replica: ClusterNodeInfo) -> bool:
         with contextlib.closing(self.client(replica.port)) as c:
             info = c.info("replication")
-        return bool(info.get("master_link_status") == "up" and not info.get("master_sync_in_progress"))
+        return bool(
+            info.get("master_link_status") == "up" and not info.get("master_sync_in_progress")
+        )
 
     def state_ok(self, ports: list[int]) -> bool:
         return bool(ports) and all(_state_ok(self.client(p)) for p in ports)
