@@ -10,7 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis.asyncio
+from redis.exceptions import ClusterDownError
 
+from proxy.core.breaker import CircuitBreaker
+from proxy.store.guard import CacheUnavailable, StoreGuard
 from tests.support.cluster import ValkeyCluster, start_cluster
 from tests.support.loopback_upstream import fake_wav
 from tests.support.proxies import ProxyClient, proxy_on, service_of
@@ -117,3 +121,32 @@ async def test_a_killed_master_fails_no_request_and_hits_resume_on_its_replica(
     assert report["ghost_records_removed"] == 0 and report["corrected"] == {}
     assert report["entries"] == len(await entry_keys(client))
     assert await drift(client) == 0
+
+
+async def test_a_cluster_that_answers_clusterdown_opens_the_breaker() -> None:
+    """A master died and no replica can take its slots: every node answers CLUSTERDOWN.
+    The store is down for the proxy, so the breaker opens and requests stop paying for it
+    (redis-py's cluster client retries CLUSTERDOWN, 0.25 s apart, before it gives up)."""
+    cluster = start_cluster(node_timeout_ms=500)
+    try:
+        cluster.kill(cluster.master_ports()[0])
+        deadline = time.monotonic() + 30
+        while cluster.state_ok(cluster.live_ports()):
+            assert time.monotonic() < deadline, "the cluster never noticed the dead master"
+            await asyncio.sleep(0.05)
+        # A plain connection to a live master, for a key it serves: the answer itself.
+        port = cluster.master_ports()[0]
+        key = next(f"k{i}" for i in range(100) if cluster.owner_of(f"k{i}") == port)
+        node = redis.asyncio.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        guard = StoreGuard(CircuitBreaker(failure_threshold=2, reset_seconds=60))
+        try:
+            for _ in range(2):
+                with pytest.raises(ClusterDownError):
+                    await guard(node.get(key))
+            assert guard.breaker.is_open
+            with pytest.raises(CacheUnavailable):
+                await guard(node.get(key))
+        finally:
+            await node.aclose()
+    finally:
+        cluster.stop()
