@@ -180,6 +180,13 @@ _STATS = {
             ],
         },
         "prefetch": {"type": "object"},
+        "coalescing": {
+            "type": "object",
+            "properties": {
+                "stream_bytes_held": {"type": "integer"},
+                "stream_bytes_written": {"type": "integer"},
+            },
+        },
     },
 }
 

@@ -129,4 +129,10 @@ def build_stats(
             compressed_original_bytes=totals["compressed_original_bytes"],
         ),
         "prefetch": dict(prefetch),
+        # Audio of misses shared through the coalescing streams: held in Redis now
+        # (outside the entries and the size limit, until each stream is gone), and ever.
+        "coalescing": {
+            "stream_bytes_held": max(0, totals["stream_bytes_held"]),
+            "stream_bytes_written": totals["stream_bytes"],
+        },
     }

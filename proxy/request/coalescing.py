@@ -89,6 +89,7 @@ class FlightKeys:
     stream: str
     followers: str
     stats: str  # the shard's counters: bytes written to streams are counted there
+    held: str  # the shard's streams holding audio, and their bytes (for stream_bytes_held)
 
     @classmethod
     def of(cls, keyspace: Keyspace, key: CacheKey) -> FlightKeys:
@@ -97,6 +98,7 @@ class FlightKeys:
             keyspace.flight_stream(key),
             keyspace.flight_followers(key),
             keyspace.stats(shard_of(key)),
+            keyspace.flight_bytes(shard_of(key)),
         )
 
 
@@ -254,7 +256,8 @@ class ClusterFlights:
                 args += [name, value]
             return int(
                 await self._publish(
-                    keys=[keys.lock, keys.stream, keys.stats, keys.followers], args=args
+                    keys=[keys.lock, keys.stream, keys.stats, keys.followers, keys.held],
+                    args=args,
                 )
             )
 

@@ -11,6 +11,8 @@ Layout (``P`` is the key prefix, ``NN`` one of ``SHARDS`` shards)::
     P:{P.NN}:fs:<key>           STREAM  cross-replica fill: the leader's answer
     P:{P.NN}:ff:<key>           STRING  cross-replica fill: how many replicas follow it
     P:{P.NN}:sg:<key>           STRING  segment caching: how many requests missed this piece
+    P:{P.NN}:fsb                HASH    stream key -> audio bytes counted in it (stats'
+                                        stream_bytes_held), until the sweep finds it gone
     P:invalidate                channel keys removed or replaced, for every hot tier
     P:cleanup:lock              STRING  the cleaning replica's lock token
     P:cleanup:history           HASH    cleanup runs of every replica, and the last report
@@ -105,6 +107,10 @@ class Keyspace:
     def sightings(self, key: CacheKey) -> str:
         """A piece's miss counter (``segment_store_after_sightings``); has a TTL."""
         return f"{self.shard(shard_of(key))}sg:{key.hex}"
+
+    def flight_bytes(self, n: int) -> str:
+        """Shard ``n``'s streams that hold audio, and how many bytes each was counted for."""
+        return self.shard(n) + "fsb"
 
     # -- the whole cache ----------------------------------------------------------------
 

@@ -95,7 +95,13 @@ class Ledger:
         calls = [
             (
                 self.keyspace.shard_keys(n),
-                [self.keyspace.entry_prefix(n), self.keyspace.selector_prefix(n), now, limit],
+                [
+                    self.keyspace.entry_prefix(n),
+                    self.keyspace.selector_prefix(n),
+                    now,
+                    limit,
+                    self.keyspace.flight_bytes(n),
+                ],
             )
             for n in range(SHARDS)
         ]

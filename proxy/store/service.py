@@ -76,6 +76,7 @@ class AudioCacheService:
     ) -> None:
         self.redis = redis
         self.hot = hot
+        self._hot_trusted_since = 0  # the breaker's opened_count the hot tier's entries date from
         # Entries are kept this long past their TTL, to be served if the upstream fails.
         self.stale_grace_ms = stale_grace_seconds * 1000
         self.keyspace = Keyspace(prefix)
@@ -223,6 +224,12 @@ class AudioCacheService:
         store is healthy (with the breaker open, deletes made elsewhere could go unheard)."""
         hot = self.hot
         if hot is not None and hot.live and self.breaker.state is BreakerState.CLOSED:
+            if self.breaker.opened_count != self._hot_trusted_since:
+                # The store was out of reach: on a cluster, a failover that may have lost
+                # entries this tier holds, while the invalidation channel (on another node)
+                # stayed up. No purge would find them to invalidate: start empty.
+                self._hot_trusted_since = self.breaker.opened_count
+                hot.clear()
             return hot
         return None
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis.exceptions import RedisError
 
 from proxy.app import SETTINGS
 from proxy.core.keys import CacheKey
@@ -282,3 +283,43 @@ async def test_cleanup_frees_space_on_every_master(
     assert sum(after) == totals["entries"] == 90 - report.entries_removed
     assert totals["bytes"] == report.size_after_bytes
     assert all(a < b for a, b in zip(after, before, strict=True)), (before, after)
+
+
+async def test_commands_whose_connection_is_closed_under_them_fail_as_store_errors(
+    valkey_cluster: ValkeyCluster,
+) -> None:
+    """On CLUSTERDOWN, as when a master has just died, redis-py closes every connection of
+    the client, also those other tasks are writing to: each of their commands must fail
+    as a RedisError (which the breaker and the fail-open paths handle), not anything else."""
+    client = open_redis(valkey_cluster.url)
+    prefix = f"r{uuid.uuid4().hex[:8]}"
+    outcomes: dict[str, int] = defaultdict(int)
+    deadline = asyncio.get_running_loop().time() + 2.0
+
+    async def commands(n: int) -> None:
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                if n % 2:
+                    await client.get(f"{prefix}:{n}")
+                else:
+                    pipe = client.pipeline(transaction=False)
+                    pipe.get(f"{prefix}:a{n}")
+                    pipe.get(f"{prefix}:b{n}")
+                    await pipe.execute()
+                outcomes["ok"] += 1
+            except RedisError:
+                outcomes["store error"] += 1
+            except Exception as exc:  # what the fail-open paths would not catch
+                outcomes[type(exc).__name__] += 1
+
+    async def resets() -> None:
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.003)
+            await client.aclose()  # what redis-py does on CLUSTERDOWN
+
+    try:
+        await asyncio.gather(*(commands(n) for n in range(64)), resets())
+    finally:
+        await client.aclose()
+    assert outcomes["ok"] > 0
+    assert set(outcomes) <= {"ok", "store error"}, dict(outcomes)

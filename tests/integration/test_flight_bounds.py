@@ -5,13 +5,14 @@ other replicas then call the upstream themselves)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from proxy.app import SERVICE
+from proxy.app import PROCESSOR, SERVICE
 from tests.support.speech import speech_body
 from tests.support.streaming_upstream import StreamingUpstream, serve
 from tests.support.waits import eventually
@@ -85,3 +86,35 @@ async def test_a_miss_nobody_follows_writes_its_audio_to_redis_once(
     assert again.headers["X-Cache"] == "HIT"
     assert upstream.calls == 1
     assert await stream_bytes(a) == 0  # only the entry holds the audio
+
+
+async def held_in_stats(client: Any) -> int:
+    response = await client.get("/admin/audio-cache/stats")
+    assert response.status == 200
+    block = (await response.json())["coalescing"]
+    assert block["stream_bytes_written"] >= block["stream_bytes_held"]
+    return int(block["stream_bytes_held"])
+
+
+async def test_stats_show_the_stream_bytes_held_during_a_slow_miss_and_none_after(
+    streaming: Any, make_proxy: Any
+) -> None:
+    upstream, url = streaming
+    a, b = await pair(make_proxy, url)
+    for client in (a, b):  # a finished answer's stream lingers this long for late followers
+        flights = client.app[PROCESSOR].misses.flights
+        flights.settings = dataclasses.replace(flights.settings, linger_seconds=0.3)
+    assert await held_in_stats(a) == 0
+    asking = asyncio.ensure_future(both(a, b))  # 5 chunks, 0.1 s apart; b follows a
+    held = await eventually(lambda: held_in_stats(b), what="no stream bytes while in flight")
+    assert 0 < held <= len(upstream.audio(TEXT))
+    assert await asking == [(200, upstream.audio(TEXT))] * 2
+    assert upstream.calls == 1
+
+    # Once the stream is gone, the sweep takes its bytes off; the lifetime count stays.
+    async def none_held() -> bool:
+        return await held_in_stats(a) == 0
+
+    await eventually(none_held, what="stream bytes still held")
+    body = await (await a.get("/admin/audio-cache/stats")).json()
+    assert body["coalescing"]["stream_bytes_written"] == len(upstream.audio(TEXT))

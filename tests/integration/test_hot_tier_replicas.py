@@ -106,3 +106,28 @@ async def test_disabled_hot_tier(upstream: Any, make_proxy: ProxyFactory) -> Non
     await speak(client, "No hot tier here")
     _, x_cache, _ = await speak(client, "No hot tier here")
     assert x_cache == "HIT"
+
+
+async def test_after_the_store_was_out_of_reach_the_hot_tier_starts_empty(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    """As in a cluster failover: a master dies, writes it had not replicated are lost, and
+    the invalidation channel, on another node, stays up. What the tier holds from before may
+    be gone from the store, where no purge would find it: it is not served from memory."""
+    _, url = upstream
+    a, _ = await replicas(make_proxy, url, redis_breaker_reset_seconds=0.1)
+    text = "The spa is on the second floor"
+    key = CacheKey(await make_hot(a, text))
+    service = service_of(a)
+    # The entry lost by the failover (with no one to publish it) ...
+    await service.redis.delete(service.keyspace.entry(key))
+    # ... and the store out of reach meanwhile.
+    for _ in range(service.breaker.failure_threshold):
+        service.breaker.failure()
+    assert service.breaker.is_open
+    # The background jobs' next call is the probe that closes it (no request for the text:
+    # its miss would store it again).
+    await eventually(lambda: not service.breaker.is_open, what="the breaker stayed open")
+    _, x_cache, _ = await speak(a, text)
+    assert x_cache == "MISS"  # from the upstream, not the tier's copy of the lost entry
+    assert hot_of(a).live

@@ -13,5 +13,6 @@ def test_flight_keys_share_the_entry_shard_hash_tag() -> None:
     keys = FlightKeys.of(keyspace, key)
     tag = keyspace.entry(key).split("}")[0] + "}"
     assert tag.startswith("ttsc:{ttsc.")
-    assert {k.split("}")[0] + "}" for k in (keys.lock, keys.stream, keys.followers)} == {tag}
+    names = (keys.lock, keys.stream, keys.followers, keys.stats, keys.held)
+    assert {k.split("}")[0] + "}" for k in names} == {tag}
     assert len({keys.lock, keys.stream, keys.followers, keyspace.entry(key)}) == 4

@@ -64,6 +64,7 @@ def test_every_key_of_one_cache_key_shares_its_shard_hash_tag() -> None:
         SPACE.flight_lock(KEY),
         SPACE.flight_stream(KEY),
         SPACE.flight_followers(KEY),
+        SPACE.flight_bytes(n),
     ]
     assert {tag(name) for name in names} == {"ttsc.18"}
     assert len(set(names)) == len(names)
