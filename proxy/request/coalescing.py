@@ -125,6 +125,7 @@ class ClusterFlights:
         self.breaker = breaker
         self._publish = Lua(redis, "flight_publish")
         self._renew = Lua(redis, "flight_renew")
+        self._take = Lua(redis, "flight_lead")
         # Keys this process leads, set when the lock is let go. A fill that failed here is
         # retried by the next request; it must not follow the failed answer's stream.
         self._leading: dict[str, asyncio.Event] = {}
@@ -156,8 +157,14 @@ class ClusterFlights:
             waiting.cancel()
         for _ in range(_MAX_TAKEOVERS + 1):
             lock = TokenLock(self.redis, keys.lock, _ms(self.settings.lock_seconds))
+            # One round trip: the lock, the earlier leader's records cleared, and whether
+            # the answer was stored since this request missed (only then is it read).
+            stored = [self.keyspace.entry(key)] if recheck is not None else []
             try:
-                won = await lock.acquire()
+                won = await self._take(
+                    keys=[keys.lock, keys.stream, keys.followers, *stored],
+                    args=[lock.token, lock.ttl_ms],
+                )
             except (RedisError, OSError) as exc:
                 _redis_failed("lock", exc)
                 await lead(fill)
@@ -166,7 +173,8 @@ class ClusterFlights:
                 fill.origin = "upstream"  # perhaps after following a leader that vanished
                 released = self._leading[key.hex] = asyncio.Event()
                 try:
-                    await self._lead(fill, key, keys, lock, lead, recheck, entry)
+                    stored_since = recheck if won == 2 else None
+                    await self._lead(fill, key, keys, lock, lead, stored_since, entry)
                 finally:
                     released.set()
                     if self._leading.get(key.hex) is released:
@@ -195,9 +203,10 @@ class ClusterFlights:
         entry: CacheKey | None,
     ) -> None:
         try:
-            if recheck is not None and await self._replay_stored(fill, key, recheck):
-                return
-            await self.redis.delete(keys.stream, keys.followers)  # an earlier leader's records
+            if recheck is not None:  # the entry was there when the lock was taken
+                if await self._replay_stored(fill, key, recheck):
+                    return
+                await self.redis.delete(keys.stream, keys.followers)  # an earlier leader's
         except (RedisError, OSError) as exc:
             _redis_failed("lock", exc)
             await self._release_quietly(lock)
