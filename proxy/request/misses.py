@@ -183,6 +183,9 @@ class Misses:
                         )
                         verdict = self._accepted(credential if later else None, upstream.status)
                         first = False
+                        # Readers write the first bytes before this task goes on: a body
+                        # that came whole would otherwise be checked and stored first.
+                        await asyncio.sleep(0)
                 complete = True
         except Exception as exc:  # the upstream broke off mid-body
             METRICS.upstream_errors.labels("truncated").inc()
