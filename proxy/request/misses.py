@@ -29,7 +29,7 @@ from ..observability.metrics import METRICS
 from ..store.service import AudioCacheService, CachedAudio, EntryLabels
 from . import sse as sse_form
 from .access import Access
-from .coalescing import ClusterFlights, FlightSettings
+from .coalescing import Claim, ClusterFlights, FlightSettings
 from .errors import json_error
 from .fill import Fill, FillRegistry
 from .hits import Hits
@@ -88,6 +88,18 @@ class Misses:
                 breaker=service.breaker,
                 fetch=service.fetch,
             )
+
+    def claim(self, key: CacheKey, sse: bool) -> Claim | None:
+        """Start taking the lead of ``key``'s cross-replica flight ahead of its lookup
+        (see :meth:`ClusterFlights.claim`); :meth:`let_go` it whatever happens."""
+        if self.flights is None or sse:  # an events flight has a key of its own
+            return None
+        return self.flights.claim(key)
+
+    def let_go(self, claim: Claim) -> None:
+        """Give up ``claim`` unless the fill started for its key adopted it."""
+        if self.flights is not None:
+            self.flights.let_go(claim)
 
     def start(
         self,

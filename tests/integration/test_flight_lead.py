@@ -3,6 +3,7 @@ leader's records and says whether the answer was stored since the request missed
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,6 +14,7 @@ from proxy.core.keys import CacheKey
 from proxy.request.coalescing import ClusterFlights
 from proxy.request.fill import Fill
 from proxy.store.service import AudioCacheService, EntryLabels
+from tests.support.waits import eventually
 
 AUDIO = b"RIFF" + bytes(range(256)) * 40
 
@@ -122,4 +124,85 @@ async def test_a_held_lock_makes_a_follower(
     await flights.run(fill, key, upstream, recheck=None, entry=key)
     assert upstream.calls == 0
     assert (fill.origin, fill.body(), fill.stored) == ("cluster", AUDIO, False)
+    assert await flights.redis.get(keys.lock) == b"another leader"
+
+
+# -- taking the lead beside the lookup ------------------------------------------------------
+
+
+async def test_a_claim_on_a_stored_entry_takes_nothing(
+    store: tuple[ClusterFlights, AudioCacheService],
+) -> None:
+    flights, service = store
+    key = new_key()
+    await service.put(key, AUDIO, media_type="audio/wav", ttl_seconds=60, labels=EntryLabels())
+    claim = flights.claim(key)
+    assert claim is not None
+    assert await claim.taken == 3
+    assert await flights.redis.exists(flights.keys(key).lock) == 0
+    flights.let_go(claim)
+    again = await eventually(lambda: flights.claim(key))  # a new claim may be taken
+    assert await again.taken == 3
+    flights.let_go(again)
+
+
+async def test_a_claim_nobody_adopts_is_let_go(
+    store: tuple[ClusterFlights, AudioCacheService],
+) -> None:
+    flights, _ = store
+    key = new_key()
+    claim = flights.claim(key)
+    assert claim is not None and flights.claim(key) is None  # one claim per key at a time
+    assert await claim.taken == 1
+    assert await flights.redis.get(flights.keys(key).lock) == claim.lock.token.encode()
+    flights.let_go(claim)
+
+    async def released() -> bool:
+        return await flights.redis.exists(flights.keys(key).lock) == 0
+
+    await eventually(released)
+
+
+async def test_the_fill_started_for_a_claimed_key_adopts_the_claim(
+    store: tuple[ClusterFlights, AudioCacheService],
+) -> None:
+    flights, service = store
+    key = new_key()
+    keys = flights.keys(key)
+    claim = flights.claim(key)
+    assert claim is not None
+    upstream, fill = Upstream(), Fill(key.hex)
+    held: list[bytes | None] = []
+
+    async def lead(fill: Fill) -> None:
+        held.append(await flights.redis.get(keys.lock))
+        await upstream(fill)
+
+    running = asyncio.ensure_future(
+        flights.run(fill, key, lead, recheck=service.fetch_fresh, entry=key)
+    )
+    flights.let_go(claim)  # as the request does once its fill is started: a no-op now
+    await running
+    assert held == [claim.lock.token.encode()]
+    assert (upstream.calls, fill.origin) == (1, "upstream")
+    assert await flights.redis.exists(keys.lock) == 0
+
+
+async def test_a_claim_lost_to_another_replica_follows_its_leader(
+    store: tuple[ClusterFlights, AudioCacheService],
+) -> None:
+    flights, service = store
+    key = new_key()
+    keys = flights.keys(key)
+    await flights.redis.set(keys.lock, "another leader", px=60_000)
+    claim = flights.claim(key)
+    assert claim is not None
+    await flights.redis.xadd(keys.stream, {"k": "h", "s": "200", "h": "[]"})
+    await flights.redis.xadd(keys.stream, {"k": "c", "d": AUDIO})
+    await flights.redis.xadd(keys.stream, {"k": "e", "ok": "1"})
+    await flights.redis.xadd(keys.stream, {"k": "d", "st": "0", "r": "x", "n": str(len(AUDIO))})
+    upstream, fill = Upstream(), Fill(key.hex)
+    await flights.run(fill, key, upstream, recheck=service.fetch_fresh, entry=key)
+    flights.let_go(claim)
+    assert (upstream.calls, fill.origin, fill.body()) == (0, "cluster", AUDIO)
     assert await flights.redis.get(keys.lock) == b"another leader"
