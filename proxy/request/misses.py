@@ -334,6 +334,8 @@ class Misses:
             response.headers.add(name, value)
         if fill.finished and fill.complete:
             response.content_length = fill.size
+        else:  # the first bytes go out before the body has all arrived: as the upstream said
+            response.content_length = _declared_length(fill.status, fill.headers)
         self.hits.mark(response, key, status.but(stored=refusal is None))
         tag(request, response)
         try:
@@ -396,6 +398,18 @@ async def _settle(
     if verdict is not None:
         await verdict
     fill.settle(stored=stored, refusal=refusal)
+
+
+def _declared_length(status: int, headers: Iterable[tuple[str, str]]) -> int | None:
+    """The upstream's Content-Length, when it framed its body with one (bytes pass through
+    as they came, so it holds for the answer too; one cut short is closed early)."""
+    if status < 200 or status in (204, 304):
+        return None
+    lowered = _lowered(headers)
+    length = lowered.get("content-length", "")
+    if "transfer-encoding" in lowered or not length.isdigit():
+        return None
+    return int(length)
 
 
 def _lowered(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
