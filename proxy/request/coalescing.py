@@ -219,13 +219,18 @@ class ClusterFlights:
     ) -> tuple[TokenLock, asyncio.Future[int]]:
         lock = TokenLock(self.redis, keys.lock, _ms(self.settings.lock_seconds))
         stored = [self.keyspace.entry(key)] if entry_checked else []
-        taking = asyncio.ensure_future(
-            self._take(
-                keys=[keys.lock, keys.stream, keys.followers, *stored],
-                args=[lock.token, lock.ttl_ms, int(ahead)],
+
+        async def take() -> int:
+            if ahead:  # the lookup it goes beside is sent first: a hit does not wait for this
+                await asyncio.sleep(0)
+            return int(
+                await self._take(
+                    keys=[keys.lock, keys.stream, keys.followers, *stored],
+                    args=[lock.token, lock.ttl_ms, int(ahead)],
+                )
             )
-        )
-        return lock, taking
+
+        return lock, asyncio.ensure_future(take())
 
     def claim(self, key: CacheKey) -> Claim | None:
         """Start taking the lead of ``key``'s flight while its lookup is still in flight
