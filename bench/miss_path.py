@@ -10,17 +10,22 @@ flight only (``coalescing_enabled: false``), and with no proxy.
 
 Part 0 is the matrix of the miss time-to-first-byte overhead over going direct: bodies of
 20 KB and 137 KB, 24 kHz PCM and MP3, from an upstream that answers at once (one body with
-a Content-Length) and one that streams (10 chunks, 20 ms apart), both after 20 ms.
+a Content-Length) and one that streams (10 chunks, 20 ms apart), both after 20 ms. It runs
+twice: with the client in a process of its own (as clients are: both paths then cross one
+process boundary each way), and with the client in the proxy's event loop, where whatever
+the proxy does after its first write (storing the entry) delays the client's own read.
 
-Everything runs on 127.0.0.1 in one event loop; each part is bounded in runs and seconds.
-Run: ``python -m bench.miss_path`` (about a minute).
+Everything else runs on 127.0.0.1 in one event loop; each part is bounded in runs and
+seconds. Run: ``python -m bench.miss_path`` (about two minutes).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import logging
+import multiprocessing
 import statistics
 import time
 import uuid
@@ -114,13 +119,12 @@ async def timed_matrix(
     return ttfb, time.perf_counter() - started
 
 
-async def part0(upstream_url: str, proxy_url: str, runs: int, seconds: float) -> list[str]:
-    lines = [
-        f"Miss time to first byte over direct: median (p90) of {runs} runs per case, "
-        f"upstream latency {MATRIX_LATENCY * 1000:.0f} ms",
-        f"{'body':<9}{'upstream':<11}{'direct ms':>10}{'miss ms':>9}{'over p50 ms':>12}"
-        f"{'over p90 ms':>12}{'total/direct':>13}",
-    ]
+Samples = list[tuple[str, list[tuple[float, float]], list[tuple[float, float]]]]
+
+
+async def matrix_samples(upstream_url: str, proxy_url: str, runs: int, seconds: float) -> Samples:
+    """Per case: (case, direct timings, miss timings), each miss right after its direct twin."""
+    samples: Samples = []
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession() as session:
         for fmt in ("pcm", "mp3"):
@@ -134,19 +138,50 @@ async def part0(upstream_url: str, proxy_url: str, runs: int, seconds: float) ->
                         text = f"matrix {kb * 1024} {fmt} {mode} {i} {uuid.uuid4().hex}"
                         direct.append(await timed_matrix(session, upstream_url, text, fmt))
                         miss.append(await timed_matrix(session, proxy_url, text, fmt))
-                    if not direct:
-                        continue
-                    over = sorted(m[0] - d[0] for d, m in zip(direct, miss, strict=True))
-                    p90 = over[min(len(over) - 1, int(len(over) * 0.9))]
-                    d_ttfb = statistics.median(t for t, _ in direct)
-                    m_ttfb = statistics.median(t for t, _ in miss)
-                    total = statistics.median(t for _, t in miss) / statistics.median(
-                        t for _, t in direct
-                    )
-                    lines.append(
-                        f"{fmt} {kb:>3}KB {mode:<11}{d_ttfb * 1000:>10.2f}{m_ttfb * 1000:>9.2f}"
-                        f"{statistics.median(over) * 1000:>12.2f}{p90 * 1000:>12.2f}{total:>13.3f}"
-                    )
+                    if direct:
+                        samples.append((f"{fmt} {kb:>3}KB {mode:<11}", direct, miss))
+    return samples
+
+
+def matrix_samples_in_a_process(
+    upstream_url: str, proxy_url: str, runs: int, seconds: float
+) -> Samples:
+    """:func:`matrix_samples` with its own event loop (run in a child process)."""
+    return asyncio.run(matrix_samples(upstream_url, proxy_url, runs, seconds))
+
+
+async def part0(
+    upstream_url: str, proxy_url: str, runs: int, seconds: float, *, client_process: bool
+) -> list[str]:
+    """The matrix. ``client_process``: the client runs in a process of its own, as clients
+    do, so both paths pay one hop between processes and the proxy's work after its first
+    write (storing the entry) runs beside the client's read instead of before it; else the
+    client shares this event loop with the upstream and the proxy."""
+    where = "client in its own process" if client_process else "client, proxy, upstream in one loop"
+    lines = [
+        f"Miss time to first byte over direct ({where}): median (p90) of {runs} runs per "
+        f"case, upstream latency {MATRIX_LATENCY * 1000:.0f} ms",
+        f"{'body':<9}{'upstream':<11}{'direct ms':>10}{'miss ms':>9}{'over p50 ms':>12}"
+        f"{'over p90 ms':>12}{'total/direct':>13}",
+    ]
+    if client_process:
+        spawn = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            samples = await asyncio.get_running_loop().run_in_executor(
+                pool, matrix_samples_in_a_process, upstream_url, proxy_url, runs, seconds
+            )
+    else:
+        samples = await matrix_samples(upstream_url, proxy_url, runs, seconds)
+    for case, direct, miss in samples:
+        over = sorted(m[0] - d[0] for d, m in zip(direct, miss, strict=True))
+        p90 = over[min(len(over) - 1, int(len(over) * 0.9))]
+        d_ttfb = statistics.median(t for t, _ in direct)
+        m_ttfb = statistics.median(t for t, _ in miss)
+        total = statistics.median(t for _, t in miss) / statistics.median(t for _, t in direct)
+        lines.append(
+            f"{case}{d_ttfb * 1000:>10.2f}{m_ttfb * 1000:>9.2f}"
+            f"{statistics.median(over) * 1000:>12.2f}{p90 * 1000:>12.2f}{total:>13.3f}"
+        )
     return lines
 
 
@@ -293,7 +328,12 @@ async def main(args: argparse.Namespace) -> None:
         async with site(app) as upstream_url:
             prefix = f"bench{uuid.uuid4().hex[:8]}"
             async with site(proxy_app(upstream_url, valkey.url, prefix)) as proxy_url:
-                table0 = await part0(upstream_url, proxy_url, args.matrix_runs, 60.0)
+                table0 = await part0(
+                    upstream_url, proxy_url, args.matrix_runs, 60.0, client_process=True
+                )
+                table0 += [""] + await part0(
+                    upstream_url, proxy_url, args.matrix_runs, 60.0, client_process=False
+                )
                 table1 = await part1(upstream_url, proxy_url, args.runs, args.seconds)
             table2 = await part2(
                 upstream, upstream_url, valkey.url, args.n, args.rounds, args.seconds

@@ -82,6 +82,15 @@ class FlightSettings:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A flight's lead being taken ahead of its fill (see :meth:`ClusterFlights.claim`)."""
+
+    key: CacheKey
+    lock: TokenLock
+    taken: asyncio.Future[int]  # what the flight_lead script said: 0, 1 or 2
+
+
+@dataclass(frozen=True)
 class FlightKeys:
     """The Redis keys of one key's flight."""
 
@@ -127,6 +136,10 @@ class ClusterFlights:
         self.breaker = breaker
         self._publish = Lua(redis, "flight_publish")
         self._renew = Lua(redis, "flight_renew")
+        self._take = Lua(redis, "flight_lead")
+        # Leads taken beside a lookup, by key, until a fill adopts them or they are let go.
+        self._claims: dict[str, Claim] = {}
+        self._letting_go: set[asyncio.Future[None]] = set()
         # Keys this process leads, set when the lock is let go. A fill that failed here is
         # retried by the next request; it must not follow the failed answer's stream.
         self._leading: dict[str, asyncio.Event] = {}
@@ -147,28 +160,47 @@ class ClusterFlights:
         else from the leader's stream. ``recheck`` reads the store once the lock is won (the
         answer may have been stored since this request missed). ``entry``: the key ``lead``
         stores the answer under (``key`` unless the flight is private)."""
+        claim = self._claims.pop(key.hex, None)  # taken beside this key's lookup
         if self.breaker is not None and self.breaker.is_open:
+            if claim is not None:
+                self._let_go(claim)
             await lead(fill)
             return
         keys = self.keys(key)
         previous = self._leading.get(key.hex)
         if previous is not None:
+            if claim is not None:  # it may have lost to the lock being let go
+                self._let_go(claim)
+                claim = None
             waiting = asyncio.ensure_future(previous.wait())
             await asyncio.wait([waiting], timeout=self.settings.lock_seconds)
             waiting.cancel()
         for _ in range(_MAX_TAKEOVERS + 1):
-            lock = TokenLock(self.redis, keys.lock, _ms(self.settings.lock_seconds))
+            if claim is not None:
+                lock, taking, claim = claim.lock, claim.taken, None
+            else:
+                # One round trip: the lock, the earlier leader's records cleared, and
+                # whether the answer was stored since this request missed.
+                lock, taking = self._take_lead(key, keys, entry_checked=recheck is not None)
             try:
-                won = await lock.acquire()
+                won = await taking
+                if won == 3:  # a claim that found the entry (stale, as the lookup missed)
+                    lock, taking = self._take_lead(key, keys, entry_checked=recheck is not None)
+                    won = await taking
             except (RedisError, OSError) as exc:
                 _redis_failed("lock", exc)
                 await lead(fill)
                 return
-            if won:
+            if won in (1, 2):
                 fill.origin = "upstream"  # perhaps after following a leader that vanished
                 released = self._leading[key.hex] = asyncio.Event()
                 try:
-                    await self._lead(fill, key, keys, lock, lead, recheck, entry)
+                    # 2: the entry was there, and the records were left alone.
+                    stored_since = won == 2
+                    await self._lead(
+                        fill, key, keys, lock, lead, recheck if stored_since else None,
+                        entry, cleared=not stored_since,
+                    )  # fmt: skip
                 finally:
                     released.set()
                     if self._leading.get(key.hex) is released:
@@ -184,6 +216,64 @@ class ClusterFlights:
             log.info("leader of %s vanished: taking over", key.hex[:12])
         await _give_up(fill, "coalescing_timeout", "no replica could complete this synthesis")
 
+    def _take_lead(
+        self, key: CacheKey, keys: FlightKeys, *, entry_checked: bool, ahead: bool = False
+    ) -> tuple[TokenLock, asyncio.Future[int]]:
+        lock = TokenLock(self.redis, keys.lock, _ms(self.settings.lock_seconds))
+        stored = [self.keyspace.entry(key)] if entry_checked else []
+
+        async def take() -> int:
+            if ahead:  # the lookup it goes beside is sent first: a hit does not wait for this
+                await asyncio.sleep(0)
+            return int(
+                await self._take(
+                    keys=[keys.lock, keys.stream, keys.followers, *stored],
+                    args=[lock.token, lock.ttl_ms, int(ahead)],
+                )
+            )
+
+        return lock, asyncio.ensure_future(take())
+
+    def claim(self, key: CacheKey) -> Claim | None:
+        """Start taking the lead of ``key``'s flight while its lookup is still in flight
+        (a request this replica has not seen before is most likely a miss), so that a miss
+        does not wait for a second round trip before the upstream call. The fill that runs
+        for ``key`` next adopts it; :meth:`let_go` it when there is none (a hit, a refusal,
+        a request that joined a fill already running here)."""
+        if self.breaker is not None and self.breaker.is_open:
+            return None
+        if key.hex in self._claims or key.hex in self._leading:
+            return None
+        lock, taking = self._take_lead(key, self.keys(key), entry_checked=True, ahead=True)
+        claim = self._claims[key.hex] = Claim(key, lock, taking)
+        return claim
+
+    def let_go(self, claim: Claim) -> None:
+        """Give up ``claim`` unless a fill adopts it first: fills started before now take
+        their first step before this does."""
+        task = asyncio.ensure_future(self._let_go_unless_adopted(claim))
+        self._letting_go.add(task)
+        task.add_done_callback(self._letting_go.discard)
+
+    async def _let_go_unless_adopted(self, claim: Claim) -> None:
+        await asyncio.sleep(0)
+        if self._claims.get(claim.key.hex) is claim:
+            del self._claims[claim.key.hex]
+            await self._release_claim(claim)
+
+    def _let_go(self, claim: Claim) -> None:
+        task = asyncio.ensure_future(self._release_claim(claim))
+        self._letting_go.add(task)
+        task.add_done_callback(self._letting_go.discard)
+
+    async def _release_claim(self, claim: Claim) -> None:
+        try:
+            won = await claim.taken
+        except (RedisError, OSError):
+            return  # nothing taken, or it expires on its own
+        if won in (1, 2):
+            await self._release_quietly(claim.lock)
+
     # -- the leader -------------------------------------------------------------------
 
     async def _lead(
@@ -195,11 +285,14 @@ class ClusterFlights:
         lead: Runner,
         recheck: Recheck | None,
         entry: CacheKey | None,
+        *,
+        cleared: bool,
     ) -> None:
         try:
             if recheck is not None and await self._replay_stored(fill, key, recheck):
                 return
-            await self.redis.delete(keys.stream, keys.followers)  # an earlier leader's records
+            if not cleared:  # the entry was there when the lock was taken
+                await self.redis.delete(keys.stream, keys.followers)  # an earlier leader's
         except (RedisError, OSError) as exc:
             _redis_failed("lock", exc)
             await self._release_quietly(lock)

@@ -8,6 +8,7 @@ when it passes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -29,7 +30,7 @@ from ..observability.metrics import METRICS
 from ..store.service import AudioCacheService, CachedAudio, EntryLabels
 from . import sse as sse_form
 from .access import Access
-from .coalescing import ClusterFlights, FlightSettings
+from .coalescing import Claim, ClusterFlights, FlightSettings
 from .errors import json_error
 from .fill import Fill, FillRegistry
 from .hits import Hits
@@ -75,6 +76,7 @@ class Misses:
         self.hits = hits
         self.fills = FillRegistry(continue_when_abandoned=settings.fill_continue_after_disconnect)
         self.flights: ClusterFlights | None = None
+        self._verdicts: set[asyncio.Future[None]] = set()
         if settings.coalescing_enabled:
             self.flights = ClusterFlights(
                 service.redis,
@@ -88,6 +90,18 @@ class Misses:
                 breaker=service.breaker,
                 fetch=service.fetch,
             )
+
+    def claim(self, key: CacheKey, sse: bool) -> Claim | None:
+        """Start taking the lead of ``key``'s cross-replica flight ahead of its lookup
+        (see :meth:`ClusterFlights.claim`); :meth:`let_go` it whatever happens."""
+        if self.flights is None or sse:  # an events flight has a key of its own
+            return None
+        return self.flights.claim(key)
+
+    def let_go(self, claim: Claim) -> None:
+        """Give up ``claim`` unless the fill started for its key adopted it."""
+        if self.flights is not None:
+            self.flights.let_go(claim)
 
     def start(
         self,
@@ -112,7 +126,9 @@ class Misses:
         say) the answer is streamed and never stored, and the reason is counted."""
 
         async def lead(fill: Fill) -> None:
-            await self._run(fill, rule, outgoing, key, labels, ttl, started, credential, not_stored)
+            await self._run(
+                fill, rule, outgoing, key, labels, ttl, started, credential, not_stored, private
+            )
 
         sse = outgoing.sse_media_type is not None
         flight = sse_form.flight_key(key) if sse else key
@@ -140,6 +156,7 @@ class Misses:
         started: float,
         credential: str | None,
         not_stored: str | None = None,
+        private: bool = False,
     ) -> None:
         t0 = time.perf_counter()
         try:
@@ -151,7 +168,11 @@ class Misses:
             await fill.finish(complete=False, error=exc)
             fill.settle(stored=False, refusal="upstream_error")
             return
-        await self.access.upstream_answered(credential, upstream.status)
+        # A refusal, or the first success of a credential (a private fill), is kept before
+        # its client hears of it; an accepted credential's renewal goes on beside the body.
+        later = not private and upstream.status not in (401, 403)
+        if not later:
+            await self.access.upstream_answered(credential, upstream.status)
         lowered = _lowered(upstream.headers.items())
         refusal = refusal_before_body(
             status=upstream.status,
@@ -165,15 +186,20 @@ class Misses:
         )
         complete = False
         first = True
+        verdict: asyncio.Future[None] | None = None
         try:
             async with upstream:
                 async for chunk in upstream.content.iter_any():
+                    await fill.add(chunk)
                     if first:
                         METRICS.time_to_first_byte.labels(labels.route).observe(
                             time.perf_counter() - started
                         )
+                        verdict = self._accepted(credential if later else None, upstream.status)
                         first = False
-                    await fill.add(chunk)
+                        # Readers write the first bytes before this task goes on: a body
+                        # that came whole would otherwise be checked and stored first.
+                        await asyncio.sleep(0)
                 complete = True
         except Exception as exc:  # the upstream broke off mid-body
             METRICS.upstream_errors.labels("truncated").inc()
@@ -181,6 +207,10 @@ class Misses:
         METRICS.upstream_duration.labels(labels.route, str(upstream.status)).observe(
             time.perf_counter() - t0
         )
+        if first:  # an empty body
+            verdict = self._accepted(credential if later else None, upstream.status)
+        if verdict is not None and (refusal is not None or not complete):
+            await verdict  # such an answer's last byte goes out at its end, not once settled
         await fill.finish(complete=complete)
         audio = fill.body()
         media_type = lowered.get("content-type", "application/octet-stream")
@@ -212,7 +242,7 @@ class Misses:
         if refusal is not None:
             METRICS.not_stored.labels(refusal).inc()
             METRICS.operations.labels("set", "skipped").inc()
-            fill.settle(stored=False, refusal=refusal)
+            await _settle(fill, verdict, stored=False, refusal=refusal)
             return
         try:
             result = await self.writes.put(
@@ -227,9 +257,22 @@ class Misses:
             log.warning("could not store %s: %s", key.hex[:12], exc)
             METRICS.redis_errors.labels("set").inc()
             METRICS.operations.labels("set", "error").inc()
-            fill.settle(stored=False, refusal="store_error")
+            await _settle(fill, verdict, stored=False, refusal="store_error")
             return
-        fill.settle(stored=result.stored, refusal=None if result.stored else result.reason)
+        refused = None if result.stored else result.reason
+        await _settle(fill, verdict, stored=result.stored, refusal=refused)
+
+    def _accepted(self, credential: str | None, status: int) -> asyncio.Future[None] | None:
+        """Renew an accepted credential's verdict in the background: a Redis write that
+        would otherwise delay the answer's first byte. It starts once the first chunk is
+        handed to the readers (their write goes first) and runs beside the store; the fill
+        ends only after it. None when there is nothing to keep."""
+        if credential is None:
+            return None
+        verdict = asyncio.ensure_future(self.access.upstream_answered(credential, status))
+        self._verdicts.add(verdict)  # held until done, even when the fill is cancelled
+        verdict.add_done_callback(self._verdicts.discard)
+        return verdict
 
     async def serve(
         self,
@@ -293,6 +336,8 @@ class Misses:
             response.headers.add(name, value)
         if fill.finished and fill.complete:
             response.content_length = fill.size
+        else:  # the first bytes go out before the body has all arrived: as the upstream said
+            response.content_length = _declared_length(fill.status, fill.headers)
         self.hits.mark(response, key, status.but(stored=refusal is None))
         tag(request, response)
         try:
@@ -347,6 +392,26 @@ class Misses:
             content_class="",
             checksum=crc32(audio),
         )
+
+
+async def _settle(
+    fill: Fill, verdict: asyncio.Future[None] | None, *, stored: bool, refusal: str | None
+) -> None:
+    if verdict is not None:
+        await verdict
+    fill.settle(stored=stored, refusal=refusal)
+
+
+def _declared_length(status: int, headers: Iterable[tuple[str, str]]) -> int | None:
+    """The upstream's Content-Length, when it framed its body with one (bytes pass through
+    as they came, so it holds for the answer too; one cut short is closed early)."""
+    if status < 200 or status in (204, 304):
+        return None
+    lowered = _lowered(headers)
+    length = lowered.get("content-length", "")
+    if "transfer-encoding" in lowered or not length.isdigit():
+        return None
+    return int(length)
 
 
 def _lowered(headers: Iterable[tuple[str, str]]) -> dict[str, str]:

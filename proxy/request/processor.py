@@ -38,6 +38,7 @@ from ..observability.tally import TALLY
 from ..store.service import AudioCacheService, CachedAudio, EntryLabels
 from .access import Access, Caller, openai_error
 from .classify import Bypass, Classifier, Speech
+from .coalescing import Claim
 from .errors import json_error
 from .fill import Fill
 from .hits import Hits
@@ -154,6 +155,30 @@ class AudioProcessor:
         hot_tried: bool,
         verified: bool,
     ) -> tuple[web.StreamResponse, Result | None]:
+        claim = None
+        if verified and step.directive is Directive.USE and not step.seen_before:
+            # Most likely a miss: its flight's lead is taken beside the lookup, so that the
+            # upstream call does not wait for a second round trip to Redis.
+            claim = self.misses.claim(step.described.key, step.described.speech.sse)
+        try:
+            return await self._look_up_or_fill(
+                request, step, caller, started, hot_tried=hot_tried, verified=verified, claim=claim
+            )
+        finally:
+            if claim is not None:  # given up unless the miss's fill adopted it
+                self.misses.let_go(claim)
+
+    async def _look_up_or_fill(
+        self,
+        request: web.Request,
+        step: Speech,
+        caller: Caller,
+        started: float,
+        *,
+        hot_tried: bool,
+        verified: bool,
+        claim: Claim | None,
+    ) -> tuple[web.StreamResponse, Result | None]:
         described = step.described
         characters = len(described.speech.text)
         stale = None
@@ -228,6 +253,8 @@ class AudioProcessor:
             credential=caller.credential,
             private=not verified,
         )
+        if claim is not None:  # adopted by the fill if it leads, else let go now
+            self.misses.let_go(claim)
         if not leader:
             METRICS.coalesced.labels("process").inc()
             await self.access.refund(caller, described.tenant, characters)

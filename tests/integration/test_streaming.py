@@ -72,6 +72,8 @@ async def test_unchunked_upstream_keeps_its_length_and_streams(make_proxy: Any) 
         response = await client.post("/v1/audio/speech", json=SPEECH)
         first = await response.content.readany()
         assert not upstream.finished_at  # still streaming
+        assert response.headers["Content-Length"] == str(len(upstream.audio(TEXT)))
+        assert "Transfer-Encoding" not in response.headers
         assert first + await response.read() == upstream.audio(TEXT)
 
 

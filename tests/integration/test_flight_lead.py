@@ -1,0 +1,208 @@
+"""Taking the lead of a cross-replica fill: one round trip takes the lock, clears an earlier
+leader's records and says whether the answer was stored since the request missed."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from proxy.core.keys import CacheKey
+from proxy.request.coalescing import ClusterFlights
+from proxy.request.fill import Fill
+from proxy.store.service import AudioCacheService, EntryLabels
+from tests.support.waits import eventually
+
+AUDIO = b"RIFF" + bytes(range(256)) * 40
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[tuple[ClusterFlights, AudioCacheService]]:
+    client = aioredis.Redis.from_url(redis_url)
+    prefix = f"fl{uuid.uuid4().hex[:10]}"
+    service = AudioCacheService(client, prefix=prefix)
+    flights = ClusterFlights(client, prefix=prefix, fetch=service.fetch)
+    try:
+        yield flights, service
+    finally:
+        await client.aclose()
+
+
+def new_key() -> CacheKey:
+    return CacheKey(uuid.uuid4().hex * 2)
+
+
+class Upstream:
+    """A stand-in for the upstream call: counts its calls, answers AUDIO."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, fill: Fill) -> None:
+        self.calls += 1
+        await fill.set_head(200, [("Content-Type", "audio/wav")])
+        await fill.add(AUDIO)
+        await fill.finish(complete=True)
+        fill.settle(stored=False, refusal="not stored by this stand-in")
+
+
+async def test_an_answer_stored_since_the_miss_is_replayed_without_an_upstream_call(
+    store: tuple[ClusterFlights, AudioCacheService],
+) -> None:
+    flights, service = store
+    key = new_key()
+    keys = flights.keys(key)
+    await service.put(key, AUDIO, media_type="audio/wav", ttl_seconds=60, labels=EntryLabels())
+    # The stream of the leader that stored it: late followers may still be reading it.
+    await flights.redis.xadd(keys.stream, {"k": "d", "st": "1"})
+    upstream, fill = Upstream(), Fill(key.hex)
+    await flights.run(fill, key, upstream, recheck=service.fetch_fresh, entry=key)
+    assert upstream.calls == 0
+    assert (fill.origin, fill.status, fill.body(), fill.stored) == ("cache", 200, AUDIO, True)
+    assert await flights.redis.exists(keys.stream) == 1
+
+
+async def test_a_new_leader_clears_the_records_of_the_one_before(
+    store: tuple[ClusterFlights, AudioCacheService],
+) -> None:
+    flights, _ = store
+    key = new_key()
+    keys = flights.keys(key)
+    await flights.redis.xadd(keys.stream, {"k": "h", "s": "500", "h": "[]"})
+    await flights.redis.set(keys.followers, 3)
+    upstream, fill = Upstream(), Fill(key.hex)
+
+    async def lead(fill: Fill) -> None:
+        # While leading: the old records are gone, the lock is this replica's.
+        assert await flights.redis.xlen(keys.stream) == 0
+        assert await flights.redis.get(keys.followers) is None
+        assert await flights.redis.exists(keys.lock) == 1
+        await upstream(fill)
+
+    await flights.run(fill, key, lead, recheck=None, entry=key)
+    assert upstream.calls == 1
+    assert (fill.origin, fill.body()) == ("upstream", AUDIO)
+    assert await flights.redis.exists(keys.lock) == 0  # let go once the fill ended
+
+
+async def test_an_expired_entry_kept_for_its_grace_period_is_filled_again(
+    store: tuple[ClusterFlights, AudioCacheService],
+) -> None:
+    flights, service = store
+    key = new_key()
+    keys = flights.keys(key)
+    await service.put(key, AUDIO, media_type="audio/wav", ttl_seconds=0, labels=EntryLabels())
+    await flights.redis.xadd(keys.stream, {"k": "h", "s": "500", "h": "[]"})
+    upstream, fill = Upstream(), Fill(key.hex)
+
+    async def lead(fill: Fill) -> None:
+        assert await flights.redis.xlen(keys.stream) == 0  # the stale leader's records
+        await upstream(fill)
+
+    async def fresh(key: CacheKey) -> None:
+        return None  # what fetch_fresh says of an entry past its TTL
+
+    await flights.run(fill, key, lead, recheck=fresh, entry=key)
+    assert (upstream.calls, fill.origin) == (1, "upstream")
+
+
+async def test_a_held_lock_makes_a_follower(
+    store: tuple[ClusterFlights, AudioCacheService],
+) -> None:
+    flights, _ = store
+    key = new_key()
+    keys = flights.keys(key)
+    await flights.redis.set(keys.lock, "another leader", px=60_000)
+    await flights.redis.xadd(keys.stream, {"k": "h", "s": "200", "h": '[["Content-Type", "a/b"]]'})
+    await flights.redis.xadd(keys.stream, {"k": "c", "d": AUDIO})
+    await flights.redis.xadd(keys.stream, {"k": "e", "ok": "1"})
+    await flights.redis.xadd(keys.stream, {"k": "d", "st": "0", "r": "x", "n": str(len(AUDIO))})
+    upstream, fill = Upstream(), Fill(key.hex)
+    await flights.run(fill, key, upstream, recheck=None, entry=key)
+    assert upstream.calls == 0
+    assert (fill.origin, fill.body(), fill.stored) == ("cluster", AUDIO, False)
+    assert await flights.redis.get(keys.lock) == b"another leader"
+
+
+# -- taking the lead beside the lookup ------------------------------------------------------
+
+
+async def test_a_claim_on_a_stored_entry_takes_nothing(
+    store: tuple[ClusterFlights, AudioCacheService],
+) -> None:
+    flights, service = store
+    key = new_key()
+    await service.put(key, AUDIO, media_type="audio/wav", ttl_seconds=60, labels=EntryLabels())
+    claim = flights.claim(key)
+    assert claim is not None
+    assert await claim.taken == 3
+    assert await flights.redis.exists(flights.keys(key).lock) == 0
+    flights.let_go(claim)
+    again = await eventually(lambda: flights.claim(key))  # a new claim may be taken
+    assert await again.taken == 3
+    flights.let_go(again)
+
+
+async def test_a_claim_nobody_adopts_is_let_go(
+    store: tuple[ClusterFlights, AudioCacheService],
+) -> None:
+    flights, _ = store
+    key = new_key()
+    claim = flights.claim(key)
+    assert claim is not None and flights.claim(key) is None  # one claim per key at a time
+    assert await claim.taken == 1
+    assert await flights.redis.get(flights.keys(key).lock) == claim.lock.token.encode()
+    flights.let_go(claim)
+
+    async def released() -> bool:
+        return await flights.redis.exists(flights.keys(key).lock) == 0
+
+    await eventually(released)
+
+
+async def test_the_fill_started_for_a_claimed_key_adopts_the_claim(
+    store: tuple[ClusterFlights, AudioCacheService],
+) -> None:
+    flights, service = store
+    key = new_key()
+    keys = flights.keys(key)
+    claim = flights.claim(key)
+    assert claim is not None
+    upstream, fill = Upstream(), Fill(key.hex)
+    held: list[bytes | None] = []
+
+    async def lead(fill: Fill) -> None:
+        held.append(await flights.redis.get(keys.lock))
+        await upstream(fill)
+
+    running = asyncio.ensure_future(
+        flights.run(fill, key, lead, recheck=service.fetch_fresh, entry=key)
+    )
+    flights.let_go(claim)  # as the request does once its fill is started: a no-op now
+    await running
+    assert held == [claim.lock.token.encode()]
+    assert (upstream.calls, fill.origin) == (1, "upstream")
+    assert await flights.redis.exists(keys.lock) == 0
+
+
+async def test_a_claim_lost_to_another_replica_follows_its_leader(
+    store: tuple[ClusterFlights, AudioCacheService],
+) -> None:
+    flights, service = store
+    key = new_key()
+    keys = flights.keys(key)
+    await flights.redis.set(keys.lock, "another leader", px=60_000)
+    claim = flights.claim(key)
+    assert claim is not None
+    await flights.redis.xadd(keys.stream, {"k": "h", "s": "200", "h": "[]"})
+    await flights.redis.xadd(keys.stream, {"k": "c", "d": AUDIO})
+    await flights.redis.xadd(keys.stream, {"k": "e", "ok": "1"})
+    await flights.redis.xadd(keys.stream, {"k": "d", "st": "0", "r": "x", "n": str(len(AUDIO))})
+    upstream, fill = Upstream(), Fill(key.hex)
+    await flights.run(fill, key, upstream, recheck=service.fetch_fresh, entry=key)
+    flights.let_go(claim)
+    assert (upstream.calls, fill.origin, fill.body()) == (0, "cluster", AUDIO)
+    assert await flights.redis.get(keys.lock) == b"another leader"
