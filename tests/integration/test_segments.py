@@ -289,8 +289,9 @@ async def test_runs_of_missing_pieces_are_one_call_and_their_pieces_are_rendered
     joined = await response.read()
     # The run went up as one request; its storable pieces were rendered alone for the
     # cache (the room number is one-off: not rendered).
-    assert upstream.inputs[0] == FIXED_1 and upstream.inputs[1] == run
-    assert sorted(upstream.inputs[2:]) == sorted([FIXED_2, last])
+    # (The renders may start before the run's call: the order is not asserted.)
+    assert upstream.inputs[0] == FIXED_1
+    assert sorted(upstream.inputs[1:]) == sorted([run, FIXED_2, last])
     fixed_alone = await upstream_alone(url, FIXED_1, "wav")
     run_alone = await upstream_alone(url, run, "wav")
     expected = seconds(fixed_alone) + DEFAULT_PAUSE_MS / 1000 + seconds(run_alone)
