@@ -122,6 +122,7 @@ Texts = collections.deque[tuple[logging.StreamHandler[Any], str, logging.LogReco
 # How long a line waits for others to join its batch: a bound on how late it is written,
 # and what lets a busy proxy format a batch at once and write it in one system call.
 BATCH_SECONDS = 0.02
+BATCH_LINES = 64  # formatted at once, so that the loop pauses well under a millisecond
 
 
 class _Lines:
@@ -144,23 +145,33 @@ class _Lines:
         self.wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self.pid = 0
         self.loop: asyncio.AbstractEventLoop | None = None  # the one whose timer is set
+        self.timer: asyncio.TimerHandle | None = None
 
     def add(self, item: tuple[logging.Logger, float, dict[str, Any]]) -> None:
         items = self.items
         items.append(item)
-        # A batch's timer dies with its loop (tests run one loop after another).
-        if len(items) == 1 or self.loop is None or self.loop.is_closed():
+        if len(items) >= BATCH_LINES:
+            self._format()  # a bound on how long the loop pauses for it
+        # One timer at a time; it dies with its loop (tests run one loop after another).
+        if self.timer is None or self.loop is None or self.loop.is_closed():
             try:
                 self.loop = loop = asyncio.get_running_loop()
             except RuntimeError:  # no loop to end the batch: written at once
                 self.flush()
                 return
-            loop.call_later(BATCH_SECONDS, self.end_batch)
+            self.timer = loop.call_later(BATCH_SECONDS, self.end_batch)
+
+    def _format(self) -> None:
+        items, self.items = self.items, []
+        if items:
+            _dispatch(items, self.texts)
 
     def end_batch(self) -> None:
-        """Make and format the batch's records, and have the thread write them."""
-        items, self.items = self.items, []
-        if items and _dispatch(items, self.texts):
+        """Make and format the batch's records, and have the thread write what the batch
+        formatted (woken once a batch: each wake costs more than a line)."""
+        self.timer = None
+        self._format()
+        if self.texts:
             if self.pid != os.getpid():  # first batch, or a forked child: start (again) here
                 self.pid = os.getpid()
                 self.wake = queue.SimpleQueue()
@@ -188,9 +199,7 @@ class _Lines:
 
     def flush(self) -> None:
         """Write every waiting line now (also called at exit, and by tests)."""
-        items, self.items = self.items, []
-        if items:
-            _dispatch(items, self.texts)
+        self._format()
         self.write()
 
 
@@ -218,10 +227,10 @@ class _Route:
             current = current.parent if current.propagate else None
 
 
-def _dispatch(items: list[tuple[logging.Logger, float, dict[str, Any]]], texts: Texts) -> bool:
+def _dispatch(items: list[tuple[logging.Logger, float, dict[str, Any]]], texts: Texts) -> None:
     """Each item's record through its logger's handlers, as ``logger.handle`` would, except
     that the lines meant for a plain stream handler are formatted here and joined, for
-    ``texts``. Whether anything was added to ``texts``."""
+    ``texts``."""
     routes: dict[logging.Logger, _Route] = {}
     for logger, created, fields in items:
         route = routes.get(logger)
@@ -243,13 +252,10 @@ def _dispatch(items: list[tuple[logging.Logger, float, dict[str, Any]]], texts: 
             route.last[handler] = record
         for other in route.others:
             other.handle(record)
-    added = False
     for route in routes.values():
         for handler, _, lines in route.streams:
             if lines:
                 texts.append((handler, "".join(lines), route.last[handler]))
-                added = True
-    return added
 
 
 def _formatting(handler: logging.Handler) -> _Format:
