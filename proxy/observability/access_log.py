@@ -129,13 +129,15 @@ class _Lines:
     """The access lines of the batch being gathered, and the thread that writes the
     batches made of them.
 
-    A line is gathered on the event loop (a tuple on a list). A timer on the loop ends the
-    batch: its records are made and formatted there, at once, and what is meant for plain
-    stream handlers is handed to a thread as one text per handler, which it writes. The
-    records stay off the thread on purpose: a Python thread formatting lines takes the
-    interpreter lock each time the loop lets it go (every socket write), and on a busy
+    A line is gathered on the event loop (a tuple on a list). Every ``BATCH_LINES`` lines,
+    and by a timer ``BATCH_SECONDS`` after a batch starts, the loop makes and formats the
+    records, at once; what is meant for plain stream handlers goes to a thread as one text
+    per handler, which it writes (a stalled reader of stderr does not stall the proxy).
+    The records stay off the thread on purpose: a Python thread that formats takes the
+    interpreter lock each time the loop lets it go (every socket send), and on a busy
     machine the loop then waits for a thread the system has not scheduled (bench/hit_path:
-    a formatting thread cost 27-38 us of CPU per hit, more than the formatting itself).
+    such a thread cost 7-12 us of CPU per hit and the loop's own CPU hardly fell; see
+    docs/performance.md).
     """
 
     def __init__(self) -> None:
