@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -213,3 +214,28 @@ def test_lines_still_waiting_at_exit_are_written_in_order() -> None:
     )
     ids = [text.rsplit("id=", 1)[1] for text in done.stderr.splitlines() if "id=" in text]
     assert ids == [f"id-{i}" for i in range(300)]
+
+
+async def test_serve_s_own_configuration_writes_whole_lines_without_records() -> None:
+    """One stream handler with the text formatter, as ``serve`` has: lines are written
+    without a record being made, and read as logging would write them."""
+    logger = logging.getLogger("test.access.served")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    stream = io.StringIO()
+    plain = logging.StreamHandler(stream)
+    plain.setFormatter(_serve_formatter())
+    logger.handlers[:] = [plain]
+    try:
+        line = AccessLine(logger, "")
+        for i in range(3):
+            line.log(Request({REQUEST_ID: f"id-{i}", ROUTE: "openai"}), Answer(), 0.002)  # type: ignore[arg-type]
+        await eventually(lambda: stream.getvalue().count("\n") == 3)
+        pattern = re.compile(
+            r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO test\.access\.served: "
+            r"POST /v1/audio/speech 200 hit route=openai bytes=1200 2\.0ms id=id-(\d)"
+        )
+        found = [pattern.fullmatch(text) for text in stream.getvalue().splitlines()]
+        assert [m.group(1) if m else None for m in found] == ["0", "1", "2"]
+    finally:
+        logger.handlers.clear()
