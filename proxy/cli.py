@@ -84,6 +84,10 @@ def version() -> str:
         return __version__
 
 
+# json.dumps with an argument makes a new encoder per call: a fifth of an access line.
+_JSON_LINE = json.JSONEncoder(ensure_ascii=False).encode
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers."""
 
@@ -97,7 +101,7 @@ class JsonFormatter(logging.Formatter):
         out.update(getattr(record, "fields", {}))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        return _JSON_LINE(out)
 
 
 def configure_logging(settings: Settings) -> None:

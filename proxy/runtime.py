@@ -26,6 +26,7 @@ from .core.breaker import CircuitBreaker
 from .core.compression import CompressionAdvisor
 from .core.packing import Codec
 from .core.prefetch_items import ItemError, load_file
+from .observability.access_log import flush as flush_access_lines
 from .observability.metrics import METRICS
 from .request.access import Access
 from .request.processor import AudioProcessor
@@ -168,6 +169,8 @@ async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await upstream.close()
         await service.close_reads()
         await redis.aclose()
+        # The last answers' access lines, while their loop still runs (not at exit).
+        flush_access_lines()
 
 
 async def _watch_keys(access: Access, seconds: float = 1.0) -> None:
