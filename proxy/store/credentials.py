@@ -4,11 +4,13 @@ In ``client_auth: upstream`` a hit is served only to a credential the upstream a
 within ``credential_verify_seconds``. The proxy keeps a keyed hash of each such credential
 in Redis (never the credential), with that TTL; an upstream 401 or 403 forgets it at once.
 Each replica also remembers a verdict for at most a second, so that a hot hit does not pay a
-Redis round trip: another replica's 401 reaches this one within that second.
+Redis round trip: another replica's 401 reaches this one within that second. When that
+verdict runs out under load, the requests of one credential share one Redis check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,6 +40,7 @@ class Credentials:
         self.verify_ms = int(verify_seconds * 1000)
         self.clock = clock
         self._local: dict[str, float] = {}
+        self._checking: dict[str, asyncio.Future[bool]] = {}
 
     def key(self, digest: str) -> str:
         return self.keyspace.credential(digest)
@@ -49,13 +52,30 @@ class Credentials:
 
     async def verified(self, digest: str) -> bool:
         """Whether the upstream accepted this credential within the verify window."""
-        now = self.clock()
         if self.verified_here(digest):
             return True
+        # Every in-flight request of a busy credential asks once its local verdict is over:
+        # one check answers them all (one command, not one per request and a connection
+        # from the pool for each).
+        check = self._checking.get(digest)
+        if check is None:
+            check = self._checking[digest] = asyncio.ensure_future(self._check(digest))
+            check.add_done_callback(lambda done: self._forget_check(digest, done))
+        return await asyncio.shield(check)
+
+    def _forget_check(self, digest: str, done: asyncio.Future[bool]) -> None:
+        if self._checking.get(digest) is done:
+            del self._checking[digest]
+        if not done.cancelled():
+            done.exception()  # retrieved here too: its waiters may all have gone
+
+    async def _check(self, digest: str) -> bool:
+        now = self.clock()
         if not await self.guard(self.redis.exists(self.key(digest))):
             self._local.pop(digest, None)
             return False
-        self._remember_locally(digest, now)
+        if self._checking.get(digest) is asyncio.current_task():  # not refused meanwhile
+            self._remember_locally(digest, now)
         return True
 
     async def accepted(self, digest: str) -> None:
@@ -66,6 +86,7 @@ class Credentials:
     async def refused(self, digest: str) -> None:
         """The upstream refused this credential (401/403): forget it everywhere."""
         self._local.pop(digest, None)
+        self._checking.pop(digest, None)  # a check in flight must not remember it
         await self.guard(self.redis.delete(self.key(digest)))
 
     def _remember_locally(self, digest: str, now: float) -> None:
