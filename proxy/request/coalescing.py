@@ -290,6 +290,7 @@ class ClusterFlights:
     ) -> None:
         try:
             if recheck is not None and await self._replay_stored(fill, key, recheck):
+                await self._release_quietly(lock)
                 return
             if not cleared:  # the entry was there when the lock was taken
                 await self.redis.delete(keys.stream, keys.followers)  # an earlier leader's

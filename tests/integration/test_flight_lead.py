@@ -63,6 +63,9 @@ async def test_an_answer_stored_since_the_miss_is_replayed_without_an_upstream_c
     assert upstream.calls == 0
     assert (fill.origin, fill.status, fill.body(), fill.stored) == ("cache", 200, AUDIO, True)
     assert await flights.redis.exists(keys.stream) == 1
+    # The lock goes with the replay: a refresh right after leads at once (it does not
+    # follow the old stream until the lock expires).
+    assert await flights.redis.exists(keys.lock) == 0
 
 
 async def test_a_new_leader_clears_the_records_of_the_one_before(
