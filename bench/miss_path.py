@@ -20,7 +20,7 @@ shows the floor any aiohttp relay pays over going direct, and so what the proxy'
 adds over that floor.
 
 Everything else runs on 127.0.0.1 in one event loop; each part is bounded in runs and
-seconds. Run: ``python -m bench.miss_path`` (about two minutes).
+seconds. Run: ``python -m bench.miss_path`` (about two and a half minutes).
 """
 
 from __future__ import annotations
