@@ -14,9 +14,13 @@ a Content-Length) and one that streams (10 chunks, 20 ms apart), both after 20 m
 twice: with the client in a process of its own (as clients are: both paths then cross one
 process boundary each way), and with the client in the proxy's event loop, where whatever
 the proxy does after its first write (storing the entry) delays the client's own read.
+Beside the proxy, a bare aiohttp relay (one handler: forward the POST with a pooled client
+session, stream the answer back; no cache, no Redis) served the same way as the proxy
+shows the floor any aiohttp relay pays over going direct, and so what the proxy's caching
+adds over that floor.
 
 Everything else runs on 127.0.0.1 in one event loop; each part is bounded in runs and
-seconds. Run: ``python -m bench.miss_path`` (about two minutes).
+seconds. Run: ``python -m bench.miss_path`` (about two and a half minutes).
 """
 
 from __future__ import annotations
@@ -82,6 +86,9 @@ async def streamed(
 
 MATRIX_LATENCY = 0.02
 MATRIX_INTERVAL = 0.02
+# The proxy's work after a miss's last byte (its records, the access log) delays the next
+# request on whatever path comes next by about a millisecond; each request waits it out.
+MATRIX_SETTLE = 0.05
 _MP3: list[bytes] = []
 
 
@@ -119,11 +126,15 @@ async def timed_matrix(
     return ttfb, time.perf_counter() - started
 
 
-Samples = list[tuple[str, list[tuple[float, float]], list[tuple[float, float]]]]
+Timings = list[tuple[float, float]]
+Samples = list[tuple[str, Timings, Timings, Timings]]
 
 
-async def matrix_samples(upstream_url: str, proxy_url: str, runs: int, seconds: float) -> Samples:
-    """Per case: (case, direct timings, miss timings), each miss right after its direct twin."""
+async def matrix_samples(
+    upstream_url: str, proxy_url: str, relay_url: str, runs: int, seconds: float
+) -> Samples:
+    """Per case: (case, direct, miss, relay timings), each miss after its direct twin, then
+    the relay, each request ``MATRIX_SETTLE`` after the one before."""
     samples: Samples = []
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession() as session:
@@ -132,26 +143,43 @@ async def matrix_samples(upstream_url: str, proxy_url: str, runs: int, seconds: 
                 for mode in ("immediate", "streaming"):
                     direct: list[tuple[float, float]] = []
                     miss: list[tuple[float, float]] = []
+                    relay: list[tuple[float, float]] = []
                     for i in range(runs):
                         if time.monotonic() > deadline:
                             break
                         text = f"matrix {kb * 1024} {fmt} {mode} {i} {uuid.uuid4().hex}"
-                        direct.append(await timed_matrix(session, upstream_url, text, fmt))
-                        miss.append(await timed_matrix(session, proxy_url, text, fmt))
+                        for url, timings in (
+                            (upstream_url, direct),
+                            (proxy_url, miss),
+                            (relay_url, relay),
+                        ):
+                            await asyncio.sleep(MATRIX_SETTLE)
+                            timings.append(await timed_matrix(session, url, text, fmt))
                     if direct:
-                        samples.append((f"{fmt} {kb:>3}KB {mode:<11}", direct, miss))
+                        samples.append((f"{fmt} {kb:>3}KB {mode:<11}", direct, miss, relay))
     return samples
 
 
 def matrix_samples_in_a_process(
-    upstream_url: str, proxy_url: str, runs: int, seconds: float
+    upstream_url: str, proxy_url: str, relay_url: str, runs: int, seconds: float
 ) -> Samples:
     """:func:`matrix_samples` with its own event loop (run in a child process)."""
-    return asyncio.run(matrix_samples(upstream_url, proxy_url, runs, seconds))
+    return asyncio.run(matrix_samples(upstream_url, proxy_url, relay_url, runs, seconds))
+
+
+def median_over(slow: Timings, fast: Timings) -> float:
+    """Median of the paired differences in time to first byte, in seconds."""
+    return statistics.median(s[0] - f[0] for s, f in zip(slow, fast, strict=True))
 
 
 async def part0(
-    upstream_url: str, proxy_url: str, runs: int, seconds: float, *, client_process: bool
+    upstream_url: str,
+    proxy_url: str,
+    relay_url: str,
+    runs: int,
+    seconds: float,
+    *,
+    client_process: bool,
 ) -> list[str]:
     """The matrix. ``client_process``: the client runs in a process of its own, as clients
     do, so both paths pay one hop between processes and the proxy's work after its first
@@ -162,17 +190,24 @@ async def part0(
         f"Miss time to first byte over direct ({where}): median (p90) of {runs} runs per "
         f"case, upstream latency {MATRIX_LATENCY * 1000:.0f} ms",
         f"{'body':<9}{'upstream':<11}{'direct ms':>10}{'miss ms':>9}{'over p50 ms':>12}"
-        f"{'over p90 ms':>12}{'total/direct':>13}",
+        f"{'over p90 ms':>12}{'total/direct':>13}{'relay over':>11}{'miss over':>10}",
+        f"{'':<9}{'':<11}{'':>10}{'':>9}{'':>12}{'':>12}{'':>13}{'p50 ms':>11}{'relay ms':>10}",
     ]
     if client_process:
         spawn = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
             samples = await asyncio.get_running_loop().run_in_executor(
-                pool, matrix_samples_in_a_process, upstream_url, proxy_url, runs, seconds
+                pool,
+                matrix_samples_in_a_process,
+                upstream_url,
+                proxy_url,
+                relay_url,
+                runs,
+                seconds,
             )
     else:
-        samples = await matrix_samples(upstream_url, proxy_url, runs, seconds)
-    for case, direct, miss in samples:
+        samples = await matrix_samples(upstream_url, proxy_url, relay_url, runs, seconds)
+    for case, direct, miss, relay in samples:
         over = sorted(m[0] - d[0] for d, m in zip(direct, miss, strict=True))
         p90 = over[min(len(over) - 1, int(len(over) * 0.9))]
         d_ttfb = statistics.median(t for t, _ in direct)
@@ -181,8 +216,42 @@ async def part0(
         lines.append(
             f"{case}{d_ttfb * 1000:>10.2f}{m_ttfb * 1000:>9.2f}"
             f"{statistics.median(over) * 1000:>12.2f}{p90 * 1000:>12.2f}{total:>13.3f}"
+            f"{median_over(relay, direct) * 1000:>11.2f}{median_over(miss, relay) * 1000:>10.2f}"
         )
     return lines
+
+
+RELAY_SESSION = web.AppKey("relay_session", aiohttp.ClientSession)
+
+
+def relay_app(upstream_url: str) -> web.Application:
+    """The least an aiohttp relay does: forward the POST with a pooled session, copy the
+    status and the content headers, write each chunk as it arrives. No cache, no Redis."""
+
+    async def session(app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession() as client:
+            app[RELAY_SESSION] = client
+            yield
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
+        client = request.app[RELAY_SESSION]
+        async with client.post(upstream_url + request.path, data=body, headers=headers) as answer:
+            response = web.StreamResponse(status=answer.status)
+            for name in ("Content-Type", "Content-Length"):
+                if name in answer.headers:
+                    response.headers[name] = answer.headers[name]
+            await response.prepare(request)
+            async for chunk in answer.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    app = web.Application()
+    app.cleanup_ctx.append(session)
+    app.router.add_post(SPEECH, forward)
+    return app
 
 
 @asynccontextmanager
@@ -327,12 +396,15 @@ async def main(args: argparse.Namespace) -> None:
         app.router.add_post(SPEECH, upstream.speech)
         async with site(app) as upstream_url:
             prefix = f"bench{uuid.uuid4().hex[:8]}"
-            async with site(proxy_app(upstream_url, valkey.url, prefix)) as proxy_url:
+            async with (
+                site(proxy_app(upstream_url, valkey.url, prefix)) as proxy_url,
+                site(relay_app(upstream_url)) as relay_url,
+            ):
                 table0 = await part0(
-                    upstream_url, proxy_url, args.matrix_runs, 60.0, client_process=True
+                    upstream_url, proxy_url, relay_url, args.matrix_runs, 90.0, client_process=True
                 )
                 table0 += [""] + await part0(
-                    upstream_url, proxy_url, args.matrix_runs, 60.0, client_process=False
+                    upstream_url, proxy_url, relay_url, args.matrix_runs, 90.0, client_process=False
                 )
                 table1 = await part1(upstream_url, proxy_url, args.runs, args.seconds)
             table2 = await part2(
