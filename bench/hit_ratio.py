@@ -3,9 +3,9 @@
 Replays one synthetic trace (bench/workload.py documents its assumptions) at cache sizes of
 5/10/20/50% of the working set through:
 
-- the seed policy: the real ranking code (proxy.core.eviction.select_victims) with the configured
+- the design document's policy: the real ranking code (proxy.core.eviction.select_victims) with the configured
   defaults, cleaning from 95% down to 80% of the budget as the proxy does;
-- variants of the seed's score (age since last access instead of since creation; other
+- variants of the design document's score (age since last access instead of since creation; other
   weights), to choose the defaults;
 - exact LRU and LFU simulators (evicting just enough to fit);
 - a real Valkey server with ``maxmemory-policy allkeys-lru`` / ``allkeys-lfu``;
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     variants["last_access 0.7/0.3, no type factors"] = lambda b: SeedPolicy(
         b, ScoreWeights(0.7, 0.3, {}, age_basis="last_access")
     )
-    # The 95->80 hysteresis keeps the seed's cache ~13% emptier than LRU's on average.
+    # The 95->80 hysteresis keeps the design document's cache ~13% emptier than LRU's on average.
     variants["last_access 0.7/0.3, cleaning 100->97%"] = lambda b: SeedPolicy(
         b, replace(seed, age_basis="last_access"), threshold=100, target=97
     )

@@ -2,7 +2,7 @@
 
 Assumptions, each a knob below:
 
-- Fixed phrases: per content type of the seed's table, a pool of a few dozen to a few
+- Fixed phrases: per content type of the design document's table, a pool of a few dozen to a few
   hundred phrases with Zipf-like popularity (rank r is asked with weight 1/r^s). Welcome
   messages and errors are few and very popular; common answers many.
 - Daily churn: each day a fraction of each pool is rewritten (new offers, prices, events):

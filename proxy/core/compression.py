@@ -1,4 +1,4 @@
-"""When to compress: the seed's threshold, and a memory of formats where it does not pay.
+"""When to compress: the design document's threshold, and a memory of formats where it does not pay.
 
 MP3, Opus and AAC are already compressed; zlib over them burns CPU to save ~1%. The
 advisor remembers, per media type, that recent attempts did not pay, and then only
@@ -95,7 +95,7 @@ def compression_stats(
     compressed_bytes: int,
     compressed_original_bytes: int,
 ) -> dict[str, Any]:
-    """The seed's ``compression`` block of the stats, from the maintained counters."""
+    """The design document's ``compression`` block of the stats, from the maintained counters."""
     mb = 1024 * 1024
     saved = compressed_original_bytes - compressed_bytes
     return {
