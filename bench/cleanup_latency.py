@@ -3,7 +3,8 @@
 Fills a private Valkey with ``--entries`` cached answers through the real
 ``AudioCacheService.put``, then measures hits (``AudioCacheService.get`` from a few
 concurrent workers, in the same event loop as the cleanup, as in the proxy) first alone and
-then while ``Cleaner.clean`` runs: once from 96% down to the design document's 80%, once down to 50%.
+then while ``Cleaner.clean`` runs: once from 96% down to
+the design document's 80%, once down to 50%.
 Prints p50/p99/max hit latency per phase, the ratio to the baseline, and the cleanup's time.
 
 Run: ``python -m bench.cleanup_latency`` (about half a minute on two cores).

@@ -3,10 +3,10 @@
 Replays one synthetic trace (bench/workload.py documents its assumptions) at cache sizes of
 5/10/20/50% of the working set through:
 
-- the design document's policy: the real ranking code (proxy.core.eviction.select_victims) with the configured
-  defaults, cleaning from 95% down to 80% of the budget as the proxy does;
-- variants of the design document's score (age since last access instead of since creation; other
-  weights), to choose the defaults;
+- the design document's policy: the real ranking code (proxy.core.eviction.select_victims)
+  with the configured defaults, cleaning from 95% down to 80% of the budget as the proxy does;
+- variants of the design document's score (age since last access instead of since creation;
+  other weights), to choose the defaults;
 - exact LRU and LFU simulators (evicting just enough to fit);
 - a real Valkey server with ``maxmemory-policy allkeys-lru`` / ``allkeys-lfu``;
 - Belady (offline: evicts the entry asked for again furthest in the future, and does not

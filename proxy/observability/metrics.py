@@ -1,4 +1,5 @@
-"""Every Prometheus metric of the proxy, defined once. Names audio_cache_* are the design document's.
+"""Every Prometheus metric of the proxy, defined once. Names audio_cache_* are the design
+document's.
 
 Under ``serve --workers N`` the processes share a ``PROMETHEUS_MULTIPROC_DIR`` and any of
 them answers a scrape for all: counters are summed, and each gauge says how to combine
