@@ -200,6 +200,7 @@ async def _start(
     drain_seconds: float = 25.0,
     reuse_port: bool = False,
 ) -> web.AppRunner:
+    from .request.connection import ProxyRunner
     from .state import HOME, SETTINGS
 
     proxy = app.get(HOME, app)  # the admin listener shares the proxy's settings
@@ -209,7 +210,7 @@ async def _start(
         options = runner_options(
             access_log=settings.access_log, idle_timeout=settings.client_idle_timeout_seconds
         )
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=drain_seconds, **options)
+    runner = ProxyRunner(app, handle_signals=False, shutdown_timeout=drain_seconds, **options)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
 from proxy.config.settings import load_settings
@@ -20,7 +19,7 @@ from proxy.store.embedded import EmbeddedValkey, free_port
 from tests.support.cluster import ValkeyCluster, start_cluster
 from tests.support.loopback_upstream import LoopbackUpstream
 from tests.support.proxies import ProxyClient, ProxyFactory
-from tests.support.servers import served
+from tests.support.servers import ProxyTestServer, served
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +90,7 @@ def make_proxy(redis_url: str, aiohttp_client: Any) -> ProxyFactory:
         options = runner_options(
             access_log=loaded.access_log, idle_timeout=loaded.client_idle_timeout_seconds
         )
-        server = TestServer(app, host="127.0.0.1")
+        server = ProxyTestServer(app, host="127.0.0.1")
         await server.start_server(**options)  # (TestServer ignores constructor options)
         client: ProxyClient = await aiohttp_client(server)
         return client

@@ -400,6 +400,15 @@ class AccessLine(AbstractAccessLogger):
             _LINES.add((logger, _now(), access_fields(request, response, time)))
 
 
+def known_line(logger: logging.Logger, fields: dict[str, Any], text: str) -> None:
+    """The line of an answer written without a request object (a known hit:
+    proxy.request.known_hits), with the fields :func:`access_fields` gives."""
+    if logger.isEnabledFor(logging.INFO):
+        if log.isEnabledFor(logging.DEBUG):
+            fields["text"] = text
+        _LINES.add((logger, _now(), fields))
+
+
 _now = time.time
 
 

@@ -101,6 +101,18 @@ class Hits:
             ("Content-Location", self.location(cached.key)),
         ]
 
+    def wire(self, cached: CachedAudio) -> HitWire:
+        """The entry's answer to plain hits, its headers serialized on its first plain hit
+        and kept with it (in the hot tier). Raises :class:`UnsafeHeader` when a stored
+        header cannot be written."""
+        wire = cached.memo.get("wire")
+        if not isinstance(wire, HitWire):
+            etag = make_etag(cached.key.hex, cached.checksum)
+            fixed = self.entry_headers(cached, etag)
+            fixed += [("X-Cache", HIT.x_cache), ("Content-Type", cached.media_type)]
+            wire = cached.memo["wire"] = HitWire(fixed, len(cached.audio))
+        return wire
+
     def plain(
         self,
         request: web.Request,
@@ -111,24 +123,19 @@ class Hits:
     ) -> web.StreamResponse:
         """A plain hit: the whole audio behind headers serialized once for this entry
         (and kept with it in the hot tier)."""
-        wire = cached.memo.get("wire")
-        if not isinstance(wire, HitWire):
-            etag = make_etag(cached.key.hex, cached.checksum)
-            fixed = self.entry_headers(cached, etag)
-            fixed += [("X-Cache", HIT.x_cache), ("Content-Type", cached.media_type)]
-            try:
-                wire = cached.memo["wire"] = HitWire(fixed, len(cached.audio))
-            except UnsafeHeader as exc:  # written by something else: aiohttp refuses it too
-                log.warning("cache entry %s cannot be answered: %s", cached.key.hex, exc)
-                return json_error(500, f"the cached entry cannot be answered: {exc}")
-        now = time.time()
-        now_ms = int(now * 1000)
-        age_s = max(0, (now_ms - cached.created_ms) // 1000)
-        ttl_s = max(0, (cached.expires_ms - now_ms) // 1000)
-        response = wire.answer(
-            wire.head(age_s, ttl_s, int(now)), request.get(REQUEST_ID), cached.audio
-        )
-        metrics.saved(characters)
-        TALLY.add(METRICS.bytes_served_from_cache, len(cached.audio))
-        TALLY.observe(metrics.hit_duration, time.perf_counter() - started)
+        try:
+            wire = self.wire(cached)
+        except UnsafeHeader as exc:  # written by something else: aiohttp refuses it too
+            log.warning("cache entry %s cannot be answered: %s", cached.key.hex, exc)
+            return json_error(500, f"the cached entry cannot be answered: {exc}")
+        response = wire.answer(wire.head_now(cached), request.get(REQUEST_ID), cached.audio)
+        counted(metrics, characters, len(cached.audio), started)
         return response
+
+
+def counted(metrics: RouteMetrics, characters: int, length: int, started: float) -> None:
+    """What a plain hit of ``length`` bytes updates: characters saved, bytes served and
+    the hit's duration since ``started`` (``time.perf_counter``)."""
+    metrics.saved(characters)
+    TALLY.add(METRICS.bytes_served_from_cache, length)
+    TALLY.observe(metrics.hit_duration, time.perf_counter() - started)

@@ -16,6 +16,8 @@ tests hold the two to the same bytes.
 from __future__ import annotations
 
 import re
+import time
+from typing import Protocol
 
 from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractStreamWriter
@@ -32,6 +34,15 @@ _STATUS_LINE = b"HTTP/1.1 200 OK\r\n"
 _REQUEST_ID = f"{REQUEST_ID_HEADER}: ".encode()
 # Conditional and range requests need an answer planned for them (http_cache.plan_response).
 CONDITIONAL = ("range", "if-none-match", "if-modified-since")
+
+
+class Stamped(Protocol):
+    """What the clock-bound headers of a hit are made from (a cached entry)."""
+
+    @property
+    def created_ms(self) -> int: ...
+    @property
+    def expires_ms(self) -> int: ...
 
 
 class UnsafeHeader(ValueError):
@@ -97,6 +108,22 @@ class HitWire:
             self._head = self._block + _serialized(self._dynamic)
             self._stamp = (age_s, ttl_s, now_s)
         return self._head
+
+    def head_now(self, cached: Stamped) -> bytes:
+        """:meth:`head` for an entry created and expiring when ``cached`` says, now."""
+        now = time.time()
+        now_ms = int(now * 1000)
+        age_s = max(0, (now_ms - cached.created_ms) // 1000)
+        ttl_s = max(0, (cached.expires_ms - now_ms) // 1000)
+        return self.head(age_s, ttl_s, int(now))
+
+    @staticmethod
+    def wire_bytes(head: bytes, request_id: str | None, audio: bytes) -> bytes:
+        """All the bytes of one answer: ``head``, the request id and the audio."""
+        if request_id is None:
+            return b"".join((head, b"\r\n", audio))
+        rid = request_id.encode()
+        return b"".join((head, _REQUEST_ID, rid, b"\r\n\r\n", audio))
 
     def answer(self, head: bytes, request_id: str | None, audio: bytes) -> PreparedHit:
         """The answer to one plain hit, with the head :meth:`head` gave for it."""
@@ -167,11 +194,7 @@ class PreparedHit(web.StreamResponse):
         writer = request.writer
         if self._sent:
             return writer
-        if self._request_id is None:
-            data = b"".join((self._head, b"\r\n", self._audio))
-        else:
-            rid = self._request_id.encode()
-            data = b"".join((self._head, _REQUEST_ID, rid, b"\r\n\r\n", self._audio))
+        data = HitWire.wire_bytes(self._head, self._request_id, self._audio)
         # write_eof with the data waits for the client to take it, whatever its size: a
         # client pipelining requests it does not read must not make us buffer answers.
         await writer.write_eof(data)

@@ -42,9 +42,10 @@ from .coalescing import Claim
 from .errors import json_error
 from .fill import Fill
 from .hits import Hits
+from .known_hits import KnownHits
 from .misses import Misses, Outgoing
 from .passthrough import PassThrough
-from .prepared_hit import is_plain
+from .prepared_hit import PreparedHit, is_plain
 from .savings import Savings
 from .segments import SegmentPlan, Segments
 from .sse import audio_type
@@ -95,6 +96,8 @@ class AudioProcessor:
         self.segments = Segments(settings, service, self.misses)
         self.fills = self.misses.fills
         self.flights = self.misses.flights
+        # Known hits skip the spans a traced request has: only without tracing.
+        self.known = KnownHits(self.access, service, self.hits) if self.lookups is service else None
 
     def attach(self, redis: Any, key_secret: bytes) -> None:
         """Connect what the request path shares through the store, once it is open."""
@@ -136,7 +139,20 @@ class AudioProcessor:
             cached = self.lookups.hot_hit(described.key)
             if cached is not None:
                 characters = len(described.speech.text)
-                return self.hits.plain(request, cached, described.metrics, characters, started)
+                answer = self.hits.plain(request, cached, described.metrics, characters, started)
+                if self.known is not None and not limited and isinstance(answer, PreparedHit):
+                    self.known.learn(
+                        request,
+                        step.body,
+                        key=described.key,
+                        caller=caller,
+                        tenant=described.tenant,
+                        metrics=described.metrics,
+                        characters=characters,
+                        route=step.rule.name,
+                        text=described.speech.text,
+                    )
+                return answer
             hot_tried = True
         response, result = await self._serve(
             request, step, caller, started, hot_tried=hot_tried, verified=verified

@@ -1,0 +1,188 @@
+"""The proxy's connections: aiohttp's own, except that a known hit is answered as its
+bytes arrive (:mod:`proxy.request.known_hits`).
+
+aiohttp parses what a connection receives into requests and queues them for the task that
+serves the connection. :class:`HitConnection` looks at the queue before that task does:
+while the connection is idle (its task waiting, nothing queued, nothing being written),
+each request at the head of the queue that is a known hit is answered at once, by one
+write; the first that is not, and all after it, go to aiohttp as they would have, so
+answers keep the order of their requests. The parser, its limits and its errors stay
+aiohttp's.
+
+This leans on aiohttp's connection internals (its queue, the waiter of its task, its
+keep-alive clock), which the version bounds in pyproject.toml pin; if they are not there,
+the connection is aiohttp's alone (logged once), and tests/integration/test_known_hits.py
+fails, rather than anything being answered wrongly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from aiohttp import HttpVersion11, web
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import RequestHandler
+
+from ..observability.access_log import known_line
+from ..state import PROCESSOR
+from .known_hits import KnownHits
+
+log = logging.getLogger(__name__)
+
+# What the answers here rely on, checked once on the first connection.
+_INTERNALS = (
+    "_waiter",
+    "_messages",
+    "_parser",
+    "_upgraded",
+    "_payload_parser",
+    "_buffer_paused",
+    "_next_keepalive_close_time",
+    "_keepalive_handle",
+    "_keepalive_timeout",
+    "_process_keepalive",
+)
+_PAYLOAD = ("_buffer", "_buffer_offset")
+
+
+class HitConnection(RequestHandler):
+    """A connection of the proxy's listener (see the module's docstring)."""
+
+    __slots__ = ("_known", "_remote")
+
+    def __init__(self, manager: web.Server, known: KnownHits | None, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._known = known
+        self._remote: str | None = None
+
+    def data_received(self, data: bytes) -> None:
+        known = self._known
+        waiter = self._waiter
+        if (
+            known is None
+            or not len(known)
+            or waiter is None  # the connection's task is busy with a request
+            or waiter.done()
+            or self._messages
+            or self._upgraded
+            or self._payload_parser is not None
+            or self._paused  # the client is not reading what it was sent
+            or self.transport is None
+        ):
+            super().data_received(data)
+            return
+        started = time.perf_counter()
+        # aiohttp wakes the connection's task for what it parses: not for what is answered
+        # here, which it must never see.
+        self._waiter = None
+        try:
+            super().data_received(data)
+        finally:
+            self._waiter = waiter
+        messages = self._messages
+        while messages and not self._buffer_paused:
+            message, payload = messages[0]
+            if not self._answered(known, message, payload, started):
+                break
+            messages.popleft()
+        if messages and not waiter.done():
+            waiter.set_result(None)
+
+    def _answered(self, known: KnownHits, message: Any, payload: Any, started: float) -> bool:
+        raw_headers = getattr(message, "raw_headers", None)
+        if (
+            raw_headers is None  # a parse error, answered by aiohttp
+            or message.version != HttpVersion11
+            or message.should_close
+            or message.upgrade
+            or not payload.is_eof()  # its body is not all here
+        ):
+            return False
+        if payload is EMPTY_PAYLOAD:
+            body = b""
+        elif payload._buffer_offset:  # read from already: not this path's
+            return False
+        else:
+            body = b"".join(payload._buffer)
+        transport = self.transport
+        if transport is None or self._paused or transport.get_write_buffer_size():
+            return False  # aiohttp's writer waits for the client to read
+        answer = known.answer((message.method, message.path, raw_headers, body), started)
+        if answer is None:
+            return False
+        assert self._parser is not None
+        self._parser.message_consumed()
+        if self._manager is not None:
+            self._manager.requests_count += 1
+        transport.write(answer.data)
+        loop = self._loop
+        # The connection's idle clock starts again, as after any answer.
+        close_time = loop.time() + self._keepalive_timeout
+        self._next_keepalive_close_time = close_time
+        if self._keepalive_handle is None:
+            self._keepalive_handle = loop.call_at(close_time, self._process_keepalive)
+        access = self.access_logger
+        if self._logging_enabled and access is not None:
+            fields = answer.fields
+            fields["duration_ms"] = round((time.perf_counter() - started) * 100_000) / 100
+            fields["remote"] = self._remote_address()
+            known_line(access.logger, fields, answer.text)
+        return True
+
+    def _remote_address(self) -> str:
+        remote = self._remote
+        if remote is None:
+            peer = self.peername
+            if peer is None:
+                remote = ""
+            elif isinstance(peer, (list, tuple)):
+                remote = str(peer[0])
+            else:
+                remote = str(peer)
+            self._remote = remote
+        return remote
+
+
+class ProxyServer(web.Server):
+    """aiohttp's server, making :class:`HitConnection` connections."""
+
+    known: KnownHits | None = None
+
+    def __call__(self) -> RequestHandler:
+        return HitConnection(self, self.known, loop=self._loop, **self._kwargs)
+
+
+_checked: bool | None = None
+
+
+def _internals_present() -> bool:
+    global _checked
+    if _checked is None:
+        missing = [name for name in _INTERNALS if not hasattr(RequestHandler, name)]
+        missing += [name for name in _PAYLOAD if not hasattr(StreamReader, name)]
+        _checked = not missing
+        if missing:
+            log.warning(
+                "this aiohttp lacks %s: known hits go through the full request path",
+                ", ".join(missing),
+            )
+    return _checked
+
+
+class ProxyRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer the proxy app's known hits (when the
+    app has a request path: the admin listener's has none)."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        processor = self.app.get(PROCESSOR)
+        if processor is None or processor.known is None or not _internals_present():
+            return server
+        # The server aiohttp made, with our connections: its constructor's arguments are
+        # the application's own (handler, request factory, handler_args).
+        server.__class__ = ProxyServer
+        assert isinstance(server, ProxyServer)
+        server.known = processor.known
+        return server

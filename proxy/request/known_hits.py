@@ -1,0 +1,183 @@
+"""Known hits: a repeated request for a hot entry, answered from its bytes as they arrive.
+
+A client that asks for the same sentence again sends the same bytes: request line, headers
+and body. Once those bytes have been answered as a plain hit of the hot tier, everything
+the request path decided from them is known: the route, the caller (its credential
+headers), the tenant, the directive and the cache key are functions of the bytes and of
+the configuration, which does not change while the process runs (the client keys file
+aside, checked below). So when the same bytes come again, the connection answers them
+itself (:mod:`proxy.request.connection`), below aiohttp's request layer: no request
+object, no task, no handler chain, one write. That layer was most of what a hot hit cost
+over a bare aiohttp server answering bytes from memory (bench/hit_path,
+docs/performance.md).
+
+What can change from one such request to the next is checked on every one, and any doubt
+sends the request through the full path instead:
+
+- the client keys file in force is the one the request was learned under;
+- the caller's credential is still accepted here (``client_auth: upstream``: the
+  one-second local verdict; without one, the full path asks the store);
+- the entry is in the hot tier and fresh (the lookup that also counts the hit);
+- the request's per-minute limits: a caller with any is never learned here.
+
+What such an answer leaves behind is what the full path's plain hit leaves: the same
+bytes on the wire, the hit counted, characters saved, the hit's duration, the client's
+request count, and one access-log record with the same fields.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from ..core.keys import CacheKey
+from ..observability.access_log import REQUEST_ID_HEADER, printable, request_id_from
+from ..store.service import AudioCacheService
+from .access import Access, Caller
+from .hits import Hits, counted
+from .prepared_hit import UnsafeHeader
+from .savings import RouteMetrics
+
+log = logging.getLogger(__name__)
+
+RawHeaders = tuple[tuple[bytes, bytes], ...]
+# What a request is known by: method, request target, raw header lines, body.
+Wire = tuple[str, str, RawHeaders, bytes]
+
+# Bounds on what is remembered: a caller cannot grow it past them, only make it forget.
+MAX_KNOWN = 4096
+MAX_KNOWN_BYTES = 8 * 1024 * 1024
+MAX_BODY = 8192
+# Requests whose answer is not only a function of their bytes, or whose bytes as parsed
+# are not their bytes as sent.
+_UNLEARNED = ("expect", "content-encoding", "transfer-encoding")
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """What the full path decided for one request's bytes."""
+
+    key: CacheKey
+    caller: Caller
+    tenant: str
+    keys: object  # the client keys in force when it was learned
+    metrics: RouteMetrics
+    characters: int
+    route: str
+    text: str
+    path: str  # as the access log writes it
+    request_id: str | None  # the client's own (it sends the same one every time)
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One known hit's bytes, and its access-log fields but the two known once it is
+    written (``duration_ms``, ``remote``); ``text`` for a line at DEBUG level."""
+
+    data: bytes
+    fields: dict[str, Any]
+    text: str
+
+
+class KnownHits:
+    """Requests answered as plain hot hits, by their bytes; and their answers."""
+
+    def __init__(self, access: Access, service: AudioCacheService, hits: Hits) -> None:
+        self.access = access
+        self.service = service
+        self.hits = hits
+        self._known: dict[Wire, Known] = {}
+        self._bytes = 0
+        self.answered = 0  # since start: a test's way to tell this path was taken
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def learn(
+        self,
+        request: web.BaseRequest,
+        body: bytes,
+        *,
+        key: CacheKey,
+        caller: Caller,
+        tenant: str,
+        metrics: RouteMetrics,
+        characters: int,
+        route: str,
+        text: str,
+    ) -> None:
+        """Remember what a plain hot hit was decided from, to answer its bytes again."""
+        if len(body) > MAX_BODY or any(name in request.headers for name in _UNLEARNED):
+            return
+        raw = request.raw_headers
+        wire = (request.method, request.raw_path, raw, body)
+        if wire in self._known:
+            return
+        size = len(body) + len(wire[1]) + sum(len(n) + len(v) for n, v in raw)
+        client_id = request.headers.get(REQUEST_ID_HEADER)
+        known = Known(
+            key=key,
+            caller=caller,
+            tenant=tenant,
+            keys=self.access.keys,
+            metrics=metrics,
+            characters=characters,
+            route=route,
+            text=text,
+            path=printable(request.path),
+            request_id=client_id if request_id_from(client_id) == client_id else None,
+            size=size,
+        )
+        while self._known and (
+            len(self._known) >= MAX_KNOWN or self._bytes + size > MAX_KNOWN_BYTES
+        ):
+            oldest = next(iter(self._known))
+            self._bytes -= self._known.pop(oldest).size
+        self._known[wire] = known
+        self._bytes += size
+
+    def forget(self) -> None:
+        self._known.clear()
+        self._bytes = 0
+
+    def answer(self, wire: Wire, started: float) -> Answer | None:
+        """The answer to ``wire`` when it is a known hit whose checks all pass, else None
+        (the full path answers it). ``started`` is when its bytes arrived
+        (``time.perf_counter``)."""
+        known = self._known.get(wire)
+        if known is None:
+            return None
+        access = self.access
+        caller = known.caller
+        if access.keys is not known.keys or not access.verified_here(caller):
+            return None
+        if access.limited(caller, known.tenant):  # counts the request, as the full path does
+            return None  # never learned so; a limit is the full path's to take
+        cached = self.service.hot_hit(known.key)
+        if cached is None:
+            return None
+        try:
+            wire_of = self.hits.wire(cached)
+        except UnsafeHeader:
+            return None  # the full path answers (and logs) it
+        request_id = known.request_id or request_id_from(None)
+        audio = cached.audio
+        data = wire_of.wire_bytes(wire_of.head_now(cached), request_id, audio)
+        counted(known.metrics, known.characters, len(audio), started)
+        self.answered += 1
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "method": wire[0],
+            "path": known.path,
+            "route": known.route,
+            "result": "hit",
+            "status": 200,
+            "bytes_sent": len(data),
+            "content_length": len(audio),
+            "duration_ms": 0.0,
+        }
+        return Answer(data, fields, known.text)

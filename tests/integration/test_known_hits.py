@@ -1,0 +1,258 @@
+"""Known hits (proxy.request.known_hits, proxy.request.connection): a repeated request for a
+hot entry answered by the connection from its bytes, on a real proxy, real Valkey and
+loopback upstreams, spoken to over raw sockets.
+
+Such an answer must be the full path's answer, byte for byte but the clock and the request
+id; it must leave the same traces (hit counted, access line); and every check the full path
+makes that can change between two identical requests (the credential, the keys file, the
+entry itself, the connection's state) must still be made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy.app import PROCESSOR
+from proxy.core.keys import CacheKey
+from proxy.request.known_hits import KnownHits
+from tests.support.keyed_upstream import keyed_upstream
+from tests.support.proxies import ProxyClient, ProxyFactory, service_of
+from tests.support.raw_http import Answer, exchange, read_answer, speech_request
+from tests.support.waits import eventually
+
+TEXT = "The spa opens at nine."
+
+
+def known_of(client: ProxyClient) -> KnownHits:
+    known = client.app[PROCESSOR].known
+    assert known is not None
+    return known
+
+
+async def until_known(client: ProxyClient, request: bytes) -> Answer:
+    """Send ``request`` (each time on a new connection) until the connection answers it
+    as a known hit; that answer."""
+    assert client.port is not None
+    known = known_of(client)
+    for _ in range(16):
+        before = known.answered
+        (answer,) = await exchange(client.port, request)
+        assert answer.status_line == "HTTP/1.1 200 OK", answer.status_line
+        if known.answered == before + 1:
+            return answer
+    raise AssertionError("the request was never answered as a known hit")
+
+
+async def test_a_known_hit_is_the_answer_the_full_path_gives(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    _, url = upstream
+    client = await make_proxy(url, client_auth="none")
+    request = speech_request(TEXT)
+    known = await until_known(client, request)
+    # The same request with a header only the full path takes (a validator that does not
+    # match): aiohttp builds its 200.
+    (built,) = await exchange(client.port, speech_request(TEXT, extra='If-None-Match: "x"\r\n'))
+    assert built.status_line == known.status_line == "HTTP/1.1 200 OK"
+    assert known.body == built.body and known.body.startswith(b"RIFF")
+    assert known.stable() == built.stable()
+    assert sorted(k.lower() for k, _ in known.headers) == sorted(
+        k.lower() for k, _ in built.headers
+    )
+    ttl = known.get("Cache-Control")
+    assert ttl is not None and ttl.startswith("max-age=")
+    assert known.get("Cache-Status") == f"tts-cache; hit; ttl={ttl[8:]}"
+    assert known.get("X-Request-ID") not in (None, built.get("X-Request-ID"))
+
+
+async def test_a_different_request_is_never_answered_from_another_ones_bytes(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    fake, url = upstream
+    client = await make_proxy(url, client_auth="none")
+    await until_known(client, speech_request(TEXT))
+    calls = fake.calls["openai"]
+    # One byte of the body differs (the voice): another entry, a miss, the upstream called.
+    other = speech_request(TEXT).replace(b'"alloy"', b'"coral"')
+    assert other != speech_request(TEXT)
+    (answer,) = await exchange(client.port, other)
+    assert answer.get("X-Cache") == "MISS"
+    assert fake.calls["openai"] == calls + 1
+
+
+async def test_pipelined_requests_keep_their_order_around_a_known_hit(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    _, url = upstream
+    client = await make_proxy(url, client_auth="none")
+    request = speech_request(TEXT, extra="X-Request-ID: same-id\r\n")
+    audio = (await until_known(client, request)).body
+    health = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    answered = known_of(client).answered
+    answers = await exchange(
+        client.port,
+        request,
+        health,
+        request,
+        speech_request("A sentence never asked for."),
+        request,
+    )
+    assert [a.status_line for a in answers] == ["HTTP/1.1 200 OK"] * 5
+    assert [a.body for a in answers[::2]] == [audio] * 3
+    assert b'"ok"' in answers[1].body
+    assert answers[3].get("X-Cache") == "MISS"
+    assert [a.get("X-Request-ID") for a in answers[::2]] == ["same-id"] * 3
+    # The first was answered as it arrived; what followed the health check went in order
+    # through aiohttp.
+    assert known_of(client).answered == answered + 1
+
+
+async def test_a_connection_answered_only_by_known_hits_is_kept_alive(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    """The idle timeout counts from the last answer, whoever wrote it."""
+    _, url = upstream
+    client = await make_proxy(url, client_auth="none", client_idle_timeout_seconds=1.0)
+    request = speech_request(TEXT)
+    await until_known(client, request)
+    known = known_of(client)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        before = known.answered
+        for _ in range(8):  # 2.4 s of known hits, each well within the idle timeout
+            writer.write(request)
+            answer = await read_answer(reader)
+            assert answer.status_line == "HTTP/1.1 200 OK"
+            await asyncio.sleep(0.3)
+        assert known.answered == before + 8
+        # Idle past the timeout: closed, as any idle connection is.
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+
+
+async def test_an_http_10_request_with_the_same_bytes_is_not_a_known_hit(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    _, url = upstream
+    client = await make_proxy(url, client_auth="none")
+    await until_known(client, speech_request(TEXT))
+    answered = known_of(client).answered
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(speech_request(TEXT, version="1.0"))
+    old = await read_answer(reader)
+    assert old.status_line == "HTTP/1.0 200 OK"
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    assert known_of(client).answered == answered
+
+
+async def test_a_deleted_entry_is_not_answered_from_its_bytes(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    fake, url = upstream
+    client = await make_proxy(url, client_auth="none")
+    request = speech_request(TEXT)
+    answer = await until_known(client, request)
+    key = answer.get("X-Audio-Cache-Key")
+    assert key is not None
+    service = service_of(client)
+    assert await service.delete(CacheKey(key))
+    hot = service.hot
+    assert hot is not None
+    await eventually(lambda: key not in hot, what="the delete reached the hot tier")
+    calls = fake.calls["openai"]
+    (again,) = await exchange(client.port, request)
+    assert again.get("X-Cache") == "MISS"
+    assert fake.calls["openai"] == calls + 1
+
+
+async def test_a_known_hit_is_counted_and_logged_like_any_hit(
+    upstream: Any, make_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, url = upstream
+    client = await make_proxy(url, client_auth="none")
+    request = speech_request(TEXT, extra="X-Request-ID: known-1\r\n")
+    await until_known(client, request)
+    service = service_of(client)
+    hot = service.hot
+    assert hot is not None
+    hits = hot.stats.hits
+    known = known_of(client)
+    answered = known.answered
+    with caplog.at_level(logging.INFO, logger="proxy.access"):
+        (answer,) = await exchange(client.port, request)
+        await eventually(
+            lambda: any(
+                getattr(r, "fields", {}).get("request_id") == "known-1" for r in caplog.records
+            )
+        )
+    assert known.answered == answered + 1
+    assert hot.stats.hits == hits + 1
+    lines = [r for r in caplog.records if getattr(r, "fields", {}).get("request_id") == "known-1"]
+    assert len(lines) == 1  # one record per request
+    fields = lines[0].fields  # type: ignore[attr-defined]
+    head = "\r\n".join([answer.status_line, *(f"{k}: {v}" for k, v in answer.headers)])
+    assert (fields["method"], fields["path"], fields["route"]) == (
+        "POST",
+        "/v1/audio/speech",
+        "openai",
+    )
+    assert (fields["result"], fields["status"]) == ("hit", 200)
+    assert fields["content_length"] == len(answer.body)
+    assert fields["bytes_sent"] == len(head) + 4 + len(answer.body)
+    assert fields["remote"] == "127.0.0.1"
+    assert fields["duration_ms"] >= 0
+    assert lines[0].getMessage().startswith("POST /v1/audio/speech 200 hit route=openai ")
+
+
+async def test_a_credential_the_upstream_stops_accepting_is_not_answered_from_its_bytes(
+    make_proxy: ProxyFactory,
+) -> None:
+    """client_auth upstream: the bytes carry the credential, but its acceptance is checked
+    on every request, and a refusal ends it at once."""
+    async with keyed_upstream({"client-good-1"}) as (fake, url):
+        client = await make_proxy(url, client_auth="upstream")
+        request = speech_request(TEXT, extra="Authorization: Bearer client-good-1\r\n")
+        await until_known(client, request)
+        fake.valid.clear()  # the account is closed upstream
+        refused = fake.refused
+        # Its next miss is refused, and the proxy learns it.
+        miss = speech_request("Another sentence.", extra="Authorization: Bearer client-good-1\r\n")
+        (first,) = await exchange(client.port, miss)
+        assert first.status_line.startswith("HTTP/1.1 401")
+        answered = known_of(client).answered
+        (again,) = await exchange(client.port, request)
+        assert again.status_line.startswith("HTTP/1.1 401")  # the upstream's word, not audio
+        assert fake.refused == refused + 2
+        assert known_of(client).answered == answered
+
+
+async def test_a_key_removed_from_the_keys_file_is_not_answered_from_its_bytes(
+    upstream: Any, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    import hashlib
+
+    _, url = upstream
+    path = tmp_path / "keys.yaml"
+
+    def write(*names: str) -> None:
+        entries = [{"sha256": hashlib.sha256(n.encode()).hexdigest(), "name": n} for n in names]
+        path.write_text(yaml.safe_dump({"keys": entries}), encoding="utf-8")
+
+    write("proxy-key-1", "proxy-key-2")
+    client = await make_proxy(url, client_auth="keys", client_keys_file=str(path))
+    request = speech_request(TEXT, extra="Authorization: Bearer proxy-key-1\r\n")
+    await until_known(client, request)
+    write("proxy-key-2")
+    assert client.app[PROCESSOR].access.reload()
+    answered = known_of(client).answered
+    (answer,) = await exchange(client.port, request)
+    assert answer.status_line.startswith("HTTP/1.1 401")
+    assert known_of(client).answered == answered
