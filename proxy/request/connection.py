@@ -6,8 +6,10 @@ serves the connection. :class:`HitConnection` looks at the queue before that tas
 while the connection is idle (its task waiting, nothing queued, nothing being written),
 each request at the head of the queue that is a known hit is answered at once, by one
 write; the first that is not, and all after it, go to aiohttp as they would have, so
-answers keep the order of their requests. The parser, its limits and its errors stay
-aiohttp's.
+answers keep the order of their requests. A known request whose body comes in a later
+read than its head (httpx, under the OpenAI SDK, writes them apart) waits for it here,
+briefly, rather than waking aiohttp's task for a request that then needs no task. The
+parser, its limits and its errors stay aiohttp's.
 
 This leans on aiohttp's connection internals (its queue, the waiter of its task, its
 keep-alive clock), which the version bounds in pyproject.toml pin; if they are not there,
@@ -17,6 +19,7 @@ fails, rather than anything being answered wrongly.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -47,20 +50,33 @@ _INTERNALS = (
 _PAYLOAD = ("_buffer", "_buffer_offset")
 
 
+# What the connection did with the request at the head of its queue.
+_ANSWERED, _NOT_KNOWN, _BODY_TO_COME = range(3)
+# How long a known request's head waits here for its body (clients such as httpx, under
+# the OpenAI SDK, write the head and the body apart): past it, aiohttp takes the request,
+# which could not be answered before its body either.
+HOLD_SECONDS = 0.05
+
+
 class HitConnection(RequestHandler):
     """A connection of the proxy's listener (see the module's docstring)."""
 
-    __slots__ = ("_known", "_remote")
+    __slots__ = ("_held", "_held_since", "_known", "_remote")
 
     def __init__(self, manager: web.Server, known: KnownHits | None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._known = known
         self._remote: str | None = None
+        # A known request's head, queued, whose body is still to come: aiohttp's task is
+        # not woken for it until the body is here (or HOLD_SECONDS have passed).
+        self._held: asyncio.TimerHandle | None = None
+        self._held_since = 0.0
 
     def data_received(self, data: bytes) -> None:
         known = self._known
         waiter = self._waiter
-        if (
+        held = self._held
+        if held is None and (
             known is None
             or not len(known)
             or waiter is None  # the connection's task is busy with a request
@@ -73,7 +89,8 @@ class HitConnection(RequestHandler):
         ):
             super().data_received(data)
             return
-        started = time.perf_counter()
+        assert known is not None and waiter is not None
+        started = self._held_since if held is not None else time.perf_counter()
         # aiohttp wakes the connection's task for what it parses: not for what is answered
         # here, which it must never see.
         self._waiter = None
@@ -81,37 +98,61 @@ class HitConnection(RequestHandler):
             super().data_received(data)
         finally:
             self._waiter = waiter
+        if held is not None:
+            held.cancel()
+            self._held = None
         messages = self._messages
         while messages and not self._buffer_paused:
             message, payload = messages[0]
-            if not self._answered(known, message, payload, started):
-                break
-            messages.popleft()
+            verdict = self._answer(known, message, payload, started)
+            if verdict == _ANSWERED:
+                messages.popleft()
+                continue
+            if verdict == _BODY_TO_COME and held is None and len(messages) == 1:
+                self._held = self._loop.call_later(HOLD_SECONDS, self._release)
+                self._held_since = started
+                return
+            break
         if messages and not waiter.done():
             waiter.set_result(None)
 
-    def _answered(self, known: KnownHits, message: Any, payload: Any, started: float) -> bool:
+    def _release(self) -> None:
+        self._held = None
+        waiter = self._waiter
+        if self._messages and waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._held is not None:
+            self._held.cancel()
+            self._held = None
+        super().connection_lost(exc)
+
+    def _answer(self, known: KnownHits, message: Any, payload: Any, started: float) -> int:
         raw_headers = getattr(message, "raw_headers", None)
         if (
             raw_headers is None  # a parse error, answered by aiohttp
             or message.version != HttpVersion11
             or message.should_close
             or message.upgrade
-            or not payload.is_eof()  # its body is not all here
         ):
-            return False
+            return _NOT_KNOWN
+        if not payload.is_eof():  # its body is not all here
+            if known.may_know(message.method, message.path, raw_headers):
+                return _BODY_TO_COME
+            return _NOT_KNOWN
         if payload is EMPTY_PAYLOAD:
             body = b""
         elif payload._buffer_offset:  # read from already: not this path's
-            return False
+            return _NOT_KNOWN
         else:
             body = b"".join(payload._buffer)
         transport = self.transport
         if transport is None or self._paused or transport.get_write_buffer_size():
-            return False  # aiohttp's writer waits for the client to read
+            return _NOT_KNOWN  # aiohttp's writer waits for the client to read
         answer = known.answer((message.method, message.path, raw_headers, body), started)
         if answer is None:
-            return False
+            return _NOT_KNOWN
         assert self._parser is not None
         self._parser.message_consumed()
         if self._manager is not None:
@@ -129,7 +170,7 @@ class HitConnection(RequestHandler):
             fields["duration_ms"] = round((time.perf_counter() - started) * 100_000) / 100
             fields["remote"] = self._remote_address()
             known_line(access.logger, fields, answer.text)
-        return True
+        return _ANSWERED
 
     def _remote_address(self) -> str:
         remote = self._remote

@@ -91,6 +91,7 @@ class KnownHits:
         self.service = service
         self.hits = hits
         self._known: dict[Wire, Known] = {}
+        self._heads: dict[tuple[str, str, RawHeaders], int] = {}  # of the known, counted
         self._bytes = 0
         self.answered = 0  # since start: a test's way to tell this path was taken
 
@@ -137,11 +138,23 @@ class KnownHits:
         ):
             oldest = next(iter(self._known))
             self._bytes -= self._known.pop(oldest).size
+            head = oldest[:3]
+            left = self._heads[head] - 1
+            if left:
+                self._heads[head] = left
+            else:
+                del self._heads[head]
         self._known[wire] = known
+        self._heads[wire[:3]] = self._heads.get(wire[:3], 0) + 1
         self._bytes += size
+
+    def may_know(self, method: str, target: str, raw_headers: RawHeaders) -> bool:
+        """Whether a request with this head may be known, whatever its body."""
+        return (method, target, raw_headers) in self._heads
 
     def forget(self) -> None:
         self._known.clear()
+        self._heads.clear()
         self._bytes = 0
 
     def answer(self, wire: Wire, started: float) -> Answer | None:

@@ -256,3 +256,55 @@ async def test_a_key_removed_from_the_keys_file_is_not_answered_from_its_bytes(
     (answer,) = await exchange(client.port, request)
     assert answer.status_line.startswith("HTTP/1.1 401")
     assert known_of(client).answered == answered
+
+
+async def test_a_known_request_whose_body_comes_apart_from_its_head_is_a_known_hit(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    """httpx (under the OpenAI SDK) writes a request's head and body apart."""
+    _, url = upstream
+    client = await make_proxy(url, client_auth="none")
+    request = speech_request(TEXT)
+    audio = (await until_known(client, request)).body
+    head, _, body = request.partition(b"\r\n\r\n")
+    known = known_of(client)
+    answered = known.answered
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(head + b"\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.01)  # read apart by the proxy
+        writer.write(body)
+        answer = await read_answer(reader)
+        assert answer.status_line == "HTTP/1.1 200 OK" and answer.body == audio
+        assert known.answered == answered + 1
+        # A body that takes longer than the wait: aiohttp takes the request, as ever.
+        writer.write(head + b"\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(body)
+        late = await read_answer(reader)
+        assert late.status_line == "HTTP/1.1 200 OK" and late.body == audio
+        assert known.answered == answered + 1
+    finally:
+        writer.close()
+
+
+async def test_the_openai_sdk_gets_known_hits_with_its_defaults(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    from openai import AsyncOpenAI
+
+    _, url = upstream
+    client = await make_proxy(url, client_auth="none")
+    sdk = AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="sk-test", max_retries=0)
+    known = known_of(client)
+    bodies = []
+    try:
+        for _ in range(10):
+            speech = await sdk.audio.speech.create(model="tts-1", voice="alloy", input=TEXT)
+            bodies.append(speech.read())
+    finally:
+        await sdk.close()
+    assert len(set(bodies)) == 1 and bodies[0].startswith(b"RIFF")
+    assert known.answered >= 1
