@@ -152,11 +152,6 @@ class KnownHits:
         """Whether a request with this head may be known, whatever its body."""
         return (method, target, raw_headers) in self._heads
 
-    def forget(self) -> None:
-        self._known.clear()
-        self._heads.clear()
-        self._bytes = 0
-
     def answer(self, wire: Wire, started: float) -> Answer | None:
         """The answer to ``wire`` when it is a known hit whose checks all pass, else None
         (the full path answers it). ``started`` is when its bytes arrived
