@@ -10,7 +10,9 @@ sentences, go to:
 
 - ``bare``: an aiohttp server answering the same bytes from memory (it also serves as the
   upstream of the proxies and nginx): the ceiling of an aiohttp process;
-- ``hot``: one ``tts-cache-proxy serve`` process as shipped: hot tier and access log on;
+- ``hot``: one ``tts-cache-proxy serve`` process as shipped: hot tier and access log on
+  (the load repeats each request byte for byte, as an SDK does for the same sentence, so
+  once warm these are known hits, answered by the connection: proxy/request/known_hits.py);
 - ``hot-nolog`` and ``hot-uvloop``: the same with the access log off, and on uvloop;
 - ``hot-otel`` (``--otel``): the same with ``otel_enabled``, every request traced and its
   spans exported over OTLP/HTTP (to the bare server, which answers any POST);
