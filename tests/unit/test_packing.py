@@ -401,3 +401,22 @@ def test_a_rate_outside_flacs_streamable_subset_is_still_stored_as_flac(
     assert packed.codec is Codec.FLAC
     assert streaminfo(packed.data[HEADER_SIZE + 8 + 44 :])[2] == 70001
     assert unpack(packed.data) == audio
+
+
+def test_flac_entries_encode_in_many_threads_at_once(real_speech: bytes) -> None:
+    # libFLAC calls back into Python for every block: each encoder must get its own bytes.
+    bodies = [wav(real_speech[i * 2000 : i * 2000 + 60000]) for i in range(6)]
+    wrong: list[int] = []
+
+    def write(turns: int, offset: int) -> None:
+        for turn in range(turns):
+            i = (turn + offset) % len(bodies)
+            if unpack(pack(bodies[i], Codec.FLAC, 6, "audio/wav").data) != bodies[i]:
+                wrong.append(i)
+
+    threads = [threading.Thread(target=write, args=(12, n)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not wrong and not any(t.is_alive() for t in threads)
