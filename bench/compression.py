@@ -9,7 +9,7 @@ as the demo serves it to OpenAI clients: 24 kHz 16-bit mono WAV, the same sample
 PCM, and the same sentences as 128 kbit/s MP3 (already compressed: what no codec helps).
 Codecs: zlib and zstd (bytes), FLAC (16-bit PCM and WAV; zlib stands in for MP3).
 
-Four tables:
+Five tables:
 
 1. ratio (original / stored), stored KB per second of speech, and compress / decompress
    MB/s (of original audio) per codec and level, each case repeated for
@@ -20,13 +20,18 @@ Four tables:
 3. time to compress / decompress by body size, which places that threshold;
 4. hits per second through the store from a real Valkey (embedded) for a 137 KB entry
    (WAV, and MP3) stored compressed versus plain, 16 concurrent readers, same process,
-   same run.
+   same run, with the CPU this process spends per hit;
+5. the FLAC encoders on the same samples: libsndfile's stream (what the flac codec wrote
+   before, 4096-sample blocks), libFLAC's with ~43 ms blocks (what it writes now, with the
+   ``pyflac`` package), and libFLAC outside the streamable subset (max LPC order 32, not
+   used), all decoded by libsndfile as a hit does.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import time
 import uuid
@@ -35,7 +40,7 @@ from typing import Any
 
 from proxy.core.compression import THREAD_THRESHOLD_BYTES, CompressionAdvisor
 from proxy.core.keys import CacheKey
-from proxy.core.packing import HAVE_FLAC, HAVE_ZSTD, Codec, pack, unpack
+from proxy.core.packing import HAVE_FLAC, HAVE_LIBFLAC, HAVE_ZSTD, Codec, pack, unpack
 from proxy.demo.espeak import SAMPLE_RATE, synthesize_in_a_fresh_process
 from proxy.demo.formats import AudioFormat, encode, resample, wav_file
 from proxy.store.client import open_redis
@@ -181,7 +186,10 @@ def size_table(corpus: list[bytes]) -> list[str]:
     return rows
 
 
-async def hits_per_second(service: AudioCacheService, key: CacheKey, seconds: float) -> float:
+async def hits_per_second(
+    service: AudioCacheService, key: CacheKey, seconds: float
+) -> tuple[float, float]:
+    """(hits per second, CPU µs of this process per hit, worker threads included)."""
     count = 0
     deadline = time.perf_counter() + seconds
 
@@ -192,9 +200,10 @@ async def hits_per_second(service: AudioCacheService, key: CacheKey, seconds: fl
             assert found is not None
             count += 1
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(reader() for _ in range(16)))
-    return count / (time.perf_counter() - start)
+    used = time.process_time() - cpu
+    return count / (time.perf_counter() - start), used / max(count, 1) * 1e6
 
 
 async def hit_table(pcm: list[bytes], mp3: list[bytes], seconds: float) -> list[str]:
@@ -206,7 +215,8 @@ async def hit_table(pcm: list[bytes], mp3: list[bytes], seconds: float) -> list[
     server.start()
     redis = open_redis(server.url)
     try:
-        rows = [f"{'137 KB entry':<18} {'stored KB':>10} {'hits/s':>9} {'vs plain':>9}"]
+        rows = [f"{'137 KB entry':<18} {'stored KB':>10} {'hits/s':>9} {'vs plain':>9} "
+                f"{'CPU us/hit':>11}"]  # fmt: skip
         for body_name, (audio, media_type) in bodies.items():
             rows += await _hits_by_codec(redis, body_name, audio, media_type, seconds)
         return rows
@@ -220,12 +230,13 @@ async def _hits_by_codec(
 ) -> list[str]:
     key = CacheKey("ab" * 32)
     rows = []
-    results: list[tuple[str, int, float]] = []
-    for name, codec, enabled in (
-        ("plain", Codec.ZLIB, False),
-        ("zlib-6", Codec.ZLIB, True),
-        ("zstd-6", Codec.ZSTD, True),
-        ("flac-6", Codec.FLAC, True),
+    results: list[tuple[str, int, tuple[float, float]]] = []
+    for name, codec, enabled, level in (
+        ("plain", Codec.ZLIB, False, 6),
+        ("zlib-6", Codec.ZLIB, True, 6),
+        ("zstd-6", Codec.ZSTD, True, 6),
+        ("flac-6", Codec.FLAC, True, 6),
+        ("flac-9", Codec.FLAC, True, 9),
     ):
         if (codec is Codec.ZSTD and not HAVE_ZSTD) or (codec is Codec.FLAC and not HAVE_FLAC):
             continue
@@ -234,7 +245,7 @@ async def _hits_by_codec(
             prefix=f"b{uuid.uuid4().hex[:8]}",
             advisor=CompressionAdvisor(enabled, 0, 0.05),
             codec=codec,
-            compression_level=6,  # the default level
+            compression_level=level,  # 6: the default level
         )
         result = await service.put(
             key, audio, media_type=media_type, ttl_seconds=600, labels=EntryLabels()
@@ -243,10 +254,71 @@ async def _hits_by_codec(
         assert found is not None and found.audio == audio, "not served byte-identical"
         await hits_per_second(service, key, 0.3)  # warm up
         results.append((name, result.stored_size, await hits_per_second(service, key, seconds)))
-    plain = results[0][2]
-    for name, stored, hps in results:
+    plain = results[0][2][0]
+    for name, stored, (hps, cpu) in results:
         label = f"{body_name} {name}"
-        rows.append(f"{label:<18} {stored / 1024:>10.1f} {hps:>9.0f} {hps / plain:>8.2f}x")
+        rows.append(f"{label:<18} {stored / 1024:>10.1f} {hps:>9.0f} {hps / plain:>8.2f}x "
+                    f"{cpu:>11.0f}")  # fmt: skip
+    return rows
+
+
+def _libsndfile_stream(samples: Any, level: int) -> bytes:
+    import soundfile  # type: ignore[import-untyped]
+
+    out = io.BytesIO()
+    soundfile.write(out, samples, RATE, format="FLAC", subtype="PCM_16",
+                    compression_level=(level - 1) / 8)  # fmt: skip
+    return out.getvalue()
+
+
+def _libflac_stream(samples: Any, level: int, *, max_lpc_order: int = 0) -> bytes:
+    import pyflac  # type: ignore[import-untyped]
+    from pyflac.encoder import _lib  # type: ignore[import-untyped]
+
+    out = io.BytesIO()
+    encoder = pyflac.StreamEncoder(
+        RATE, lambda data, *_: out.write(data), seek_callback=out.seek,
+        tell_callback=out.tell, compression_level=level - 1, blocksize=1024,
+        streamable_subset=not max_lpc_order,
+    )  # fmt: skip
+    if max_lpc_order:  # not among pyflac's own settings: libFLAC's call
+        _lib.FLAC__stream_encoder_set_max_lpc_order(encoder._encoder, max_lpc_order)
+    encoder.process(samples)
+    encoder.finish()
+    return out.getvalue()
+
+
+def flac_table(pcm: list[bytes], seconds: float) -> list[str]:
+    """The FLAC encoders on the same raw PCM, each stream read back by libsndfile."""
+    import numpy
+    import soundfile
+
+    arrays = [numpy.frombuffer(p, dtype="<i2").reshape(-1, 1) for p in pcm]
+    total = sum(map(len, pcm))
+
+    def decode(stream: bytes) -> bytes:
+        samples, _ = soundfile.read(io.BytesIO(stream), dtype="int16", always_2d=True)
+        return bytes(samples.tobytes())
+
+    encoders: list[tuple[str, int, Callable[[Any, int], bytes]]] = [
+        ("libsndfile, 4096-sample blocks (before)", 6, _libsndfile_stream),
+        ("libsndfile, 4096-sample blocks (before)", 9, _libsndfile_stream),
+    ]
+    if HAVE_LIBFLAC:
+        encoders += [
+            ("libFLAC, 1024-sample blocks (now)", level, _libflac_stream) for level in (6, 8, 9)
+        ]
+        encoders.append(("libFLAC, 1024, LPC order 32, no subset", 9,
+                         lambda a, lv: _libflac_stream(a, lv, max_lpc_order=32)))  # fmt: skip
+    rows = [f"{'FLAC stream of raw PCM':<42} {'level':>5} {'ratio':>6} "
+            f"{'comp MB/s':>10} {'decomp MB/s':>12}"]  # fmt: skip
+    for name, level, encoder in encoders:
+        streams = [encoder(a, level) for a in arrays]
+        assert [decode(s) for s in streams] == pcm, f"{name}: not bit-exact"
+        comp = rate(lambda e=encoder, lv=level: [e(a, lv) for a in arrays], total, seconds)
+        decomp = rate(lambda ss=streams: [decode(s) for s in ss], total, seconds)
+        stored = sum(map(len, streams))
+        rows.append(f"{name:<42} {level:>5} {total / stored:>6.2f} {comp:>10.1f} {decomp:>12.1f}")
     return rows
 
 
@@ -263,6 +335,7 @@ async def main(args: argparse.Namespace) -> None:
         await stall_table(corpus),
         size_table(corpus),
         await hit_table(pcm, mp3, args.hit_seconds),
+        flac_table(pcm, args.seconds_per_case) if HAVE_FLAC else [],
     ):
         print("\n".join(table) + "\n")
 

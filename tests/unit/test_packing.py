@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import threading
 import zlib
 
+import miniaudio
+import numpy as np
 import pytest
+import soundfile
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -325,3 +329,94 @@ async def test_encode_with_flac_stores_wav_as_flac_and_mp3_as_it_is(real_speech:
     mp3_like = b"ID3\x04" + os.urandom(100_000)
     mp3 = await encode(mp3_like, "audio/mpeg", advisor, Codec.FLAC, 6)
     assert mp3.tried and mp3.packed.codec is Codec.NONE
+
+
+# -- FLAC written by libFLAC with short blocks; streams libsndfile wrote still read ---------
+
+
+def streaminfo(stream: bytes) -> tuple[int, int, int, int]:
+    """(min block size, max block size, sample rate, total samples) of a FLAC stream."""
+    assert stream[:4] == b"fLaC" and stream[4] & 0x7F == 0  # STREAMINFO comes first
+    min_block, max_block = struct.unpack_from(">HH", stream, 8)
+    packed = int.from_bytes(stream[18:26], "big")  # rate 20 bits, channels 3, bits 5, total 36
+    return min_block, max_block, packed >> 44, packed & (2**36 - 1)
+
+
+def libsndfile_flac(samples: bytes, rate: int, level: int) -> bytes:
+    """A FLAC stream of 16-bit mono ``samples`` as libsndfile writes it (the encoder before)."""
+    out = io.BytesIO()
+    array = np.frombuffer(samples, dtype="<i2").reshape(-1, 1)
+    soundfile.write(out, array, rate, format="FLAC", subtype="PCM_16",
+                    compression_level=(level - 1) / 8)  # fmt: skip
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("rate", "block"), [(24000, 1024), (48000, 2048), (16000, 688)])
+def test_flac_streams_have_short_blocks_and_a_standard_decoder_reads_them(
+    real_speech: bytes, rate: int, block: int
+) -> None:
+    audio = wav(real_speech, rate=rate)
+    data = pack(audio, Codec.FLAC, 9, "audio/wav").data
+    stream = data[HEADER_SIZE + 8 + 44 :]  # framing, then the WAV header kept as it was
+    assert streaminfo(stream) == (block, block, rate, len(real_speech) // 2)
+    # dr_flac (through miniaudio) is not libFLAC: the stream is plain, standard FLAC.
+    decoded = miniaudio.flac_read_s16(stream)
+    assert (decoded.sample_rate, decoded.nchannels) == (rate, 1)
+    assert decoded.samples.tobytes() == real_speech
+    assert unpack(data) == audio
+
+
+def test_short_blocks_store_speech_in_fewer_bytes_than_libsndfiles_stream(
+    real_speech: bytes,
+) -> None:
+    for level in (6, 9):
+        ours = pack(real_speech, Codec.FLAC, level, "audio/pcm").stored_size - HEADER_SIZE - 8
+        assert ours < len(libsndfile_flac(real_speech, 24000, level)), level
+
+
+@pytest.mark.parametrize("level", [1, 6, 9])
+def test_flac_entries_libsndfile_wrote_are_still_read(real_speech: bytes, level: int) -> None:
+    audio = wav(real_speech, after=chunk(b"LIST", b"INFOtest"))
+    prefix, suffix = audio[:44], audio[44 + len(real_speech) :]
+    payload = (
+        struct.pack("<II", len(prefix), len(suffix)) + prefix + suffix
+        + libsndfile_flac(real_speech, 24000, level)
+    )  # fmt: skip
+    header = struct.pack(
+        "<3sBBxxQI", MAGIC, FORMAT_VERSION, Codec.FLAC, len(audio), zlib.crc32(audio)
+    )
+    assert streaminfo(payload[8 + len(prefix) + len(suffix) :])[0] in (1152, 4096)  # its presets
+    assert unpack(header + payload) == audio
+    corrupt = bytearray(header + payload)
+    corrupt[len(corrupt) // 2] ^= 0x5A
+    with pytest.raises(CorruptEntry):
+        unpack(bytes(corrupt))
+
+
+def test_a_rate_outside_flacs_streamable_subset_is_still_stored_as_flac(
+    real_speech: bytes,
+) -> None:
+    audio = wav(real_speech[:48000], rate=70001)  # not a multiple of 10 above 65535 Hz
+    packed = pack(audio, Codec.FLAC, 6, "audio/wav")
+    assert packed.codec is Codec.FLAC
+    assert streaminfo(packed.data[HEADER_SIZE + 8 + 44 :])[2] == 70001
+    assert unpack(packed.data) == audio
+
+
+def test_flac_entries_encode_in_many_threads_at_once(real_speech: bytes) -> None:
+    # libFLAC calls back into Python for every block: each encoder must get its own bytes.
+    bodies = [wav(real_speech[i * 2000 : i * 2000 + 60000]) for i in range(6)]
+    wrong: list[int] = []
+
+    def write(turns: int, offset: int) -> None:
+        for turn in range(turns):
+            i = (turn + offset) % len(bodies)
+            if unpack(pack(bodies[i], Codec.FLAC, 6, "audio/wav").data) != bodies[i]:
+                wrong.append(i)
+
+    threads = [threading.Thread(target=write, args=(12, n)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not wrong and not any(t.is_alive() for t in threads)
