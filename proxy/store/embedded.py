@@ -73,10 +73,10 @@ def server_binary() -> str:
 # The pip-installed server is built with glibc's malloc (``valkey-server --version`` says
 # malloc=libc). By default glibc gives freed memory at the top of its heap back to the
 # kernel once a few hundred KiB are free there, and maps blocks above ~128 KiB on their
-# own; a burst of large replies (cached audio is 20 KB to a few MB a value) did both on
-# every event-loop turn: a 137 KB hit cost the server ~23 page faults and about half its
-# CPU (docs/performance.md, "Redis path"). Up to 16 MiB are kept free at the top of the
-# heap, and blocks up to 4 MiB come from the heap.
+# own; a burst of large replies (cached audio is 20 KB to a few MB a value) can do both on
+# every event-loop turn: 137 KB entries read back to back by 16 readers cost the server
+# ~23 page faults and about half its CPU per read (docs/performance.md, "Redis path").
+# Up to 16 MiB are kept free at the top of the heap, and blocks up to 4 MiB come from it.
 MALLOC_TUNABLES = "glibc.malloc.trim_threshold=16777216:glibc.malloc.mmap_threshold=4194304"
 
 

@@ -63,7 +63,8 @@ class _Link(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         reader = self.reader
-        reader.feed(self._buffer, 0, nbytes)  # hiredis copies what it keeps
+        # hiredis takes any buffer (its stubs name str and bytes) and copies what it keeps.
+        reader.feed(self._buffer, 0, nbytes)  # type: ignore[arg-type]
         waiting = self.waiting
         while (reply := reader.gets()) is not False:
             if not waiting:  # a reply nobody asked for: the stream is out of step
