@@ -30,7 +30,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from ..observability.access_log import known_line
 from ..state import PROCESSOR
-from .known_hits import KnownHits
+from .known_hits import Answer, Known, KnownHits
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,16 @@ _INTERNALS = (
     "_keepalive_handle",
     "_keepalive_timeout",
     "_process_keepalive",
+    "_request_in_progress",
+    "_handler_waiter",
+    "_close",
+    "_force_close",
 )
 _PAYLOAD = ("_buffer", "_buffer_offset")
 
 
 # What the connection did with the request at the head of its queue.
-_ANSWERED, _NOT_KNOWN, _BODY_TO_COME = range(3)
+_ANSWERED, _NOT_KNOWN, _BODY_TO_COME, _READING = range(4)
 # How long a known request's head waits here for its body (clients such as httpx, under
 # the OpenAI SDK, write the head and the body apart): past it, aiohttp takes the request,
 # which could not be answered before its body either.
@@ -61,22 +65,32 @@ HOLD_SECONDS = 0.05
 class HitConnection(RequestHandler):
     """A connection of the proxy's listener (see the module's docstring)."""
 
-    __slots__ = ("_held", "_held_since", "_known", "_remote")
+    __slots__ = ("_held", "_held_since", "_known", "_parked", "_reading", "_remote")
 
     def __init__(self, manager: web.Server, known: KnownHits | None, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._known = known
         self._remote: str | None = None
-        # A known request's head, queued, whose body is still to come: aiohttp's task is
-        # not woken for it until the body is here (or HOLD_SECONDS have passed).
+        # While the request at the head of the queue is this connection's (a known head
+        # waiting for its body, or a known request whose entry is being read), the waiter
+        # of aiohttp's task is kept here, so that nothing parsed meanwhile wakes it.
+        self._parked: asyncio.Future[None] | None = None
         self._held: asyncio.TimerHandle | None = None
         self._held_since = 0.0
+        self._reading: asyncio.Task[None] | None = None
 
     def data_received(self, data: bytes) -> None:
+        if self._parked is not None:  # the head of the queue is ours: later ones queue
+            super().data_received(data)
+            held = self._held
+            if held is not None:  # the body of the held head may be here now
+                held.cancel()
+                self._held = None
+                self._serve_queue(self._held_since, may_hold=False)
+            return
         known = self._known
         waiter = self._waiter
-        held = self._held
-        if held is None and (
+        if (
             known is None
             or not len(known)
             or waiter is None  # the connection's task is busy with a request
@@ -89,43 +103,61 @@ class HitConnection(RequestHandler):
         ):
             super().data_received(data)
             return
-        assert known is not None and waiter is not None
-        started = self._held_since if held is not None else time.perf_counter()
+        started = time.perf_counter()
         # aiohttp wakes the connection's task for what it parses: not for what is answered
         # here, which it must never see.
+        self._parked = waiter
         self._waiter = None
         try:
             super().data_received(data)
         finally:
-            self._waiter = waiter
-        if held is not None:
-            held.cancel()
-            self._held = None
+            self._serve_queue(started, may_hold=True)
+
+    def _serve_queue(self, started: float, *, may_hold: bool) -> None:
+        """Answer the known hits at the head of the queue; then give the rest (if any) to
+        aiohttp's task, unless the head is still ours (held, or its entry being read)."""
+        known = self._known
         messages = self._messages
-        while messages and not self._buffer_paused:
+        while known is not None and messages and not self._buffer_paused and not self._close:
             message, payload = messages[0]
             verdict = self._answer(known, message, payload, started)
             if verdict == _ANSWERED:
                 messages.popleft()
                 continue
-            if verdict == _BODY_TO_COME and held is None and len(messages) == 1:
+            if verdict == _READING:
+                return
+            if verdict == _BODY_TO_COME and may_hold and len(messages) == 1:
                 self._held = self._loop.call_later(HOLD_SECONDS, self._release)
                 self._held_since = started
                 return
             break
-        if messages and not waiter.done():
+        self._unpark()
+
+    def _unpark(self) -> None:
+        waiter = self._parked
+        if waiter is None:
+            return
+        self._parked = None
+        self._waiter = waiter
+        if waiter.done():
+            return
+        if self._close or self._force_close:
+            waiter.cancel()  # what close() does to an idle connection's waiter
+        elif self._messages:
             waiter.set_result(None)
 
     def _release(self) -> None:
         self._held = None
-        waiter = self._waiter
-        if self._messages and waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._unpark()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._held is not None:
             self._held.cancel()
             self._held = None
+        if self._reading is not None:
+            self._reading.cancel()
+            self._reading = None
+        self._unpark()
         super().connection_lost(exc)
 
     def _answer(self, known: KnownHits, message: Any, payload: Any, started: float) -> int:
@@ -150,14 +182,56 @@ class HitConnection(RequestHandler):
         transport = self.transport
         if transport is None or self._paused or transport.get_write_buffer_size():
             return _NOT_KNOWN  # aiohttp's writer waits for the client to read
-        answer = known.answer((message.method, message.path, raw_headers, body), started)
-        if answer is None:
+        entry = known.entry((message.method, message.path, raw_headers, body))
+        if entry is None:
             return _NOT_KNOWN
-        assert self._parser is not None
+        answer = known.hot(entry, message.method)
+        if answer is None:
+            self._reading = self._loop.create_task(self._read(known, entry, message, started))
+            return _READING
+        self._send(known, answer, started)
+        return _ANSWERED
+
+    async def _read(self, known: KnownHits, entry: Known, message: Any, started: float) -> None:
+        """Answer the head of the queue from the store; else hand it to aiohttp (its full
+        path reads again, and answers a miss or a store error as it always does)."""
+        # Like a request of aiohttp's own: a graceful shutdown waits for it.
+        self._request_in_progress = True
+        answer = None
+        try:
+            answer = await known.stored(entry, message.method)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the full path answers it, and reports it
+            log.debug("known hit not read from the store: %r", exc)
+        finally:
+            self._reading = None
+            self._request_in_progress = False
+            if self._handler_waiter is not None:
+                self._handler_waiter.set_result(None)
+        transport = self.transport
+        messages = self._messages
+        if (
+            answer is None
+            or transport is None
+            or transport.is_closing()
+            or not messages
+            or messages[0][0] is not message
+        ):
+            self._unpark()
+            return
+        messages.popleft()
+        self._send(known, answer, started)
+        self._serve_queue(time.perf_counter(), may_hold=True)
+
+    def _send(self, known: KnownHits, answer: Answer, started: float) -> None:
+        transport = self.transport
+        assert transport is not None and self._parser is not None
         self._parser.message_consumed()
         if self._manager is not None:
             self._manager.requests_count += 1
         transport.write(answer.data)
+        known.sent(answer, started)
         loop = self._loop
         # The connection's idle clock starts again, as after any answer.
         close_time = loop.time() + self._keepalive_timeout
@@ -169,8 +243,7 @@ class HitConnection(RequestHandler):
             fields = answer.fields
             fields["duration_ms"] = round((time.perf_counter() - started) * 100_000) / 100
             fields["remote"] = self._remote_address()
-            known_line(access.logger, fields, answer.text)
-        return _ANSWERED
+            known_line(access.logger, fields, answer.known.text)
 
     def _remote_address(self) -> str:
         remote = self._remote

@@ -35,7 +35,7 @@ from aiohttp import web
 
 from ..core.keys import CacheKey
 from ..observability.access_log import REQUEST_ID_HEADER, printable, request_id_from
-from ..store.service import AudioCacheService
+from ..store.service import AudioCacheService, CachedAudio
 from .access import Access, Caller
 from .hits import Hits, counted
 from .prepared_hit import UnsafeHeader
@@ -76,11 +76,12 @@ class Known:
 @dataclass(frozen=True, slots=True)
 class Answer:
     """One known hit's bytes, and its access-log fields but the two known once it is
-    written (``duration_ms``, ``remote``); ``text`` for a line at DEBUG level."""
+    written (``duration_ms``, ``remote``)."""
 
     data: bytes
     fields: dict[str, Any]
-    text: str
+    known: Known
+    stored: bool  # read from the store (its hit not counted yet)
 
 
 class KnownHits:
@@ -152,22 +153,49 @@ class KnownHits:
         """Whether a request with this head may be known, whatever its body."""
         return (method, target, raw_headers) in self._heads
 
-    def answer(self, wire: Wire, started: float) -> Answer | None:
-        """The answer to ``wire`` when it is a known hit whose checks all pass, else None
-        (the full path answers it). ``started`` is when its bytes arrived
-        (``time.perf_counter``)."""
+    def entry(self, wire: Wire) -> Known | None:
+        """What is known of ``wire``, when the checks that do not need the entry pass: the
+        keys file it was learned under is in force, its caller's credential is accepted
+        here. None: the full path answers it."""
         known = self._known.get(wire)
         if known is None:
             return None
         access = self.access
-        caller = known.caller
-        if access.keys is not known.keys or not access.verified_here(caller):
+        if access.keys is not known.keys or not access.verified_here(known.caller):
             return None
-        if access.limited(caller, known.tenant):  # counts the request, as the full path does
-            return None  # never learned so; a limit is the full path's to take
+        return known
+
+    def hot(self, known: Known, method: str) -> Answer | None:
+        """The answer from the hot tier (the hit counted), or None when it is not there."""
         cached = self.service.hot_hit(known.key)
         if cached is None:
             return None
+        return self._answer(known, method, cached, stored=False)
+
+    async def stored(self, known: Known, method: str) -> Answer | None:
+        """The answer from the store (offered to the hot tier), or None when it holds no
+        fresh entry: then nothing is counted (the full path, which then answers the
+        request, counts its own lookup). Store errors are raised. The hit is counted
+        when the answer is :meth:`sent`."""
+        cached = await self.service.peek(known.key)
+        if cached is None:
+            return None
+        return self._answer(known, method, cached, stored=True)
+
+    def sent(self, answer: Answer, started: float) -> None:
+        """What an answer that was written leaves: the hit (if read from the store),
+        characters saved, bytes served, the hit's duration since ``started``
+        (``time.perf_counter``), the caller's request count."""
+        known = answer.known
+        if answer.stored:
+            self.service.count_lookup(known.key, hit=True)
+        self.access.limited(known.caller, known.tenant)  # counts it, as the full path does
+        counted(known.metrics, known.characters, answer.fields["content_length"], started)
+        self.answered += 1
+
+    def _answer(
+        self, known: Known, method: str, cached: CachedAudio, *, stored: bool
+    ) -> Answer | None:
         try:
             wire_of = self.hits.wire(cached)
         except UnsafeHeader:
@@ -175,11 +203,9 @@ class KnownHits:
         request_id = known.request_id or request_id_from(None)
         audio = cached.audio
         data = wire_of.wire_bytes(wire_of.head_now(cached), request_id, audio)
-        counted(known.metrics, known.characters, len(audio), started)
-        self.answered += 1
         fields: dict[str, Any] = {
             "request_id": request_id,
-            "method": wire[0],
+            "method": method,
             "path": known.path,
             "route": known.route,
             "result": "hit",
@@ -188,4 +214,4 @@ class KnownHits:
             "content_length": len(audio),
             "duration_ms": 0.0,
         }
-        return Answer(data, fields, known.text)
+        return Answer(data, fields, known, stored)

@@ -140,26 +140,41 @@ class AudioProcessor:
             if cached is not None:
                 characters = len(described.speech.text)
                 answer = self.hits.plain(request, cached, described.metrics, characters, started)
-                if self.known is not None and not limited and isinstance(answer, PreparedHit):
-                    self.known.learn(
-                        request,
-                        step.body,
-                        key=described.key,
-                        caller=caller,
-                        tenant=described.tenant,
-                        metrics=described.metrics,
-                        characters=characters,
-                        route=step.rule.name,
-                        text=described.speech.text,
-                    )
+                if not limited:
+                    self._learn(request, step, caller, answer)
                 return answer
             hot_tried = True
         response, result = await self._serve(
-            request, step, caller, started, hot_tried=hot_tried, verified=verified
+            request,
+            step,
+            caller,
+            started,
+            hot_tried=hot_tried,
+            verified=verified,
+            learn=not limited,
         )
         if result is not None and result is not Result.HIT:  # hits are tallied apart
             METRICS.requests.labels(step.rule.name, result).observe(time.perf_counter() - started)
         return response
+
+    def _learn(
+        self, request: web.Request, step: Speech, caller: Caller, answer: web.StreamResponse
+    ) -> None:
+        """Remember a plain hit's request by its bytes (proxy.request.known_hits)."""
+        if self.known is None or not isinstance(answer, PreparedHit):
+            return
+        described = step.described
+        self.known.learn(
+            request,
+            step.body,
+            key=described.key,
+            caller=caller,
+            tenant=described.tenant,
+            metrics=described.metrics,
+            characters=len(described.speech.text),
+            route=step.rule.name,
+            text=described.speech.text,
+        )
 
     async def _serve(
         self,
@@ -170,6 +185,7 @@ class AudioProcessor:
         *,
         hot_tried: bool,
         verified: bool,
+        learn: bool,
     ) -> tuple[web.StreamResponse, Result | None]:
         claim = None
         if verified and step.directive is Directive.USE and not step.seen_before:
@@ -178,7 +194,14 @@ class AudioProcessor:
             claim = self.misses.claim(step.described.key, step.described.speech.sse)
         try:
             return await self._look_up_or_fill(
-                request, step, caller, started, hot_tried=hot_tried, verified=verified, claim=claim
+                request,
+                step,
+                caller,
+                started,
+                hot_tried=hot_tried,
+                verified=verified,
+                claim=claim,
+                learn=learn,
             )
         finally:
             if claim is not None:  # given up unless the miss's fill adopted it
@@ -194,6 +217,7 @@ class AudioProcessor:
         hot_tried: bool,
         verified: bool,
         claim: Claim | None,
+        learn: bool,
     ) -> tuple[web.StreamResponse, Result | None]:
         described = step.described
         characters = len(described.speech.text)
@@ -223,6 +247,8 @@ class AudioProcessor:
                     answer = self.hits.plain(
                         request, cached, described.metrics, characters, started
                     )
+                    if learn and step.directive is Directive.USE:
+                        self._learn(request, step, caller, answer)
                     return answer, Result.HIT
                 described.metrics.saved(characters)
                 response = await self.hits.serve(request, cached)

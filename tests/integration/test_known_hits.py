@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 import yaml
 
 from proxy.app import PROCESSOR
@@ -308,3 +309,79 @@ async def test_the_openai_sdk_gets_known_hits_with_its_defaults(
         await sdk.close()
     assert len(set(bodies)) == 1 and bodies[0].startswith(b"RIFF")
     assert known.answered >= 1
+
+
+async def test_a_known_request_is_answered_from_the_store_when_its_entry_is_not_hot(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    _, url = upstream
+    client = await make_proxy(url, client_auth="none", audio_cache_hot_tier_mb=0)
+    request = speech_request(TEXT)
+    known = await until_known(client, request)
+    (built,) = await exchange(client.port, speech_request(TEXT, extra='If-None-Match: "x"\r\n'))
+    assert known.body == built.body and known.body.startswith(b"RIFF")
+    assert known.stable() == built.stable()
+    assert known.get("X-Cache") == "HIT"
+
+
+async def test_requests_behind_a_known_one_being_read_wait_their_turn(
+    upstream: Any, make_proxy: ProxyFactory, redis_url: str
+) -> None:
+    _, url = upstream
+    client = await make_proxy(url, client_auth="none", audio_cache_hot_tier_mb=0)
+    request = speech_request(TEXT, extra="X-Request-ID: first\r\n")
+    audio = (await until_known(client, request)).body
+    health = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    known = known_of(client)
+    answered = known.answered
+    store = aioredis.from_url(redis_url)
+    try:
+        await store.execute_command("CLIENT", "PAUSE", "300", "ALL")  # the read waits
+        answers = await exchange(client.port, request, health, request)
+    finally:
+        await store.aclose()
+    assert [a.status_line for a in answers] == ["HTTP/1.1 200 OK"] * 3
+    assert answers[0].body == answers[2].body == audio
+    assert b'"ok"' in answers[1].body
+    assert known.answered == answered + 1  # the first; the others went through aiohttp
+
+
+async def test_a_client_leaving_while_its_known_request_is_read_harms_no_one(
+    upstream: Any, make_proxy: ProxyFactory, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, url = upstream
+    client = await make_proxy(url, client_auth="none", audio_cache_hot_tier_mb=0)
+    request = speech_request(TEXT)
+    audio = (await until_known(client, request)).body
+    store = aioredis.from_url(redis_url)
+    try:
+        await store.execute_command("CLIENT", "PAUSE", "300", "ALL")
+        _, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(request)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()  # gone before its answer
+        await writer.wait_closed()
+        (after,) = await exchange(client.port, request)
+    finally:
+        await store.aclose()
+    assert after.status_line == "HTTP/1.1 200 OK" and after.body == audio
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_known_request_whose_entry_is_gone_is_one_miss(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    fake, url = upstream
+    client = await make_proxy(url, client_auth="none", audio_cache_hot_tier_mb=0)
+    request = speech_request(TEXT)
+    answer = await until_known(client, request)
+    key = answer.get("X-Audio-Cache-Key")
+    assert key is not None
+    service = service_of(client)
+    assert await service.delete(CacheKey(key))
+    misses, calls = service.session_misses, fake.calls["openai"]
+    (again,) = await exchange(client.port, request)
+    assert again.get("X-Cache") == "MISS"
+    assert fake.calls["openai"] == calls + 1
+    assert service.session_misses == misses + 1  # counted once, by the full path
