@@ -385,6 +385,7 @@ class ClusterFlights:
         total = 0
         try:
             await fill.wait_head()
+            await fill.past_first_bytes()  # this replica's clients have theirs first
             if fill.status is not None and bound is not None and _declared_size(fill) > bound:
                 # Too large to store: sharing it would copy it into Redis for nothing.
                 await publish(live_ms, k="x")
