@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ..core.breaker import CircuitBreaker
 from ..core.keys import CacheKey
@@ -43,6 +43,7 @@ from ..observability.metrics import METRICS
 from ..store.keyspace import Keyspace, shard_of
 from ..store.lock import TokenLock
 from ..store.lua import Lua
+from ..store.pipelined import PipelinedReads
 from ..store.schema import CachedAudio
 from .fill import Fill, Runner
 from .upstream import UpstreamError
@@ -126,8 +127,12 @@ class ClusterFlights:
         settings: FlightSettings | None = None,
         breaker: CircuitBreaker | None = None,
         fetch: Recheck | None = None,
+        commands: PipelinedReads | None = None,
     ) -> None:
         self.redis = redis
+        # The lookups' own connection: a lead taken there leaves in the same write as the
+        # lookup it goes beside, and its reply is read with the lookup's. None: redis-py.
+        self.commands = commands
         # Reads a stored entry without counting it: followers read there what the leader
         # did not put in the stream. None: the leader always streams the whole answer.
         self.fetch = fetch
@@ -221,16 +226,23 @@ class ClusterFlights:
     ) -> tuple[TokenLock, asyncio.Future[int]]:
         lock = TokenLock(self.redis, keys.lock, _ms(self.settings.lock_seconds))
         stored = [self.keyspace.entry(key)] if entry_checked else []
+        names = [keys.lock, keys.stream, keys.followers, *stored]
+        args = [lock.token, lock.ttl_ms, int(ahead)]
+        commands = self.commands
 
         async def take() -> int:
-            if ahead:  # the lookup it goes beside is sent first: a hit does not wait for this
+            if commands is not None:
+                # Queued behind the lookup the caller queued in this same turn: one write,
+                # the lookup's reply first, so a hit does not wait for this.
+                try:
+                    return int(await commands.call(*_evalsha(self._take.sha, names, args)))
+                except ResponseError as exc:
+                    if not str(exc).startswith("NOSCRIPT"):
+                        raise self._take.source.located(exc) from exc
+                # Not loaded on this server (yet): redis-py loads it and runs it.
+            elif ahead:  # the lookup it goes beside is sent first: a hit does not wait
                 await asyncio.sleep(0)
-            return int(
-                await self._take(
-                    keys=[keys.lock, keys.stream, keys.followers, *stored],
-                    args=[lock.token, lock.ttl_ms, int(ahead)],
-                )
-            )
+            return int(await self._take(keys=names, args=args))
 
         return lock, asyncio.ensure_future(take())
 
@@ -660,6 +672,14 @@ def _declared_size(fill: Fill) -> int:
             except ValueError:
                 return -1
     return -1
+
+
+def _evalsha(sha: str, keys: list[str], args: list[Any]) -> list[bytes]:
+    """The words of ``EVALSHA sha len(keys) *keys *args``."""
+    words = [b"EVALSHA", sha.encode(), b"%d" % len(keys)]
+    words += [k.encode() for k in keys]
+    words += [a if isinstance(a, bytes) else str(a).encode() for a in args]
+    return words
 
 
 def _records(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:

@@ -89,6 +89,7 @@ class Misses:
                 ),
                 breaker=service.breaker,
                 fetch=service.fetch,
+                commands=service.pipelined,
             )
 
     def claim(self, key: CacheKey, sse: bool) -> Claim | None:
