@@ -271,6 +271,15 @@ async def test_a_server_without_the_script_loaded_still_decides_the_lead(
         assert await client.get(one.keys(key).lock) == claim.lock.token.encode()
         one.let_go(claim)
         other.let_go(lost)
+        # A whole lead, its records and its release, on a server that forgot them all.
+        await client.script_flush()
+        later = new_key()
+        upstream, fill = Upstream(), Fill(later.hex)
+        await one.run(fill, later, upstream, recheck=None, entry=later)
+        assert (upstream.calls, fill.origin, fill.body()) == (1, "upstream", AUDIO)
+        records = await client.xrange(one.keys(later).stream)
+        assert [fields[b"k"] for _, fields in records] == [b"h", b"c", b"e", b"d"]
+        assert await client.exists(one.keys(later).lock) == 0
     finally:
         await lookups.aclose()
         await client.aclose()
