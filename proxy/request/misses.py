@@ -211,7 +211,7 @@ class Misses:
             time.perf_counter() - t0
         )
         if first:  # an empty body
-            verdict = self._accepted(fill, credential if later else None, upstream.status)
+            verdict = self._accepted(None, credential if later else None, upstream.status)
         if verdict is not None and (refusal is not None or not complete):
             await verdict  # such an answer's last byte goes out at its end, not once settled
         await fill.finish(complete=complete)
@@ -267,17 +267,19 @@ class Misses:
         await _settle(fill, verdict, stored=result.stored, refusal=refused)
 
     def _accepted(
-        self, fill: Fill, credential: str | None, status: int
+        self, fill: Fill | None, credential: str | None, status: int
     ) -> asyncio.Future[None] | None:
         """Renew an accepted credential's verdict in the background: a Redis write that
-        would otherwise delay the answer's first byte. It starts once the first bytes are
-        out (:meth:`Fill.past_first_bytes`) and runs beside the store; the fill ends only
-        after it. None when there is nothing to keep."""
+        would otherwise delay the answer's first byte. With the ``fill`` whose first
+        chunk was just handed over, it starts once those bytes are out
+        (:meth:`Fill.past_first_bytes`); without (an empty body), at once. It runs beside
+        the store; the fill ends only after it. None when there is nothing to keep."""
         if credential is None:
             return None
 
         async def renew() -> None:
-            await fill.past_first_bytes()
+            if fill is not None:
+                await fill.past_first_bytes()
             await self.access.upstream_answered(credential, status)
 
         verdict = asyncio.ensure_future(renew())

@@ -11,13 +11,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from proxy.app import PROCESSOR, REDIS
 from proxy.core.keys import CacheKey
 from proxy.request.coalescing import FlightKeys
 from proxy.request.fill import AFTER_FIRST_BYTES_SECONDS, Fill
 from proxy.store.service import Keyspace
+from tests.support.loopback_upstream import fake_wav
 from tests.support.proxies import service_of
+from tests.support.servers import served
 from tests.support.speech import speech_body
 from tests.support.streaming_upstream import StreamingUpstream, serve
 from tests.support.waits import eventually
@@ -123,3 +126,40 @@ async def test_an_accepted_credential_is_renewed_once_the_first_bytes_are_out(
     upstream.release.set()
     await answer.read()
     assert answer.headers["Cache-Status"] == "tts-cache; fwd=miss; stored"
+
+
+@pytest.mark.parametrize("status", [500, 200])
+async def test_an_accepted_credential_s_empty_answer_is_not_held_for_its_renewal(
+    make_proxy: Any, status: int
+) -> None:
+    """An answer with no body has no first bytes to wait for: its renewal starts at once,
+    and its fill ends (a refused one's end waits for the renewal, as before)."""
+    answers: list[int] = [200]
+
+    async def speech(request: web.Request) -> web.Response:
+        body = await request.json()
+        if answers:
+            answers.pop()
+            return web.Response(body=fake_wav(body["input"]), content_type="audio/wav")
+        return web.Response(status=status, content_type="audio/wav")
+
+    app = web.Application()
+    app.router.add_post("/v1/audio/speech", speech)
+    async with served(app) as url:
+        client = await make_proxy(url, client_auth="upstream")
+        auth = {"Authorization": f"Bearer sk-{uuid.uuid4().hex}"}
+        first = await client.post(
+            "/v1/audio/speech", json=speech_body(f"Spa {uuid.uuid4().hex}"), headers=auth
+        )
+        assert first.status == 200 and await first.read()
+        empty = await client.post(
+            "/v1/audio/speech", json=speech_body(f"Gym {uuid.uuid4().hex}"), headers=auth
+        )
+        assert empty.status == status
+        assert await asyncio.wait_for(empty.read(), 5.0) == b""
+        fills = client.app[PROCESSOR].fills
+
+        async def ended() -> bool:
+            return fills.in_flight == 0
+
+        await eventually(ended, 5.0, what="the fill of an empty answer never ended")
