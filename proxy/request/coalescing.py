@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ..core.breaker import CircuitBreaker
 from ..core.keys import CacheKey
@@ -43,6 +43,7 @@ from ..observability.metrics import METRICS
 from ..store.keyspace import Keyspace, shard_of
 from ..store.lock import TokenLock
 from ..store.lua import Lua
+from ..store.pipelined import PipelinedReads
 from ..store.schema import CachedAudio
 from .fill import Fill, Runner
 from .upstream import UpstreamError
@@ -126,8 +127,12 @@ class ClusterFlights:
         settings: FlightSettings | None = None,
         breaker: CircuitBreaker | None = None,
         fetch: Recheck | None = None,
+        commands: PipelinedReads | None = None,
     ) -> None:
         self.redis = redis
+        # The lookups' own connection: a lead taken there leaves in the same write as the
+        # lookup it goes beside, and its reply is read with the lookup's. None: redis-py.
+        self.commands = commands
         # Reads a stored entry without counting it: followers read there what the leader
         # did not put in the stream. None: the leader always streams the whole answer.
         self.fetch = fetch
@@ -137,6 +142,7 @@ class ClusterFlights:
         self._publish = Lua(redis, "flight_publish")
         self._renew = Lua(redis, "flight_renew")
         self._take = Lua(redis, "flight_lead")
+        self._release = Lua(redis, "lock_release")  # TokenLock.release's script
         # Leads taken beside a lookup, by key, until a fill adopts them or they are let go.
         self._claims: dict[str, Claim] = {}
         self._letting_go: set[asyncio.Future[None]] = set()
@@ -146,6 +152,25 @@ class ClusterFlights:
 
     def keys(self, key: CacheKey) -> FlightKeys:
         return FlightKeys.of(self.keyspace, key)
+
+    async def _script(self, lua: Lua, keys: list[str], args: list[Any]) -> Any:
+        """Run one of the flight's scripts: on the lookups' connection when there is one
+        (a few bytes in its next write, the reply read by hiredis: a fraction of a redis-py
+        round trip's CPU, on the loop that also serves the miss), else through redis-py.
+        A server that has not loaded it (NOSCRIPT) gets it through redis-py, which loads it."""
+        commands = self.commands
+        if commands is not None:
+            try:
+                return await commands.call(*_evalsha(lua.sha, keys, args))
+            except ResponseError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise lua.source.located(exc) from exc
+        return await lua(keys=keys, args=args)
+
+    async def _exists(self, key: str) -> bool:
+        if self.commands is not None:
+            return bool(await self.commands.call(b"EXISTS", key.encode()))
+        return bool(await self.redis.exists(key))
 
     async def run(
         self,
@@ -221,16 +246,17 @@ class ClusterFlights:
     ) -> tuple[TokenLock, asyncio.Future[int]]:
         lock = TokenLock(self.redis, keys.lock, _ms(self.settings.lock_seconds))
         stored = [self.keyspace.entry(key)] if entry_checked else []
+        names = [keys.lock, keys.stream, keys.followers, *stored]
+        args: list[Any] = [lock.token, lock.ttl_ms, int(ahead)]
+        commands = self.commands
 
         async def take() -> int:
-            if ahead:  # the lookup it goes beside is sent first: a hit does not wait for this
+            # On the lookups' connection it is queued behind the lookup the caller asked
+            # for in this same turn: one write, the lookup's reply first, so a hit does not
+            # wait for this. Through redis-py, the lookup is let go first.
+            if commands is None and ahead:
                 await asyncio.sleep(0)
-            return int(
-                await self._take(
-                    keys=[keys.lock, keys.stream, keys.followers, *stored],
-                    args=[lock.token, lock.ttl_ms, int(ahead)],
-                )
-            )
+            return int(await self._script(self._take, names, args))
 
         return lock, asyncio.ensure_future(take())
 
@@ -348,12 +374,10 @@ class ClusterFlights:
             args += [int(unless_alone), "t", token]
             for name, value in fields.items():
                 args += [name, value]
-            return int(
-                await self._publish(
-                    keys=[keys.lock, keys.stream, keys.stats, keys.followers, keys.held],
-                    args=args,
-                )
-            )
+            names = [keys.lock, keys.stream, keys.stats, keys.followers, keys.held]
+            if isinstance(data, bytes):  # audio stays off the lookups' connection
+                return int(await self._publish(keys=names, args=args))
+            return int(await self._script(self._publish, names, args))
 
         unsent: list[bytes] = []  # audio not in the stream yet: no one followed
 
@@ -363,7 +387,7 @@ class ClusterFlights:
             if not unsent:
                 return True
             # Ask first: audio sent to a script that skips it is still written to Redis.
-            if skippable and not always and not await self.redis.exists(keys.followers):
+            if skippable and not always and not await self._exists(keys.followers):
                 return True
             data = b"".join(unsent)
             for i in range(0, len(data), _MAX_RECORD_BYTES):
@@ -385,6 +409,7 @@ class ClusterFlights:
         total = 0
         try:
             await fill.wait_head()
+            await fill.past_first_bytes()  # this replica's clients have theirs first
             if fill.status is not None and bound is not None and _declared_size(fill) > bound:
                 # Too large to store: sharing it would copy it into Redis for nothing.
                 await publish(live_ms, k="x")
@@ -452,7 +477,7 @@ class ClusterFlights:
                     done, _ = await asyncio.wait([upcoming], timeout=wait)
                     if done:
                         break
-                    if not following and await self.redis.exists(keys.followers):
+                    if not following and await self._exists(keys.followers):
                         following = True
                         yield []
             except BaseException:
@@ -488,7 +513,7 @@ class ClusterFlights:
 
     async def _release_quietly(self, lock: TokenLock) -> None:
         try:
-            await lock.release()
+            await self._script(self._release, [lock.name], [lock.token])
         except (RedisError, OSError) as exc:
             _redis_failed("lock", exc)  # the lock expires on its own
 
@@ -659,6 +684,14 @@ def _declared_size(fill: Fill) -> int:
             except ValueError:
                 return -1
     return -1
+
+
+def _evalsha(sha: str, keys: list[str], args: list[Any]) -> list[bytes]:
+    """The words of ``EVALSHA sha len(keys) *keys *args``."""
+    words = [b"EVALSHA", sha.encode(), b"%d" % len(keys)]
+    words += [k.encode() for k in keys]
+    words += [a if isinstance(a, bytes) else str(a).encode() for a in args]
+    return words
 
 
 def _records(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:

@@ -18,6 +18,12 @@ from .upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 
+# What only followers and the store need (Redis writes, packing, compression) starts this
+# long after a fill's first bytes reach its readers. Started at once, it took the CPU the
+# client needed to read them when the two share cores: ~0.5 ms later first bytes (see
+# docs/performance.md, misses).
+AFTER_FIRST_BYTES_SECONDS = 0.001
+
 
 class Fill:
     """The shared state of one in-flight answer."""
@@ -40,6 +46,7 @@ class Fill:
         # Asked before cancelling an abandoned fill: do others (elsewhere) still want it?
         self.still_needed: Callable[[], Awaitable[bool]] | None = None
         self.readers = 0
+        self._first_bytes_at: float | None = None  # the loop's clock when the first chunk came
         self.task: asyncio.Task[None] | None = None
         self._abandoning: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
@@ -56,6 +63,8 @@ class Fill:
     async def add(self, chunk: bytes) -> None:
         if not chunk:
             return
+        if self._first_bytes_at is None:
+            self._first_bytes_at = asyncio.get_running_loop().time()
         self.chunks.append(chunk)
         self.size += len(chunk)
         await self._notify()
@@ -90,6 +99,18 @@ class Fill:
 
     async def wait_done(self) -> None:
         await self._done.wait()
+
+    async def past_first_bytes(self) -> None:
+        """Until the first chunk came ``AFTER_FIRST_BYTES_SECONDS`` ago (its readers have
+        written it and their clients had the moment to read it), or the fill finished
+        without one."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: self._first_bytes_at is not None or self.finished)
+        if self._first_bytes_at is not None:
+            left = self._first_bytes_at + AFTER_FIRST_BYTES_SECONDS
+            left -= asyncio.get_running_loop().time()
+            if left > 0:
+                await asyncio.sleep(left)
 
     def body(self) -> bytes:
         return b"".join(self.chunks)

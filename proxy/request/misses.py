@@ -89,6 +89,7 @@ class Misses:
                 ),
                 breaker=service.breaker,
                 fetch=service.fetch,
+                commands=service.pipelined,
             )
 
     def claim(self, key: CacheKey, sse: bool) -> Claim | None:
@@ -195,7 +196,9 @@ class Misses:
                         METRICS.time_to_first_byte.labels(labels.route).observe(
                             time.perf_counter() - started
                         )
-                        verdict = self._accepted(credential if later else None, upstream.status)
+                        verdict = self._accepted(
+                            fill, credential if later else None, upstream.status
+                        )
                         first = False
                         # Readers write the first bytes before this task goes on: a body
                         # that came whole would otherwise be checked and stored first.
@@ -208,10 +211,11 @@ class Misses:
             time.perf_counter() - t0
         )
         if first:  # an empty body
-            verdict = self._accepted(credential if later else None, upstream.status)
+            verdict = self._accepted(None, credential if later else None, upstream.status)
         if verdict is not None and (refusal is not None or not complete):
             await verdict  # such an answer's last byte goes out at its end, not once settled
         await fill.finish(complete=complete)
+        await fill.past_first_bytes()  # the first bytes go out before the store's work
         audio = fill.body()
         media_type = lowered.get("content-type", "application/octet-stream")
         headers = replayable(upstream.headers.items(), rule.replay_headers)
@@ -262,14 +266,23 @@ class Misses:
         refused = None if result.stored else result.reason
         await _settle(fill, verdict, stored=result.stored, refusal=refused)
 
-    def _accepted(self, credential: str | None, status: int) -> asyncio.Future[None] | None:
+    def _accepted(
+        self, fill: Fill | None, credential: str | None, status: int
+    ) -> asyncio.Future[None] | None:
         """Renew an accepted credential's verdict in the background: a Redis write that
-        would otherwise delay the answer's first byte. It starts once the first chunk is
-        handed to the readers (their write goes first) and runs beside the store; the fill
-        ends only after it. None when there is nothing to keep."""
+        would otherwise delay the answer's first byte. With the ``fill`` whose first
+        chunk was just handed over, it starts once those bytes are out
+        (:meth:`Fill.past_first_bytes`); without (an empty body), at once. It runs beside
+        the store; the fill ends only after it. None when there is nothing to keep."""
         if credential is None:
             return None
-        verdict = asyncio.ensure_future(self.access.upstream_answered(credential, status))
+
+        async def renew() -> None:
+            if fill is not None:
+                await fill.past_first_bytes()
+            await self.access.upstream_answered(credential, status)
+
+        verdict = asyncio.ensure_future(renew())
         self._verdicts.add(verdict)  # held until done, even when the fill is cancelled
         verdict.add_done_callback(self._verdicts.discard)
         return verdict

@@ -10,9 +10,14 @@ before. The token also fences writes made under the lock (see ``scripts/flight_*
 from __future__ import annotations
 
 import secrets
+import weakref
 from typing import Any
 
 from .lua import Lua
+
+# Each client's two scripts, made once: a fill's lead makes a lock per miss, and making
+# the scripts (hashing their text) was most of a lock's cost on the request path.
+_SCRIPTS: weakref.WeakKeyDictionary[Any, tuple[Lua, Lua]] = weakref.WeakKeyDictionary()
 
 
 class TokenLock:
@@ -23,8 +28,7 @@ class TokenLock:
         self.name = name
         self.ttl_ms = ttl_ms
         self.token = token or secrets.token_hex(16)
-        self._release = Lua(redis, "lock_release")
-        self._extend = Lua(redis, "lock_extend")
+        self._release, self._extend = _scripts(redis)
 
     async def acquire(self) -> bool:
         """Take the lock if nobody holds it."""
@@ -37,3 +41,14 @@ class TokenLock:
     async def release(self) -> bool:
         """Let go, if still the owner; True if released."""
         return bool(await self._release(keys=[self.name], args=[self.token]))
+
+
+def _scripts(redis: Any) -> tuple[Lua, Lua]:
+    try:
+        scripts = _SCRIPTS.get(redis)
+    except TypeError:  # a client that cannot be weakly referenced: made each time
+        return Lua(redis, "lock_release"), Lua(redis, "lock_extend")
+    if scripts is None:
+        scripts = (Lua(redis, "lock_release"), Lua(redis, "lock_extend"))
+        _SCRIPTS[redis] = scripts
+    return scripts

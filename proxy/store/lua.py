@@ -76,6 +76,12 @@ class Lua:
         self.source = source(name, prelude=prelude)
         self._script = redis.register_script(self.source.text)
 
+    @property
+    def sha(self) -> str:
+        """The script's SHA1, for an EVALSHA sent some other way (NOSCRIPT: call it here)."""
+        sha: str = self._script.sha
+        return sha
+
     async def __call__(
         self, *, keys: Sequence[Any], args: Sequence[Any], client: Any = None
     ) -> Any:

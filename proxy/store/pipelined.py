@@ -122,13 +122,21 @@ class PipelinedReads:
 
     async def hmget(self, key: str) -> Values:
         """The fields of ``key``, sent with this event-loop turn's other reads."""
+        reply: Values = await self._queued(self._head + _bulk(key.encode()) + self._tail)
+        return reply
+
+    async def call(self, *args: bytes) -> Any:
+        """Any one command (a flight's EVALSHA, say), sent with this turn's other commands
+        in the order they were asked for; an error reply is raised as redis-py's."""
+        return await self._queued(command(*args))
+
+    async def _queued(self, encoded: bytes) -> Any:
         link = self._link
         if link is None or link.lost is not None:
             link = await self._connect()
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Values] = loop.create_future()
-        encoded = key.encode()
-        self._outgoing.append(self._head + _bulk(encoded) + self._tail)
+        future: asyncio.Future[Any] = loop.create_future()
+        self._outgoing.append(encoded)
         self._outgoing_futures.append(future)
         if not self._scheduled:
             self._scheduled = True

@@ -17,6 +17,7 @@ from . import schema
 from .batching import ReadBatcher
 from .guard import StoreGuard
 from .keyspace import Keyspace
+from .pipelined import PipelinedReads
 from .schema import CachedAudio, EntryInfo
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,9 @@ class EntryReads:
         # The hit path's HMGETs: ``reads(fields)`` when given (see proxy.store.pipelined).
         fields = schema.HIT_FIELDS
         self._hits = reads(fields) if reads is not None else ReadBatcher(redis, fields)
+        # The hit path's own connection, when it has one: a miss's flight lead goes with
+        # its lookup there, in the same write (see proxy.request.coalescing).
+        self.pipelined = self._hits if isinstance(self._hits, PipelinedReads) else None
         # Each read makes a new CachedAudio; what the HTTP layer derived from the last read
         # of the same entry (its serialized headers: ~16 µs a hit) is handed to the next.
         self._memos: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}

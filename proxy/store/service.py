@@ -33,6 +33,7 @@ from .hot_tier import HotTier
 from .keyspace import SELECTOR_DIMENSIONS, SHARDS, Keyspace, shard_of
 from .ledger import Ledger, Totals
 from .memory_policy import EvictionWatch
+from .pipelined import PipelinedReads
 from .reads import EntryReads
 from .schema import CachedAudio, EntryInfo, EntryLabels, IndexRecord, replayable_headers
 from .writes import EntryWrites, StoreResult
@@ -246,6 +247,11 @@ class AudioCacheService:
         if found is not None and found.expires_ms <= _now_ms():
             return None
         return found
+
+    @property
+    def pipelined(self) -> PipelinedReads | None:
+        """The hit path's own pipelined connection, if it has one."""
+        return self._reads.pipelined
 
     async def fetch(self, key: CacheKey) -> CachedAudio | None:
         """Read and verify an entry without counting it (stale copies included)."""

@@ -13,21 +13,33 @@ import redis.asyncio as aioredis
 from proxy.core.keys import CacheKey
 from proxy.request.coalescing import ClusterFlights
 from proxy.request.fill import Fill
+from proxy.store.embedded import EmbeddedValkey
+from proxy.store.pipelined import PipelinedReads
+from proxy.store.schema import HIT_FIELDS
 from proxy.store.service import AudioCacheService, EntryLabels
 from tests.support.waits import eventually
 
 AUDIO = b"RIFF" + bytes(range(256)) * 40
 
 
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[tuple[ClusterFlights, AudioCacheService]]:
+@pytest.fixture(params=["redis-py", "lookups"])
+async def store(
+    redis_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[ClusterFlights, AudioCacheService]]:
+    """Flights taking their lead through redis-py, or on the lookups' pipelined connection
+    (as the proxy does on a plain server): every test here holds for both."""
     client = aioredis.Redis.from_url(redis_url)
     prefix = f"fl{uuid.uuid4().hex[:10]}"
-    service = AudioCacheService(client, prefix=prefix)
-    flights = ClusterFlights(client, prefix=prefix, fetch=service.fetch)
+    reads = (
+        (lambda fields: PipelinedReads(redis_url, fields)) if request.param == "lookups" else None
+    )
+    service = AudioCacheService(client, prefix=prefix, reads=reads)
+    flights = ClusterFlights(client, prefix=prefix, fetch=service.fetch, commands=service.pipelined)
+    assert (flights.commands is None) == (request.param == "redis-py")
     try:
         yield flights, service
     finally:
+        await service.close_reads()
         await client.aclose()
 
 
@@ -209,3 +221,65 @@ async def test_a_claim_lost_to_another_replica_follows_its_leader(
     flights.let_go(claim)
     assert (upstream.calls, fill.origin, fill.body()) == (0, "cluster", AUDIO)
     assert await flights.redis.get(keys.lock) == b"another leader"
+
+
+async def test_a_lead_on_the_lookups_connection_goes_in_the_lookups_write(
+    redis_url: str,
+) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    lookups = PipelinedReads(redis_url, HIT_FIELDS)
+    prefix = f"fl{uuid.uuid4().hex[:10]}"
+    flights = ClusterFlights(client, prefix=prefix, commands=lookups)
+    try:
+        key = new_key()
+        await lookups.hmget(flights.keyspace.entry(new_key()))  # connected
+        claim = flights.claim(key)
+        assert claim is not None
+        # The lookup the claim goes beside, asked for in the same turn (as a request does).
+        missing = await lookups.hmget(flights.keyspace.entry(key))
+        assert missing[0] is None
+        assert await claim.taken == 1
+        assert await client.get(flights.keys(key).lock) == claim.lock.token.encode()
+        link = lookups._link
+        assert link is not None and link.transport is not None
+        port = link.transport.get_extra_info("sockname")[1]
+        listed = (await client.execute_command("CLIENT", "LIST")).decode()
+        mine = [line for line in listed.splitlines() if f"addr=127.0.0.1:{port} " in line]
+        assert len(mine) == 1 and "cmd=evalsha" in mine[0], mine
+        flights.let_go(claim)
+    finally:
+        await lookups.aclose()
+        await client.aclose()
+
+
+async def test_a_server_without_the_script_loaded_still_decides_the_lead(
+    private_valkey: EmbeddedValkey,
+) -> None:
+    url = private_valkey.url
+    client = aioredis.Redis.from_url(url)
+    lookups = PipelinedReads(url, HIT_FIELDS)
+    prefix = f"fl{uuid.uuid4().hex[:10]}"
+    one = ClusterFlights(client, prefix=prefix, commands=lookups)
+    other = ClusterFlights(client, prefix=prefix, commands=lookups)
+    try:
+        key = new_key()
+        await client.script_flush()  # a restarted server, say: EVALSHA says NOSCRIPT
+        claim = one.claim(key)
+        assert claim is not None and await claim.taken == 1
+        lost = other.claim(key)
+        assert lost is not None and await lost.taken == 0  # another replica's lead
+        assert await client.get(one.keys(key).lock) == claim.lock.token.encode()
+        one.let_go(claim)
+        other.let_go(lost)
+        # A whole lead, its records and its release, on a server that forgot them all.
+        await client.script_flush()
+        later = new_key()
+        upstream, fill = Upstream(), Fill(later.hex)
+        await one.run(fill, later, upstream, recheck=None, entry=later)
+        assert (upstream.calls, fill.origin, fill.body()) == (1, "upstream", AUDIO)
+        records = await client.xrange(one.keys(later).stream)
+        assert [fields[b"k"] for _, fields in records] == [b"h", b"c", b"e", b"d"]
+        assert await client.exists(one.keys(later).lock) == 0
+    finally:
+        await lookups.aclose()
+        await client.aclose()
