@@ -13,6 +13,8 @@ sentences, go to:
 - ``hot``: one ``tts-cache-proxy serve`` process as shipped: hot tier and access log on
   (the load repeats each request byte for byte, as an SDK does for the same sentence, so
   once warm these are known hits, answered by the connection: proxy/request/known_hits.py);
+- ``hot-full``: the same with ``known_hits_enabled: false``, every hit through the full
+  request path (what known hits save);
 - ``hot-nolog`` and ``hot-uvloop``: the same with the access log off, and on uvloop;
 - ``hot-otel`` (``--otel``): the same with ``otel_enabled``, every request traced and its
   spans exported over OTLP/HTTP (to the bare server, which answers any POST);
@@ -68,7 +70,17 @@ from .loopback import (
 )
 
 OUT = Path(__file__).resolve().parent / "out"
-TARGETS = ("bare", "hot", "hot-nolog", "hot-uvloop", "hot-otel", "redis", "redis-plain", "nginx")
+TARGETS = (
+    "bare",
+    "hot",
+    "hot-full",
+    "hot-nolog",
+    "hot-uvloop",
+    "hot-otel",
+    "redis",
+    "redis-plain",
+    "nginx",
+)
 COMPRESSION_THRESHOLD_KB = 100  # the default: larger bodies are stored compressed
 
 NGINX_CONF = """
@@ -267,6 +279,15 @@ async def measure_size(
             proxy("hot", AUDIO_CACHE_HOT_TIER_MB=str(args.hot_tier_mb))
         )
         targets = ["bare", "hot"]
+        if args.full_path:  # the same as shipped with known hits off: what they save
+            pids["hot-full"] = await stack.enter_async_context(
+                proxy(
+                    "hot-full",
+                    AUDIO_CACHE_HOT_TIER_MB=str(args.hot_tier_mb),
+                    KNOWN_HITS_ENABLED="false",
+                )
+            )
+            targets.append("hot-full")
         if args.access_log:  # the same proxy without its log line: what the line costs
             pids["hot-nolog"] = await stack.enter_async_context(
                 proxy(
@@ -483,6 +504,7 @@ def main() -> None:
     )
     p.add_argument("--loop", choices=("asyncio", "uvloop"), help="the proxy's event loop")
     p.add_argument("--no-uvloop", dest="uvloop", action="store_false", help="skip hot-uvloop")
+    p.add_argument("--no-full-path", dest="full_path", action="store_false", help="skip hot-full")
     p.add_argument("--otel", action="store_true", help="also hot-otel (needs the otel extra)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     args = p.parse_args()

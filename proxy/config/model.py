@@ -184,6 +184,10 @@ class Settings:
     audio_cache_hot_tier_mb: float = _setting(
         32.0, "Decoded audio of the most requested entries kept in each process (0: off).", lo=0
     )
+    known_hits_enabled: bool = _setting(
+        True, "A request repeated byte for byte after a plain hit is answered by its "
+        "connection, with the same checks and the same answer (docs/internals.md).",
+    )  # fmt: skip
     # Misses: single flight across replicas (a lock and a Redis Stream per key in flight).
     coalescing_enabled: bool = _setting(
         True, "Identical misses on every replica make one upstream call."

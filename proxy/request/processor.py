@@ -97,7 +97,8 @@ class AudioProcessor:
         self.fills = self.misses.fills
         self.flights = self.misses.flights
         # Known hits skip the spans a traced request has: only without tracing.
-        self.known = KnownHits(self.access, service, self.hits) if self.lookups is service else None
+        learns = settings.known_hits_enabled and self.lookups is service
+        self.known = KnownHits(self.access, service, self.hits) if learns else None
 
     def attach(self, redis: Any, key_secret: bytes) -> None:
         """Connect what the request path shares through the store, once it is open."""

@@ -385,3 +385,15 @@ async def test_a_known_request_whose_entry_is_gone_is_one_miss(
     assert again.get("X-Cache") == "MISS"
     assert fake.calls["openai"] == calls + 1
     assert service.session_misses == misses + 1  # counted once, by the full path
+
+
+async def test_with_known_hits_off_every_request_takes_the_full_path(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    _, url = upstream
+    client = await make_proxy(url, client_auth="none", known_hits_enabled=False)
+    assert client.app[PROCESSOR].known is None
+    request = speech_request(TEXT)
+    answers = [(await exchange(client.port, request))[0] for _ in range(4)]
+    assert [a.get("X-Cache") for a in answers] == ["MISS", "HIT", "HIT", "HIT"]
+    assert len({a.body for a in answers}) == 1
