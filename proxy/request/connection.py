@@ -118,7 +118,12 @@ class HitConnection(RequestHandler):
         aiohttp's task, unless the head is still ours (held, or its entry being read)."""
         known = self._known
         messages = self._messages
-        while known is not None and messages and not self._buffer_paused and not self._close:
+        while (
+            known is not None
+            and messages
+            and not self._buffer_paused
+            and not (self._close or self._force_close)
+        ):
             message, payload = messages[0]
             verdict = self._answer(known, message, payload, started)
             if verdict == _ANSWERED:
@@ -221,8 +226,12 @@ class HitConnection(RequestHandler):
             self._unpark()
             return
         messages.popleft()
-        self._send(known, answer, started)
-        self._serve_queue(time.perf_counter(), may_hold=True)
+        try:
+            self._send(known, answer, started)
+            self._serve_queue(time.perf_counter(), may_hold=True)
+        except Exception:  # as aiohttp does with a connection whose handling broke
+            log.exception("known hit: the connection is closed")
+            self.force_close()
 
     def _send(self, known: KnownHits, answer: Answer, started: float) -> None:
         transport = self.transport

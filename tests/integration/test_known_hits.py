@@ -397,3 +397,28 @@ async def test_with_known_hits_off_every_request_takes_the_full_path(
     answers = [(await exchange(client.port, request))[0] for _ in range(4)]
     assert [a.get("X-Cache") for a in answers] == ["MISS", "HIT", "HIT", "HIT"]
     assert len({a.body for a in answers}) == 1
+
+
+async def test_a_graceful_shutdown_waits_for_a_known_hit_being_read(
+    upstream: Any, make_proxy: ProxyFactory, redis_url: str
+) -> None:
+    _, url = upstream
+    client = await make_proxy(url, client_auth="none", audio_cache_hot_tier_mb=0)
+    request = speech_request(TEXT)
+    audio = (await until_known(client, request)).body
+    answered = known_of(client).answered
+    store = aioredis.from_url(redis_url)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        await store.execute_command("CLIENT", "PAUSE", "400", "ALL")
+        writer.write(request)
+        await writer.drain()
+        await asyncio.sleep(0.05)  # its entry is being read
+        closing = asyncio.create_task(client.server.close())
+        answer = await read_answer(reader)
+        await asyncio.wait_for(closing, 10)
+    finally:
+        writer.close()
+        await store.aclose()
+    assert answer.status_line == "HTTP/1.1 200 OK" and answer.body == audio
+    assert known_of(client).answered == answered + 1
