@@ -33,6 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..core.clients import presented_key
 from ..core.keys import CacheKey
 from ..observability.access_log import REQUEST_ID_HEADER, printable, request_id_from
 from ..store.service import AudioCacheService, CachedAudio
@@ -117,15 +118,27 @@ class KnownHits:
             return
         raw = request.raw_headers
         wire = (request.method, request.raw_path, raw, body)
-        if wire in self._known:
+        access = self.access
+        keys = access.keys
+        old = self._known.get(wire)
+        if old is not None and old.keys is keys:
             return
+        # The caller was named by the keys in force when the request came: if they were
+        # reloaded since, it is not what the keys in force say of these bytes.
+        if (
+            caller.key is not None
+            and keys.find(presented_key(request.headers, access.headers)) is not caller.key
+        ):
+            return
+        if old is not None:  # learned under keys since reloaded: learned again
+            self._forget(wire)
         size = len(body) + len(wire[1]) + sum(len(n) + len(v) for n, v in raw)
         client_id = request.headers.get(REQUEST_ID_HEADER)
         known = Known(
             key=key,
             caller=caller,
             tenant=tenant,
-            keys=self.access.keys,
+            keys=keys,
             metrics=metrics,
             characters=characters,
             route=route,
@@ -137,17 +150,19 @@ class KnownHits:
         while self._known and (
             len(self._known) >= MAX_KNOWN or self._bytes + size > MAX_KNOWN_BYTES
         ):
-            oldest = next(iter(self._known))
-            self._bytes -= self._known.pop(oldest).size
-            head = oldest[:3]
-            left = self._heads[head] - 1
-            if left:
-                self._heads[head] = left
-            else:
-                del self._heads[head]
+            self._forget(next(iter(self._known)))
         self._known[wire] = known
         self._heads[wire[:3]] = self._heads.get(wire[:3], 0) + 1
         self._bytes += size
+
+    def _forget(self, wire: Wire) -> None:
+        self._bytes -= self._known.pop(wire).size
+        head = wire[:3]
+        left = self._heads[head] - 1
+        if left:
+            self._heads[head] = left
+        else:
+            del self._heads[head]
 
     def may_know(self, method: str, target: str, raw_headers: RawHeaders) -> bool:
         """Whether a request with this head may be known, whatever its body."""

@@ -495,3 +495,76 @@ async def test_the_openai_sdk_streaming_gets_the_same_audio(
     assert len(set(bodies)) == 1 and bodies[0].startswith(b"RIFF")
     assert fake.calls["openai"] == 1
     assert known.answered >= 1
+
+
+async def test_a_key_removed_while_its_request_is_served_is_not_learned_as_still_valid(
+    upstream: Any, make_proxy: ProxyFactory, redis_url: str, tmp_path: Any
+) -> None:
+    """A reload of the keys file between the caller's identification and the hit it
+    leads to: what is learned must not pair the new keys with the caller the old ones
+    named, or the removed key's bytes are answered from then on."""
+    import hashlib
+
+    import redis.asyncio as aioredis
+    import yaml
+
+    _, url = upstream
+    path = tmp_path / "keys.yaml"
+
+    def write(*names: str) -> None:
+        entries = [{"sha256": hashlib.sha256(n.encode()).hexdigest(), "name": n} for n in names]
+        path.write_text(yaml.safe_dump({"keys": entries}), encoding="utf-8")
+
+    write("proxy-key-1", "proxy-key-2")
+    client = await make_proxy(
+        url, client_auth="keys", client_keys_file=str(path), audio_cache_hot_tier_mb=0
+    )
+    request = speech_request(TEXT, extra="Authorization: Bearer proxy-key-1\r\n")
+    (miss,) = await exchange(client.port, request)
+    assert miss.get("X-Cache") == "MISS"
+    known = known_of(client)
+    assert not len(known)
+    store = aioredis.from_url(redis_url)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        await store.execute_command("CLIENT", "PAUSE", "300", "ALL")  # its lookup waits
+        writer.write(request)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        write("proxy-key-2")
+        assert client.app[PROCESSOR].access.reload()
+        hit = await read_answer(reader)  # identified before the reload: served
+        assert hit.get("X-Cache") == "HIT"
+    finally:
+        writer.close()
+        await store.aclose()
+    answered = known.answered
+    (after,) = await exchange(client.port, request)
+    assert after.status_line.startswith("HTTP/1.1 401"), after.status_line
+    assert known.answered == answered
+
+
+async def test_requests_known_before_a_keys_file_reload_are_known_again_after_it(
+    upstream: Any, make_proxy: ProxyFactory, tmp_path: Any
+) -> None:
+    """A reload (even of the same keys) sends what was known through the full path once,
+    which learns it again under the keys now in force."""
+    import hashlib
+
+    import yaml
+
+    _, url = upstream
+    path = tmp_path / "keys.yaml"
+    entry = {"sha256": hashlib.sha256(b"proxy-key-1").hexdigest(), "name": "k1"}
+    path.write_text(yaml.safe_dump({"keys": [entry]}), encoding="utf-8")
+    client = await make_proxy(url, client_auth="keys", client_keys_file=str(path))
+    request = speech_request(TEXT, extra="Authorization: Bearer proxy-key-1\r\n")
+    await until_known(client, request)
+    path.write_text(yaml.safe_dump({"keys": [entry]}) + "\n", encoding="utf-8")
+    assert client.app[PROCESSOR].access.reload()
+    known = known_of(client)
+    answered = known.answered
+    answers = [(await exchange(client.port, request))[0] for _ in range(3)]
+    assert [a.status_line for a in answers] == ["HTTP/1.1 200 OK"] * 3
+    assert known.answered == answered + 2  # the first took the full path, and was learned
+    assert len(known) == 1
