@@ -610,3 +610,40 @@ async def test_requests_known_before_a_keys_file_reload_are_known_again_after_it
     assert [a.status_line for a in answers] == ["HTTP/1.1 200 OK"] * 3
     assert known.answered == answered + 2  # the first took the full path, and was learned
     assert len(known) == 1
+
+
+async def test_a_tenant_with_a_request_limit_is_limited_on_every_request(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    _, url = upstream
+    client = await make_proxy(
+        url,
+        client_auth="none",
+        tenant_header="X-Tenant-Id",
+        tenant_header_trusted=True,
+        tenants={"a": {"requests_per_minute": 4}},
+    )
+    request = speech_request(TEXT, extra="X-Tenant-Id: a\r\n")
+    answers = [(await exchange(client.port, request))[0] for _ in range(6)]
+    assert [a.status_line[:12] for a in answers] == ["HTTP/1.1 200"] * 4 + ["HTTP/1.1 429"] * 2
+    assert not len(known_of(client))
+
+
+async def test_pipelined_known_requests_whose_entry_was_deleted_are_one_miss_then_a_hit(
+    upstream: Any, make_proxy: ProxyFactory
+) -> None:
+    from proxy.core.keys import CacheKey
+    from tests.support.proxies import service_of
+
+    fake, url = upstream
+    client = await make_proxy(url, client_auth="none")
+    request = speech_request(TEXT)
+    learned = await until_known(client, request)
+    key = learned.get("X-Audio-Cache-Key")
+    assert key is not None
+    assert await service_of(client).delete(CacheKey(key))
+    calls = fake.calls["openai"]
+    answers = await exchange(client.port, request, request, request)
+    assert [a.get("X-Cache") for a in answers] == ["MISS", "HIT", "HIT"]
+    assert len({a.body for a in answers}) == 1 and answers[0].body == learned.body
+    assert fake.calls["openai"] == calls + 1
