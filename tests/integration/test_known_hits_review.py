@@ -610,6 +610,8 @@ async def test_requests_known_before_a_keys_file_reload_are_known_again_after_it
     assert [a.status_line for a in answers] == ["HTTP/1.1 200 OK"] * 3
     assert known.answered == answered + 2  # the first took the full path, and was learned
     assert len(known) == 1
+    (entry,) = known._known.values()
+    assert known._bytes == entry.size and sum(known._heads.values()) == 1
 
 
 async def test_a_tenant_with_a_request_limit_is_limited_on_every_request(
