@@ -146,10 +146,12 @@ class HitConnection(RequestHandler):
         self._waiter = waiter
         if waiter.done():
             return
-        if self._close or self._force_close:
-            waiter.cancel()  # what close() does to an idle connection's waiter
-        elif self._messages:
+        if self._messages:
+            # aiohttp's task answers the request at the head of the queue even once the
+            # connection is closing (a graceful shutdown waits for it), then ends it.
             waiter.set_result(None)
+        elif self._close or self._force_close:
+            waiter.cancel()  # what close() does to an idle connection's waiter
 
     def _release(self) -> None:
         self._held = None

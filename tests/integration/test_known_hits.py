@@ -422,3 +422,33 @@ async def test_a_graceful_shutdown_waits_for_a_known_hit_being_read(
         await store.aclose()
     assert answer.status_line == "HTTP/1.1 200 OK" and answer.body == audio
     assert known_of(client).answered == answered + 1
+
+
+async def test_a_shutdown_during_a_known_read_that_finds_nothing_still_answers(
+    upstream: Any, make_proxy: ProxyFactory, redis_url: str
+) -> None:
+    """The read hands the request to aiohttp's task, which answers it (a miss) before the
+    connection ends, as it would any request it had been given."""
+    fake, url = upstream
+    client = await make_proxy(url, client_auth="none", audio_cache_hot_tier_mb=0)
+    request = speech_request(TEXT)
+    answer = await until_known(client, request)
+    key = answer.get("X-Audio-Cache-Key")
+    assert key is not None
+    assert await service_of(client).delete(CacheKey(key))
+    calls = fake.calls["openai"]
+    store = aioredis.from_url(redis_url)
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        await store.execute_command("CLIENT", "PAUSE", "300", "ALL")
+        writer.write(request)
+        await writer.drain()
+        await asyncio.sleep(0.05)  # its entry is being read, and is not there
+        closing = asyncio.create_task(client.server.close())
+        late = await asyncio.wait_for(read_answer(reader), 10)
+        await asyncio.wait_for(closing, 10)
+    finally:
+        writer.close()
+        await store.aclose()
+    assert late.status_line == "HTTP/1.1 200 OK" and late.get("X-Cache") == "MISS"
+    assert fake.calls["openai"] == calls + 1
