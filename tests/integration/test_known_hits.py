@@ -21,33 +21,13 @@ import yaml
 
 from proxy.app import PROCESSOR
 from proxy.core.keys import CacheKey
-from proxy.request.known_hits import KnownHits
 from tests.support.keyed_upstream import keyed_upstream
-from tests.support.proxies import ProxyClient, ProxyFactory, service_of
-from tests.support.raw_http import Answer, exchange, read_answer, speech_request
+from tests.support.known import known_of, until_known
+from tests.support.proxies import ProxyFactory, service_of
+from tests.support.raw_http import exchange, read_answer, speech_request
 from tests.support.waits import eventually
 
 TEXT = "The spa opens at nine."
-
-
-def known_of(client: ProxyClient) -> KnownHits:
-    known = client.app[PROCESSOR].known
-    assert known is not None
-    return known
-
-
-async def until_known(client: ProxyClient, request: bytes) -> Answer:
-    """Send ``request`` (each time on a new connection) until the connection answers it
-    as a known hit; that answer."""
-    assert client.port is not None
-    known = known_of(client)
-    for _ in range(16):
-        before = known.answered
-        (answer,) = await exchange(client.port, request)
-        assert answer.status_line == "HTTP/1.1 200 OK", answer.status_line
-        if known.answered == before + 1:
-            return answer
-    raise AssertionError("the request was never answered as a known hit")
 
 
 async def test_a_known_hit_is_the_answer_the_full_path_gives(

@@ -20,34 +20,15 @@ import pytest
 from proxy.app import PROCESSOR, create_app
 from proxy.config.settings import load_settings
 from proxy.observability.access_log import runner_options
-from proxy.request.known_hits import KnownHits
 from proxy.store.embedded import EmbeddedValkey
-from tests.support.proxies import ProxyClient, ProxyFactory
+from tests.support.known import known_of, until_known
+from tests.support.proxies import ProxyFactory
 from tests.support.raw_http import Answer, exchange, read_answer, speech_request
 from tests.support.servers import ProxyTestServer
 from tests.support.speech import speech_body
 from tests.support.waits import eventually
 
 TEXT = "The ferry leaves at noon."
-
-
-def known_of(client: ProxyClient) -> KnownHits:
-    known = client.app[PROCESSOR].known
-    assert known is not None
-    return known
-
-
-async def until_known(client: ProxyClient, request: bytes) -> Answer:
-    """Send ``request`` on new connections until the connection answers it itself."""
-    assert client.port is not None
-    known = known_of(client)
-    for _ in range(16):
-        before = known.answered
-        (answer,) = await exchange(client.port, request)
-        assert answer.status_line == "HTTP/1.1 200 OK", answer.status_line
-        if known.answered == before + 1:
-            return answer
-    raise AssertionError("the request was never answered as a known hit")
 
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
