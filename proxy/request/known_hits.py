@@ -1,7 +1,7 @@
 """Known hits: a repeated request for a hot entry, answered from its bytes as they arrive.
 
 A client that asks for the same sentence again sends the same bytes: request line, headers
-and body. Once those bytes have been answered as a plain hit of the hot tier, everything
+and body. Once those bytes have been answered as a plain hit, everything
 the request path decided from them is known: the route, the caller (its credential
 headers), the tenant, the directive and the cache key are functions of the bytes and of
 the configuration, which does not change while the process runs (the client keys file
@@ -17,7 +17,7 @@ sends the request through the full path instead:
 - the client keys file in force is the one the request was learned under;
 - the caller's credential is still accepted here (``client_auth: upstream``: the
   one-second local verdict; without one, the full path asks the store);
-- the entry is in the hot tier and fresh (the lookup that also counts the hit);
+- the entry is fresh in the hot tier, or in the store (read by the connection);
 - the request's per-minute limits: a caller with any is never learned here.
 
 What such an answer leaves behind is what the full path's plain hit leaves: the same
@@ -109,11 +109,10 @@ class KnownHits:
         caller: Caller,
         tenant: str,
         metrics: RouteMetrics,
-        characters: int,
         route: str,
         text: str,
     ) -> None:
-        """Remember what a plain hot hit was decided from, to answer its bytes again."""
+        """Remember what a plain hit was decided from, to answer its bytes again."""
         if len(body) > MAX_BODY or any(name in request.headers for name in _UNLEARNED):
             return
         raw = request.raw_headers
@@ -140,7 +139,7 @@ class KnownHits:
             tenant=tenant,
             keys=keys,
             metrics=metrics,
-            characters=characters,
+            characters=len(text),
             route=route,
             text=text,
             path=printable(request.path),

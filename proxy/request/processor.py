@@ -172,7 +172,6 @@ class AudioProcessor:
             caller=caller,
             tenant=described.tenant,
             metrics=described.metrics,
-            characters=len(described.speech.text),
             route=step.rule.name,
             text=described.speech.text,
         )

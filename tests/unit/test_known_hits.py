@@ -31,7 +31,6 @@ def learn(known: KnownHits, body: bytes, **headers: str) -> None:
         caller=Caller(ANONYMOUS),
         tenant="",
         metrics=Savings({}).of("openai", "alloy"),
-        characters=5,
         route="openai",
         text="Hello",
     )
