@@ -643,4 +643,6 @@ async def test_pipelined_known_requests_whose_entry_was_deleted_are_one_miss_the
     answers = await exchange(client.port, request, request, request)
     assert [a.get("X-Cache") for a in answers] == ["MISS", "HIT", "HIT"]
     assert len({a.body for a in answers}) == 1 and answers[0].body == learned.body
-    assert fake.calls["openai"] == calls + 1
+    # At most one upstream call: none when the miss replays the flight that filled the
+    # deleted entry, while that flight's stream is still kept.
+    assert fake.calls["openai"] <= calls + 1
