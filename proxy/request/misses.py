@@ -161,7 +161,7 @@ class Misses:
     ) -> None:
         t0 = time.perf_counter()
         try:
-            upstream = await self.upstream.request(
+            upstream = await self.upstream.speech(
                 outgoing.method, outgoing.path, outgoing.query, outgoing.headers, outgoing.body
             )
         except UpstreamError as exc:
@@ -169,22 +169,26 @@ class Misses:
             await fill.finish(complete=False, error=exc)
             fill.settle(stored=False, refusal="upstream_error")
             return
-        # A refusal, or the first success of a credential (a private fill), is kept before
-        # its client hears of it; an accepted credential's renewal goes on beside the body.
-        later = not private and upstream.status not in (401, 403)
-        if not later:
-            await self.access.upstream_answered(credential, upstream.status)
-        lowered = _lowered(upstream.headers.items())
-        refusal = refusal_before_body(
-            status=upstream.status,
-            headers=lowered,
-            max_entry_bytes=self.settings.max_entry_bytes,
-            keyed_headers=rule.headers,
-        )
-        await fill.set_head(
-            upstream.status,
-            [(k, v) for k, v in upstream.headers.items() if k.lower() not in _OWN_HEADERS],
-        )
+        try:  # until the body's loop below holds the answer, it is given back here
+            # A refusal, or the first success of a credential (a private fill), is kept before
+            # its client hears of it; an accepted credential's renewal goes on beside the body.
+            later = not private and upstream.status not in (401, 403)
+            if not later:
+                await self.access.upstream_answered(credential, upstream.status)
+            lowered = _lowered(upstream.headers.items())
+            refusal = refusal_before_body(
+                status=upstream.status,
+                headers=lowered,
+                max_entry_bytes=self.settings.max_entry_bytes,
+                keyed_headers=rule.headers,
+            )
+            await fill.set_head(
+                upstream.status,
+                [(k, v) for k, v in upstream.headers.items() if k.lower() not in _OWN_HEADERS],
+            )
+        except BaseException:
+            upstream.release()
+            raise
         complete = False
         first = True
         verdict: asyncio.Future[None] | None = None

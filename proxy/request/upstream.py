@@ -17,6 +17,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ..observability import tracing
+from .upstream_wire import UpstreamWire, WireAnswer, WireError, WireTimeout
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus what the proxy must set itself.
 HOP_BY_HOP = frozenset(
@@ -162,17 +163,25 @@ class UpstreamSettings:
 
 
 class UpstreamClient:
-    """Sends requests to the configured upstream with one pooled aiohttp session."""
+    """Sends requests to the configured upstream: a miss's on its own pooled wire
+    (:mod:`proxy.request.upstream_wire`), everything else with one pooled aiohttp session."""
 
     def __init__(self, settings: UpstreamSettings) -> None:
         self.settings = settings
         self.base = URL(settings.base_url)
         self._base_path = self.base.raw_path.rstrip("/")
         self.session: aiohttp.ClientSession | None = None
+        self.wire: UpstreamWire | None = None
         # WebSocket sessions last as long as they are used: no total timeout applies.
         self.ws_session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        self.wire = UpstreamWire(
+            self.base,
+            connect_timeout=self.settings.connect_timeout,
+            read_timeout=self.settings.read_timeout,
+            total_timeout=self.settings.total_timeout,
+        )
         # auto_decompress off: bytes pass through (and are cached) exactly as sent.
         self.session = aiohttp.ClientSession(
             auto_decompress=False,
@@ -196,6 +205,8 @@ class UpstreamClient:
         )
 
     async def close(self) -> None:
+        if self.wire is not None:
+            await self.wire.close()
         if self.session is not None:
             await self.session.close()
         if self.ws_session is not None:
@@ -258,6 +269,30 @@ class UpstreamClient:
                 raise UpstreamError(502, "protocol", message) from exc
             call.answered(response.status)
         return response
+
+    async def speech(
+        self, method: str, raw_path: str, raw_query: str, headers: CIMultiDict[str], body: bytes
+    ) -> WireAnswer:
+        """A miss's request (GET or POST, its body in hand): the answer's head read, its
+        body not yet. Raises UpstreamError, as :meth:`request` does."""
+        assert self.wire is not None, "UpstreamClient.start() was not awaited"
+        url = self.url_for(raw_path, raw_query)
+        with tracing.upstream_call(method, url, headers) as call:  # a no-op unless tracing
+            try:
+                answer = await self.wire.request(method, url.raw_path_qs, headers, body)
+            except WireTimeout as exc:
+                raise UpstreamError(504, "timeout", "the upstream TTS service timed out") from exc
+            except WireError as exc:
+                message = f"the upstream TTS service failed: {exc}"
+                raise UpstreamError(502, "protocol", message) from exc
+            except ValueError as exc:  # a header set by the operator that cannot be sent
+                raise UpstreamError(502, "protocol", str(exc)) from exc
+            except OSError as exc:
+                raise UpstreamError(
+                    502, "connect", "cannot connect to the upstream TTS service"
+                ) from exc
+            call.answered(answer.status)
+        return answer
 
     async def ws_connect(
         self,
