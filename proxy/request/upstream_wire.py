@@ -69,7 +69,6 @@ class _Connection(asyncio.Protocol):
         self.answer: WireAnswer | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._names: list[tuple[str, str]] = []
-        self._name = b""
 
     # Transport callbacks.
 
@@ -102,13 +101,13 @@ class _Connection(asyncio.Protocol):
             self._pool.idle.remove(self)
         answer = self.answer
         if answer is not None and not answer.ended:
-            answer.lost()
+            answer.lost(cleanly=exc is None)
 
-    def pause_reading(self) -> None:
+    def stop_reading(self) -> None:
         if self.transport is not None:
             self.transport.pause_reading()
 
-    def resume_reading(self) -> None:
+    def go_on_reading(self) -> None:
         if self.transport is not None and self.transport.is_reading() is False:
             self.transport.resume_reading()
 
@@ -132,7 +131,7 @@ class _Connection(asyncio.Protocol):
             if status == 101:
                 raise WireError("the upstream switched protocols on a speech request")
             return  # an informational answer (103 Early Hints, say): the real one follows
-        self.answer.head(status, self._names, self._parser.should_keep_alive())
+        self.answer.head(status, self._names)
 
     def on_body(self, body: bytes) -> None:
         assert self.answer is not None
@@ -192,7 +191,7 @@ class WireAnswer:
 
     # From the connection.
 
-    def head(self, status: int, headers: list[tuple[str, str]], keep_alive: bool) -> None:
+    def head(self, status: int, headers: list[tuple[str, str]]) -> None:
         self.status = status
         self.headers = CIMultiDictProxy(CIMultiDict(headers))
         self._framed = "content-length" in self.headers or "transfer-encoding" in self.headers
@@ -203,7 +202,7 @@ class WireAnswer:
         self._chunks.append(bytes(data))
         self._buffered += len(data)
         if self._buffered > _HIGH_WATER:
-            self._connection.pause_reading()
+            self._connection.stop_reading()
         self._wake()
 
     def complete(self, keep_alive: bool) -> None:
@@ -211,8 +210,8 @@ class WireAnswer:
         self.reusable = keep_alive
         self._wake()
 
-    def lost(self) -> None:
-        if self.status and not self._framed:
+    def lost(self, *, cleanly: bool) -> None:
+        if self.status and not self._framed and cleanly:
             self.complete(keep_alive=False)  # a body framed by the connection's end
             return
         self.fail(WireError("the upstream closed the connection before the end of its answer"))
@@ -253,7 +252,7 @@ class WireAnswer:
                 data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 self._chunks = []
                 self._buffered = 0
-                self._connection.resume_reading()
+                self._connection.go_on_reading()
                 yield data
                 continue
             if self._error is not None:
@@ -392,6 +391,9 @@ class UpstreamWire:
                     self._port,
                     ssl=self._ssl,
                     server_hostname=self._host if self._ssl is not None else None,
+                    # aiohttp's: an address family that does not answer costs 0.25 s, not
+                    # the whole connect timeout
+                    happy_eyeballs_delay=0.25,
                 )
         except TimeoutError:
             raise WireTimeout("connecting to the upstream timed out") from None

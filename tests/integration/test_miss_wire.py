@@ -4,7 +4,9 @@ servers: raw sockets for the answers an upstream should not give, aiohttp for th
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -179,6 +181,24 @@ async def test_an_answer_framed_by_the_connections_end_is_whole_and_not_kept() -
         answer = await wire.request("POST", "/v1/audio/speech", speech_headers(), BODY)
         assert await body_of(answer) == b"ID3" + b"x" * 5000
         assert wire.idle == 0
+        await wire.close()
+
+
+async def test_an_unframed_answer_reset_by_the_upstream_is_not_taken_as_whole() -> None:
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upstream.request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: audio/mpeg\r\n\r\nID3 partial")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # a reset, not the end of the body
+
+    async with raw(reset) as (upstream, url):
+        wire = wire_to(url)
+        answer = await wire.request("POST", "/x", speech_headers(), BODY)
+        with pytest.raises(WireError, match="before the end"):
+            await body_of(answer)
         await wire.close()
 
 
@@ -408,6 +428,30 @@ async def test_a_request_cancelled_before_its_answer_closes_its_connection() -> 
         with pytest.raises(asyncio.CancelledError):
             await task
         await eventually(lambda: wire.open == 0, what="cancelled connection left open")
+
+
+async def test_a_head_that_comes_a_few_bytes_at_a_time_is_read_whole() -> None:
+    answer_bytes = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\nX-Sample-Rate: 24000\r\n"
+        b"Content-Length: 5\r\n\r\naudio"
+    )
+
+    async def dribble(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upstream.request(reader)
+        for i in range(0, len(answer_bytes), 3):
+            writer.write(answer_bytes[i : i + 3])
+            await writer.drain()
+            await asyncio.sleep(0.001)  # each piece its own read
+        await reader.read()
+
+    async with raw(dribble) as (upstream, url):
+        wire = wire_to(url)
+        answer = await wire.request("POST", "/x", speech_headers(), BODY)
+        assert answer.headers["X-Sample-Rate"] == "24000"
+        assert answer.headers["Content-Type"] == "audio/wav"
+        assert await body_of(answer) == b"audio"
+        assert wire.idle == 1
+        await wire.close()
 
 
 @pytest.fixture(scope="module")
