@@ -111,6 +111,8 @@ def upstream_identity(url: str) -> str:
 
 def canonical_value(value: Any) -> Any:
     """Make equal-sounding JSON values equal: 1.0 and 1 are the same speed."""
+    if isinstance(value, str):  # most values; asked first, it skips the slower Mapping check
+        return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, Mapping):

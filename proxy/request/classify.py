@@ -142,15 +142,16 @@ class Classifier:
 
     async def classify(self, request: web.Request, caller: Caller) -> Classified:
         routed = self.route(request)
-        if isinstance(routed, web.Response):
-            return routed
+        if routed is not None and not isinstance(routed, tuple):  # a refusal (see handle)
+            refusal: web.Response = routed
+            return refusal
         if routed is None:
             return Bypass(None, speech_route=False)
         if not self.settings.audio_cache_enabled:
             return Bypass(None)
         rule, path_params = routed
         body = await self._body(request)
-        if isinstance(body, web.Response):
+        if not isinstance(body, bytes):
             return body
         query = request.rel_url.raw_query_string
         headers = request.headers  # case-insensitive: no lower-cased copy on the hit path

@@ -276,16 +276,15 @@ class ClusterFlights:
 
     def let_go(self, claim: Claim) -> None:
         """Give up ``claim`` unless a fill adopts it first: fills started before now take
-        their first step before this does."""
-        task = asyncio.ensure_future(self._let_go_unless_adopted(claim))
-        self._letting_go.add(task)
-        task.add_done_callback(self._letting_go.discard)
+        their first step, and the one after it, before this looks. Callbacks, not a task:
+        every miss lets its claim go, and a task's start is a cost its first byte paid."""
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._let_go_unless_adopted, claim)
 
-    async def _let_go_unless_adopted(self, claim: Claim) -> None:
-        await asyncio.sleep(0)
+    def _let_go_unless_adopted(self, claim: Claim) -> None:
         if self._claims.get(claim.key.hex) is claim:
             del self._claims[claim.key.hex]
-            await self._release_claim(claim)
+            self._let_go(claim)
 
     def _let_go(self, claim: Claim) -> None:
         task = asyncio.ensure_future(self._release_claim(claim))

@@ -197,16 +197,16 @@ class Misses:
                 async for chunk in upstream.content.iter_any():
                     await fill.add(chunk)
                     if first:
-                        METRICS.time_to_first_byte.labels(labels.route).observe(
-                            time.perf_counter() - started
-                        )
+                        first = False
+                        arrived = time.perf_counter()
+                        # Readers write the first bytes before this task goes on (even to
+                        # count them): a body that came whole would otherwise be checked
+                        # and stored first.
+                        await asyncio.sleep(0)
+                        METRICS.time_to_first_byte.labels(labels.route).observe(arrived - started)
                         verdict = self._accepted(
                             fill, credential if later else None, upstream.status
                         )
-                        first = False
-                        # Readers write the first bytes before this task goes on: a body
-                        # that came whole would otherwise be checked and stored first.
-                        await asyncio.sleep(0)
                 complete = True
         except Exception as exc:  # the upstream broke off mid-body
             METRICS.upstream_errors.labels("truncated").inc()

@@ -108,7 +108,9 @@ class AudioProcessor:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         caller = self.access.identify(request)
-        if isinstance(caller, web.Response):
+        # Asked of the expected type: web.Response is an ABC (a MutableMapping), and an
+        # isinstance that misses it walks Python code, on every request.
+        if not isinstance(caller, Caller):
             return caller  # no credential the proxy accepts: nothing goes upstream
         step = await self.classifier.classify(request, caller)
         if isinstance(step, Bypass):
@@ -227,7 +229,7 @@ class AudioProcessor:
         # upstream with it (RFC 9111 §3.5), and a success lets it hit from then on.
         if step.directive is Directive.USE and verified:
             planned = self.segments.plan(request, step, self.key_for)
-            if isinstance(planned, web.Response):
+            if planned is not None and not isinstance(planned, SegmentPlan):
                 return planned, None
             plan = planned
             try:
@@ -409,7 +411,9 @@ class AudioProcessor:
         if key is None:
             return json_error(400, "the key must be 64 lowercase hex characters", field="key")
         caller = self.access.identify(request)
-        if isinstance(caller, web.Response):
+        # Asked of the expected type: web.Response is an ABC (a MutableMapping), and an
+        # isinstance that misses it walks Python code, on every request.
+        if not isinstance(caller, Caller):
             return caller
         try:
             tenant = self.classifier.tenant_of(

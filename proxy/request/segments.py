@@ -180,7 +180,7 @@ class Segments:
         """The pieces of a request that may be answered from them (their keys only: their
         upstream requests are built when they miss), or None for the whole-text path."""
         mode = self.mode(request, step.rule, step.described.tenant)
-        if isinstance(mode, web.Response):
+        if not isinstance(mode, str):
             return mode
         if (
             mode == "off"
