@@ -437,7 +437,9 @@ async def test_a_known_read_while_the_store_goes_away_fails_open_once(
     took = time.monotonic() - started
     print(f"known read with the store {how}: answered in {took:.3f}s")
     assert answer.status_line == "HTTP/1.1 200 OK" and answer.body == audio
-    assert fake.calls["openai"] == calls + 1
+    # At most one upstream call: none when the request joins the fill that made the entry,
+    # whole and still tidying up (its lock's release waits for the store that is gone).
+    assert fake.calls["openai"] <= calls + 1
     assert METRICS.redis_errors.labels("get")._value.get() == errors_before + 1
 
 
