@@ -22,7 +22,7 @@ import yaml
 from proxy.app import PROCESSOR
 from proxy.core.keys import CacheKey
 from tests.support.keyed_upstream import keyed_upstream
-from tests.support.known import known_of, until_known
+from tests.support.known import errors, known_of, until_known
 from tests.support.proxies import ProxyFactory, service_of
 from tests.support.raw_http import exchange, read_answer, speech_request
 from tests.support.waits import eventually
@@ -348,7 +348,7 @@ async def test_a_client_leaving_while_its_known_request_is_read_harms_no_one(
     finally:
         await store.aclose()
     assert after.status_line == "HTTP/1.1 200 OK" and after.body == audio
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors(caplog)
 
 
 async def test_a_known_request_whose_entry_is_gone_is_one_miss(

@@ -8,7 +8,6 @@ import asyncio
 import gc
 import gzip
 import json
-import logging
 import os
 import signal
 import time
@@ -21,7 +20,7 @@ from proxy.app import PROCESSOR, create_app
 from proxy.config.settings import load_settings
 from proxy.observability.access_log import runner_options
 from proxy.store.embedded import EmbeddedValkey
-from tests.support.known import known_of, until_known
+from tests.support.known import errors, known_of, until_known
 from tests.support.proxies import ProxyFactory
 from tests.support.raw_http import Answer, exchange, read_answer, speech_request
 from tests.support.servers import ProxyTestServer
@@ -29,16 +28,6 @@ from tests.support.speech import speech_body
 from tests.support.waits import eventually
 
 TEXT = "The ferry leaves at noon."
-
-
-def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
-    # redis-py reports its own objects (from earlier tests' proxies, stopped mid-command)
-    # when the collector finalizes them: not this path's to answer for.
-    return [
-        r.getMessage()
-        for r in caplog.records
-        if r.levelno >= logging.ERROR and not r.getMessage().startswith("Unclosed ")
-    ]
 
 
 def connection_tasks() -> list[asyncio.Task[Any]]:
