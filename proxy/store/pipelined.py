@@ -6,6 +6,10 @@ bytes appended to one buffer, every command of an event-loop turn leaves in one 
 replies, which Redis sends in order, are matched to their waiters first in, first out.
 The numbers are in README ("Hits").
 
+How many commands are out at once is bounded by the bytes their replies are expected to
+carry (:data:`IN_FLIGHT_BYTES`, from the replies seen so far); the rest wait their turn,
+in order, and leave as replies come back.
+
 Plain servers only (``redis://`` and ``unix://``): a Redis Cluster or TLS store keeps
 :class:`proxy.store.batching.ReadBatcher`. Failures are redis-py's exceptions, so the breaker and
 the fail-open path treat them as any other store error.
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import hiredis
@@ -40,6 +44,15 @@ def command(*args: bytes) -> bytes:
 # as a new bytes object of up to 256 KiB, allocated and shrunk on every read (a 137 KB hit
 # spent ~7 µs less CPU reading this way, see docs/performance.md).
 READ_BUFFER_BYTES = 256 * 1024
+# The replies the store may be sending at once, in bytes: with 64 hits of 137 KB entries out
+# together, the store wrote megabytes ahead of the proxy, which then read and decoded them
+# from memory gone cold (a 137 KB zstd read cost ~20 µs more at 64 readers than at 16; held
+# to this, at 64 readers as little as at 16: bench/store_reads, docs/performance.md). Small
+# replies stay as pipelined as before: the bound counts bytes, not commands.
+IN_FLIGHT_BYTES = 768 * 1024
+MIN_IN_FLIGHT = 4
+# Replies between halvings of the running average (so it follows what is being read).
+_AVERAGE_OVER = 256
 
 
 class _Link(asyncio.BufferedProtocol):
@@ -50,8 +63,21 @@ class _Link(asyncio.BufferedProtocol):
         self.reader = hiredis.Reader(protocolError=StoreConnectionError, replyError=ResponseError)
         self.waiting: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
         self.lost: Exception | None = None
+        # Told when replies came back or the link failed (the commands waiting to be sent
+        # may go now, or must fail).
+        self.drained: Callable[[], None] | None = None
         self._buffer = bytearray(READ_BUFFER_BYTES)
         self._view = memoryview(self._buffer)
+        self._received = 0  # bytes, and the replies they made, since the last halving
+        self._replies = 0
+
+    def room(self) -> int:
+        """How many more commands may be sent now."""
+        replies = self._replies
+        if not replies:
+            return 1 << 30  # nothing read yet to size them by
+        average = max(1, self._received // replies)
+        return max(MIN_IN_FLIGHT, IN_FLIGHT_BYTES // average) - len(self.waiting)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; both are stream transports.
@@ -65,11 +91,14 @@ class _Link(asyncio.BufferedProtocol):
         reader = self.reader
         # hiredis takes any buffer (its stubs name str and bytes) and copies what it keeps.
         reader.feed(self._buffer, 0, nbytes)  # type: ignore[arg-type]
+        self._received += nbytes
         waiting = self.waiting
+        replies = 0
         while (reply := reader.gets()) is not False:
             if not waiting:  # a reply nobody asked for: the stream is out of step
                 self.fail(StoreConnectionError("unexpected reply from the store"))
                 return
+            replies += 1
             future, _ = waiting.popleft()
             if future.done():  # its request was cancelled meanwhile
                 continue
@@ -77,6 +106,13 @@ class _Link(asyncio.BufferedProtocol):
                 future.set_exception(reply)
             else:
                 future.set_result(reply)
+        if replies:
+            self._replies += replies
+            if self._replies >= _AVERAGE_OVER:
+                self._replies //= 2
+                self._received //= 2
+            if self.drained is not None:
+                self.drained()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(StoreConnectionError(f"connection to the store lost: {exc or 'closed'}"))
@@ -91,6 +127,9 @@ class _Link(asyncio.BufferedProtocol):
                 future.set_exception(error)
         if self.transport is not None:
             self.transport.abort()
+        drained, self.drained = self.drained, None
+        if drained is not None:
+            drained()
 
 
 class PipelinedReads:
@@ -144,21 +183,36 @@ class PipelinedReads:
         return await future
 
     def _send(self) -> None:
+        """Send what is waiting, as much as the link has room for (the rest when replies
+        come back); fail it all when the link is gone."""
         self._scheduled = False
         link = self._link
-        data, futures = b"".join(self._outgoing), self._outgoing_futures
-        self._outgoing, self._outgoing_futures = [], []
         if link is None or link.lost is not None or link.transport is None:
+            futures = self._outgoing_futures
+            self._outgoing, self._outgoing_futures = [], []
             error = link.lost if link is not None else None
             for future in futures:
                 if not future.done():
                     future.set_exception(error or StoreConnectionError("not connected"))
             return
+        room = link.room()
+        if room <= 0:
+            return  # sent when replies come back (link.drained)
+        if room >= len(self._outgoing):
+            data, futures = b"".join(self._outgoing), self._outgoing_futures
+            self._outgoing, self._outgoing_futures = [], []
+        else:
+            data, futures = b"".join(self._outgoing[:room]), self._outgoing_futures[:room]
+            del self._outgoing[:room], self._outgoing_futures[:room]
         now = asyncio.get_running_loop().time()
         link.waiting.extend((f, now) for f in futures)
         link.transport.write(data)
         if self._watchdog is None:
             self._watch_at(now + self.socket_timeout)
+
+    def _drained(self) -> None:
+        if self._outgoing and not self._scheduled:
+            self._send()
 
     def _watch_at(self, when: float) -> None:
         self._watchdog = asyncio.get_running_loop().call_at(when, self._watch)
@@ -213,6 +267,7 @@ class PipelinedReads:
         except (OSError, TimeoutError) as exc:  # asyncio.timeout raises TimeoutError
             raise StoreConnectionError(f"cannot connect to the store: {exc!r}") from exc
         old, self._link = self._link, link
+        link.drained = self._drained
         if old is not None and old.lost is None:
             old.fail(StoreConnectionError("replaced"))
         return link

@@ -17,7 +17,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as StoreTimeoutError
 
 from proxy.store.embedded import EmbeddedValkey
-from proxy.store.pipelined import READ_BUFFER_BYTES, PipelinedReads
+from proxy.store.pipelined import IN_FLIGHT_BYTES, MIN_IN_FLIGHT, READ_BUFFER_BYTES, PipelinedReads
 
 FIELDS = (b"body", b"type", b"missing")
 
@@ -142,3 +142,86 @@ async def test_a_dead_store_fails_fast_and_a_restarted_one_is_read_again(
     keys = await fill(private_valkey.url, 2)
     assert (await reads.hmget(keys[0]))[1] == b"audio/0"
     await reads.aclose()
+
+
+async def _large_entries(url: str, n: int, size: int) -> tuple[list[str], list[bytes]]:
+    bodies = [os.urandom(size) for _ in range(n)]
+    keys = [f"pr:{uuid.uuid4().hex}:{i}" for i in range(n)]
+    client = aioredis.Redis.from_url(url)
+    async with client.pipeline(transaction=False) as pipe:
+        for key, body in zip(keys, bodies, strict=True):
+            pipe.hset(key, mapping={"body": body, "type": b"big"})
+        await pipe.execute()
+    await client.aclose()
+    return keys, bodies
+
+
+async def test_large_replies_are_asked_for_a_few_at_a_time_and_all_come_back_in_order(
+    valkey: EmbeddedValkey,
+) -> None:
+    size = 300_000  # over IN_FLIGHT_BYTES / MIN_IN_FLIGHT: the link keeps MIN_IN_FLIGHT out
+    keys, bodies = await _large_entries(valkey.url, 24, size)
+    reads = PipelinedReads(valkey.url, FIELDS)
+    assert (await reads.hmget(keys[0]))[0] == bodies[0]  # the replies' size, learned
+    tasks = [asyncio.ensure_future(reads.hmget(k)) for k in keys]
+    most = 0
+    for _ in range(10_000):
+        link = reads._link
+        assert link is not None
+        most = max(most, len(link.waiting))
+        if all(task.done() for task in tasks):
+            break
+        await asyncio.sleep(0)
+    got = await asyncio.gather(*tasks)
+    assert [values[0] for values in got] == bodies
+    assert 1 <= most <= MIN_IN_FLIGHT
+    assert IN_FLIGHT_BYTES // size < MIN_IN_FLIGHT
+    await reads.aclose()
+
+
+async def test_small_replies_stay_pipelined_together(valkey: EmbeddedValkey) -> None:
+    keys = await fill(valkey.url, 64)
+    reads = PipelinedReads(valkey.url, FIELDS)
+    await reads.hmget(keys[0])
+    tasks = [asyncio.ensure_future(reads.hmget(k)) for k in keys]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the turn after: every one of them sent in one write
+    link = reads._link
+    assert link is not None and len(link.waiting) + sum(t.done() for t in tasks) == len(keys)
+    got = await asyncio.gather(*tasks)
+    assert [values[1] for values in got] == [f"audio/{i}".encode() for i in range(64)]
+    await reads.aclose()
+
+
+async def test_commands_waiting_their_turn_fail_with_a_stuck_store_and_the_link_comes_back(
+    private_valkey: EmbeddedValkey,
+) -> None:
+    keys, bodies = await _large_entries(private_valkey.url, 12, 300_000)
+    reads = PipelinedReads(private_valkey.url, FIELDS, socket_timeout=0.3)
+    assert (await reads.hmget(keys[0]))[0] == bodies[0]
+    assert private_valkey.process is not None
+    os.kill(private_valkey.process.pid, signal.SIGSTOP)
+    try:
+        done = await asyncio.wait_for(
+            asyncio.gather(*(reads.hmget(k) for k in keys), return_exceptions=True), 5
+        )
+    finally:
+        os.kill(private_valkey.process.pid, signal.SIGCONT)
+    assert all(isinstance(result, StoreTimeoutError) for result in done)
+    assert (await reads.hmget(keys[3]))[0] == bodies[3]
+    await reads.aclose()
+
+
+async def test_commands_waiting_their_turn_fail_when_the_link_is_closed(
+    valkey: EmbeddedValkey,
+) -> None:
+    keys, _ = await _large_entries(valkey.url, 12, 300_000)
+    reads = PipelinedReads(valkey.url, FIELDS)
+    await reads.hmget(keys[0])
+    tasks = [asyncio.ensure_future(reads.hmget(k)) for k in keys]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    await reads.aclose()
+    done = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 5)
+    assert all(isinstance(r, (StoreConnectionError, list)) for r in done)
+    assert any(isinstance(r, StoreConnectionError) for r in done)
