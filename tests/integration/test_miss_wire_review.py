@@ -6,16 +6,18 @@ For each: what the caller gets, whether the connection goes back to the pool, an
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import pytest
 from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.request.upstream_wire import MAX_HEAD_BYTES, UpstreamWire, WireAnswer, WireError
-from tests.support.proxies import ProxyFactory
+from tests.support.proxies import ProxyFactory, raw_request
 from tests.support.speech import speech_body
 from tests.support.waits import eventually
 
@@ -444,3 +446,85 @@ async def test_a_broken_answer_is_a_json_error_and_never_stored(
             assert "fwd=miss" in reply.headers["Cache-Status"], reply.headers["Cache-Status"]
             assert "stored" not in reply.headers["Cache-Status"]
             assert len(upstream.requests) == attempt
+
+
+def once(answer: bytes) -> Callable[[Raw], Handler]:
+    """A handler answering one request with ``answer``, then closing."""
+
+    def make(upstream: Raw) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await upstream.request(reader)
+            writer.write(answer)
+            await writer.drain()
+
+        return handler
+
+    return make
+
+
+async def test_a_body_cut_short_closes_the_clients_connection_and_is_not_stored(
+    make_proxy: ProxyFactory,
+) -> None:
+    cut = b"HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\nContent-Length: 100\r\n\r\nRIFF"
+    async with proxy_before(make_proxy, once(cut)) as (upstream, client):
+        for attempt in (1, 2):
+            reply = await client.post("/v1/audio/speech", json=speech_body("hola"))
+            assert reply.status == 200  # its head (and Cache-Status) went before the cut
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await reply.read()
+            assert len(upstream.requests) == attempt
+
+
+async def test_an_upstream_that_never_answers_is_a_504_json_error(
+    make_proxy: ProxyFactory,
+) -> None:
+    def silent(upstream: Raw) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await upstream.request(reader)
+            await reader.read()
+
+        return handler
+
+    async with proxy_before(make_proxy, silent, upstream_read_timeout_seconds=0.3) as (_, client):
+        reply = await client.post("/v1/audio/speech", json=speech_body("hola"))
+        assert reply.status == 504
+        assert (await reply.json())["error"]["upstream_error"] == "timeout"
+
+
+async def test_an_odd_status_or_a_header_not_in_utf8_is_relayed_not_a_500(
+    make_proxy: ProxyFactory,
+) -> None:
+    """As with aiohttp's client: a status llhttp takes (999) is relayed and not stored; a
+    header value that is not UTF-8 is carried as lone surrogates and does not break the
+    answer or its storing."""
+    odd = b"HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nok"
+    async with proxy_before(make_proxy, once(odd)) as (upstream, client):
+        for attempt in (1, 2):
+            reply = await client.post("/v1/audio/speech", json=speech_body("hola"))
+            assert (reply.status, await reply.read()) == (999, b"ok")
+            assert len(upstream.requests) == attempt
+    audio = b"RIFF" + b"\x00" * 40
+    latin = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\nX-Voice-Name: Ren\xe9e\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(audio), audio)
+    )
+    async with proxy_before(make_proxy, once(latin)) as (upstream, client):
+        reply = await client.post("/v1/audio/speech", json=speech_body("hola"))
+        assert (reply.status, await reply.read()) == (200, audio)
+
+
+async def test_a_client_header_not_in_utf8_is_a_400_naming_it(make_proxy: ProxyFactory) -> None:
+    async with proxy_before(make_proxy, once(OK % (2, b"ok"))) as (upstream, client):
+        port = client.server.port
+        assert port is not None
+        body = json.dumps(speech_body("hola")).encode()
+        request = (
+            b"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nX-Note: caf\xe9\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        reply = await raw_request(port, request)
+        head, _, payload = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), reply[:200]
+        assert json.loads(payload)["error"]["field"] == "header:X-Note"
+        assert upstream.requests == []
