@@ -17,7 +17,9 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.request.upstream_wire import MAX_HEAD_BYTES, UpstreamWire, WireAnswer, WireError
+from proxy.state import PROCESSOR
 from tests.support.proxies import ProxyFactory, raw_request
+from tests.support.raw_http import speech_request
 from tests.support.speech import speech_body
 from tests.support.waits import eventually
 
@@ -528,3 +530,36 @@ async def test_a_client_header_not_in_utf8_is_a_400_naming_it(make_proxy: ProxyF
         assert head.startswith(b"HTTP/1.1 400"), reply[:200]
         assert json.loads(payload)["error"]["field"] == "header:X-Note"
         assert upstream.requests == []
+
+
+async def test_a_fill_abandoned_mid_body_closes_its_upstream_connection(
+    make_proxy: ProxyFactory,
+) -> None:
+    closed = asyncio.Event()
+
+    def stalls(upstream: Raw) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await upstream.request(reader)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\nContent-Length: 1000\r\n\r\n"
+            )
+            writer.write(b"RIFF" + b"\x00" * 96)
+            await writer.drain()
+            await reader.read()  # until the proxy lets go
+            closed.set()
+
+        return handler
+
+    async with proxy_before(make_proxy, stalls, fill_continue_after_disconnect=False) as (
+        upstream,
+        client,
+    ):
+        wire = client.app[PROCESSOR].upstream.wire
+        assert wire is not None and client.server.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        writer.write(speech_request("hola"))
+        await asyncio.wait_for(reader.readuntil(b"RIFF"), 5)
+        writer.close()
+        await asyncio.wait_for(closed.wait(), 5)
+        await eventually(lambda: wire.open == 0 and wire.idle == 0, what="connection kept")
+        assert len(upstream.requests) == 1
