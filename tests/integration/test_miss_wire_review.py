@@ -563,3 +563,31 @@ async def test_a_fill_abandoned_mid_body_closes_its_upstream_connection(
         await asyncio.wait_for(closed.wait(), 5)
         await eventually(lambda: wire.open == 0 and wire.idle == 0, what="connection kept")
         assert len(upstream.requests) == 1
+
+
+async def test_a_clients_framing_headers_never_reach_the_upstream(
+    make_proxy: ProxyFactory,
+) -> None:
+    """A client that sends its body chunked, with framing and hop-by-hop headers of its
+    own: the upstream gets one Content-Length (ours) and none of the client's framing, so
+    no request can be smuggled behind this one on the pooled connection."""
+    async with proxy_before(make_proxy, answering(OK % (2, b"ok"))) as (upstream, client):
+        assert client.server.port is not None
+        body = json.dumps(speech_body("hola")).encode()
+        request = (
+            b"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close, Content-Length\r\nTE: trailers\r\nUpgrade: h2c\r\n"
+            b"Expect: 100-continue\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        writer.write(request)
+        reply = await asyncio.wait_for(reader.read(), 5)  # until the proxy closes
+        writer.close()
+        assert reply.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"), reply[:300]
+        (sent,) = upstream.requests
+        head = sent.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.count(b"\r\ncontent-length: ") == 1
+        for name in (b"transfer-encoding", b"connection", b"te", b"upgrade", b"expect"):
+            assert b"\r\n" + name + b":" not in head, name
+        assert sent.endswith(b"\r\n\r\n" + body)
