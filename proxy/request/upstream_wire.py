@@ -33,6 +33,11 @@ from yarl import URL
 # A reader that falls this far behind stops the socket's reads until it catches up.
 _HIGH_WATER = 1 << 20
 _LOW_WATER = 1 << 18
+# What an answer may send outside its body before the body starts again or ends: its head
+# (with any informational answers before it) and its trailers. llhttp bounds none of it,
+# and httptools holds a header's bytes until the header ends: without this bound an
+# upstream could fill the proxy's memory with one endless header or a flood of 103s.
+MAX_HEAD_BYTES = 256 * 1024
 
 
 def _verified_context() -> ssl.SSLContext:
@@ -69,6 +74,7 @@ class _Connection(asyncio.Protocol):
         self.answer: WireAnswer | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._names: list[tuple[str, str]] = []
+        self._head_size = 0
 
     # Transport callbacks.
 
@@ -82,13 +88,21 @@ class _Connection(asyncio.Protocol):
         if answer is None or answer.ended:  # bytes outside an answer: not to be trusted
             self.close()
             return
+        received = answer.received
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             if answer.ended:  # whole, but followed by bytes: the answer stands, not the line
                 answer.reusable = False
             else:
-                answer.fail(WireError(f"the upstream's answer is not valid HTTP: {exc}"))
+                # A callback's own error says more than llhttp's "User callback error".
+                reason = exc.__context__ if isinstance(exc.__context__, WireError) else exc
+                answer.fail(WireError(f"the upstream's answer is not valid HTTP: {reason}"))
+            self.close()
+            return
+        answer.framing = answer.framing + len(data) if answer.received == received else 0
+        if answer.framing > MAX_HEAD_BYTES and not answer.ended:
+            answer.fail(WireError("the upstream's answer head or trailers are too large"))
             self.close()
 
     def eof_received(self) -> bool | None:
@@ -115,11 +129,16 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._names = []
+        self._head_size = 0
         answer = self.answer
         if answer is None or answer.ended:
             raise WireError("a second answer to one request")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # The read-by-read bound (data_received) misses a head that came in one read.
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD_BYTES:
+            raise WireError("the upstream's answer head or trailers are too large")
         self._names.append(
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
         )
@@ -127,6 +146,8 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         assert self.answer is not None
+        if status < 100:  # not an HTTP status; 0 would also read as "no head yet" below
+            raise WireError(f"the upstream's status {status:03d} is not an HTTP status")
         if 100 <= status < 200:
             if status == 101:
                 raise WireError("the upstream switched protocols on a speech request")
@@ -147,7 +168,14 @@ class _Connection(asyncio.Protocol):
     # Ours.
 
     def reusable(self) -> bool:
-        return self.transport is not None and not self.transport.is_closing()
+        # Request bytes still unwritten mean the answer came before the upstream read the
+        # whole request: the rest would reach it as the start of the next request.
+        transport = self.transport
+        return (
+            transport is not None
+            and not transport.is_closing()
+            and transport.get_write_buffer_size() == 0
+        )
 
     def close(self) -> None:
         if self.transport is not None:
@@ -163,6 +191,10 @@ class _Connection(asyncio.Protocol):
                 self.close()
                 return
             self._parser = httptools.HttpResponseParser(self)
+            # An answer whose last read passed the high-water mark ended with reads paused,
+            # and a reader may stop before taking it all: a paused connection would never
+            # hear the next answer.
+            self.go_on_reading()
             self.idle_since = now
             pool.idle.append(self)
         else:
@@ -185,6 +217,8 @@ class WireAnswer:
         self._framed = False  # by Content-Length or chunks: a close before the end is a cut
         self._chunks: list[bytes] = []
         self._buffered = 0
+        self.received = 0  # the body's bytes so far
+        self.framing = 0  # bytes read since the body last grew (see MAX_HEAD_BYTES)
         self._error: Exception | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._head_seen = asyncio.get_running_loop().create_future()
@@ -201,6 +235,7 @@ class WireAnswer:
     def body(self, data: bytes) -> None:
         self._chunks.append(bytes(data))
         self._buffered += len(data)
+        self.received += len(data)
         if self._buffered > _HIGH_WATER:
             self._connection.stop_reading()
         self._wake()
