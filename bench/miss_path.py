@@ -18,9 +18,12 @@ Beside the proxy, a bare aiohttp relay (one handler: forward the POST with a poo
 session, stream the answer back; no cache, no Redis) served the same way as the proxy
 shows the floor any aiohttp relay pays over going direct, and so what the proxy's caching
 adds over that floor.
+The last column is the same proxy with ``upstream_miss_client: aiohttp`` (its misses on
+aiohttp's client instead of the lean one), interleaved with the others, each request a
+text of its own: the lean client's gain, measured in the same run.
 
 Everything else runs on 127.0.0.1 in one event loop; each part is bounded in runs and
-seconds. Run: ``python -m bench.miss_path`` (about two and a half minutes).
+seconds. Run: ``python -m bench.miss_path`` (about three minutes).
 """
 
 from __future__ import annotations
@@ -127,14 +130,15 @@ async def timed_matrix(
 
 
 Timings = list[tuple[float, float]]
-Samples = list[tuple[str, Timings, Timings, Timings]]
+Samples = list[tuple[str, Timings, Timings, Timings, Timings]]
 
 
 async def matrix_samples(
-    upstream_url: str, proxy_url: str, relay_url: str, runs: int, seconds: float
+    upstream_url: str, proxy_url: str, relay_url: str, old_url: str, runs: int, seconds: float
 ) -> Samples:
-    """Per case: (case, direct, miss, relay timings), each miss after its direct twin, then
-    the relay, each request ``MATRIX_SETTLE`` after the one before."""
+    """Per case: (case, direct, miss, relay, old-client miss timings), each miss after its
+    direct twin, then the relay, then the proxy whose misses use aiohttp's client (a text
+    of its own, so it misses too), each request ``MATRIX_SETTLE`` after the one before."""
     samples: Samples = []
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession() as session:
@@ -144,27 +148,30 @@ async def matrix_samples(
                     direct: list[tuple[float, float]] = []
                     miss: list[tuple[float, float]] = []
                     relay: list[tuple[float, float]] = []
+                    old: list[tuple[float, float]] = []
                     for i in range(runs):
                         if time.monotonic() > deadline:
                             break
                         text = f"matrix {kb * 1024} {fmt} {mode} {i} {uuid.uuid4().hex}"
-                        for url, timings in (
-                            (upstream_url, direct),
-                            (proxy_url, miss),
-                            (relay_url, relay),
+                        for url, timings, said in (
+                            (upstream_url, direct, text),
+                            (proxy_url, miss, text),
+                            (relay_url, relay, text),
+                            (old_url, old, text + " old"),
                         ):
                             await asyncio.sleep(MATRIX_SETTLE)
-                            timings.append(await timed_matrix(session, url, text, fmt))
+                            timings.append(await timed_matrix(session, url, said, fmt))
                     if direct:
-                        samples.append((f"{fmt} {kb:>3}KB {mode:<11}", direct, miss, relay))
+                        case = f"{fmt} {kb:>3}KB {mode:<11}"
+                        samples.append((case, direct, miss, relay, old))
     return samples
 
 
 def matrix_samples_in_a_process(
-    upstream_url: str, proxy_url: str, relay_url: str, runs: int, seconds: float
+    upstream_url: str, proxy_url: str, relay_url: str, old_url: str, runs: int, seconds: float
 ) -> Samples:
     """:func:`matrix_samples` with its own event loop (run in a child process)."""
-    return asyncio.run(matrix_samples(upstream_url, proxy_url, relay_url, runs, seconds))
+    return asyncio.run(matrix_samples(upstream_url, proxy_url, relay_url, old_url, runs, seconds))
 
 
 def median_over(slow: Timings, fast: Timings) -> float:
@@ -176,6 +183,7 @@ async def part0(
     upstream_url: str,
     proxy_url: str,
     relay_url: str,
+    old_url: str,
     runs: int,
     seconds: float,
     *,
@@ -184,14 +192,17 @@ async def part0(
     """The matrix. ``client_process``: the client runs in a process of its own, as clients
     do, so both paths pay one hop between processes and the proxy's work after its first
     write (storing the entry) runs beside the client's read instead of before it; else the
-    client shares this event loop with the upstream and the proxy."""
+    client shares this event loop with the upstream and the proxy. ``old_url``: the same
+    proxy with ``upstream_miss_client: aiohttp``, for the last column."""
     where = "client in its own process" if client_process else "client, proxy, upstream in one loop"
     lines = [
         f"Miss time to first byte over direct ({where}): median (p90) of {runs} runs per "
         f"case, upstream latency {MATRIX_LATENCY * 1000:.0f} ms",
         f"{'body':<9}{'upstream':<11}{'direct ms':>10}{'miss ms':>9}{'over p50 ms':>12}"
-        f"{'over p90 ms':>12}{'total/direct':>13}{'relay over':>11}{'miss over':>10}",
-        f"{'':<9}{'':<11}{'':>10}{'':>9}{'':>12}{'':>12}{'':>13}{'p50 ms':>11}{'relay ms':>10}",
+        f"{'over p90 ms':>12}{'total/direct':>13}{'relay over':>11}{'miss over':>10}"
+        f"{'aiohttp-client':>15}",
+        f"{'':<9}{'':<11}{'':>10}{'':>9}{'':>12}{'':>12}{'':>13}{'p50 ms':>11}{'relay ms':>10}"
+        f"{'miss over p50':>15}",
     ]
     if client_process:
         spawn = multiprocessing.get_context("spawn")
@@ -202,12 +213,13 @@ async def part0(
                 upstream_url,
                 proxy_url,
                 relay_url,
+                old_url,
                 runs,
                 seconds,
             )
     else:
-        samples = await matrix_samples(upstream_url, proxy_url, relay_url, runs, seconds)
-    for case, direct, miss, relay in samples:
+        samples = await matrix_samples(upstream_url, proxy_url, relay_url, old_url, runs, seconds)
+    for case, direct, miss, relay, old in samples:
         over = sorted(m[0] - d[0] for d, m in zip(direct, miss, strict=True))
         p90 = over[min(len(over) - 1, int(len(over) * 0.9))]
         d_ttfb = statistics.median(t for t, _ in direct)
@@ -217,6 +229,7 @@ async def part0(
             f"{case}{d_ttfb * 1000:>10.2f}{m_ttfb * 1000:>9.2f}"
             f"{statistics.median(over) * 1000:>12.2f}{p90 * 1000:>12.2f}{total:>13.3f}"
             f"{median_over(relay, direct) * 1000:>11.2f}{median_over(miss, relay) * 1000:>10.2f}"
+            f"{median_over(old, direct) * 1000:>15.2f}"
         )
     return lines
 
@@ -396,16 +409,15 @@ async def main(args: argparse.Namespace) -> None:
         app.router.add_post(SPEECH, upstream.speech)
         async with site(app) as upstream_url:
             prefix = f"bench{uuid.uuid4().hex[:8]}"
+            old_client = {"upstream_miss_client": "aiohttp"}
             async with (
                 site(proxy_app(upstream_url, valkey.url, prefix)) as proxy_url,
                 site(relay_app(upstream_url)) as relay_url,
+                site(proxy_app(upstream_url, valkey.url, prefix + "a", **old_client)) as old_url,
             ):
-                table0 = await part0(
-                    upstream_url, proxy_url, relay_url, args.matrix_runs, 90.0, client_process=True
-                )
-                table0 += [""] + await part0(
-                    upstream_url, proxy_url, relay_url, args.matrix_runs, 90.0, client_process=False
-                )
+                urls = (upstream_url, proxy_url, relay_url, old_url)
+                table0 = await part0(*urls, args.matrix_runs, 120.0, client_process=True)
+                table0 += [""] + await part0(*urls, args.matrix_runs, 120.0, client_process=False)
                 table1 = await part1(upstream_url, proxy_url, args.runs, args.seconds)
             table2 = await part2(
                 upstream, upstream_url, valkey.url, args.n, args.rounds, args.seconds

@@ -102,6 +102,7 @@ async def lifecycle(app: web.Application) -> AsyncIterator[None]:
             api_key=settings.upstream_api_key,
             api_key_header=settings.upstream_api_key_header,
             api_key_format=settings.upstream_api_key_format,
+            lean_misses=settings.upstream_miss_client == "lean",
         )
     )
     await check_policy(redis, allow_allkeys=settings.redis_allow_allkeys_eviction)

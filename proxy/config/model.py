@@ -214,6 +214,13 @@ class Settings:
     upstream_total_timeout_seconds: float = _setting(
         300.0, "Timeout of a whole upstream call.", lo=0.01
     )
+    upstream_miss_client: str = _setting(
+        "lean", "How misses call the upstream: lean (requests written whole on pooled "
+        "connections, answers parsed strictly by llhttp: earlier first bytes) or aiohttp "
+        "(aiohttp's client, lenient with malformed answers: bare LF line ends, folded "
+        "headers). Pass-through requests always use aiohttp's.",
+        choices=("lean", "aiohttp"),
+    )  # fmt: skip
     stale_if_error_seconds: int = _setting(
         0, "Keep entries this long past their TTL and serve them when the upstream fails "
         "(0: off).", lo=0, hi=30 * 86400,

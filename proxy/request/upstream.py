@@ -160,6 +160,8 @@ class UpstreamSettings:
     api_key: str | None = None
     api_key_header: str = "Authorization"
     api_key_format: str = "Bearer {key}"
+    # Misses on the lean client (upstream_wire.py); False: on aiohttp's, like the rest.
+    lean_misses: bool = True
 
 
 class UpstreamClient:
@@ -176,12 +178,13 @@ class UpstreamClient:
         self.ws_session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self.wire = UpstreamWire(
-            self.base,
-            connect_timeout=self.settings.connect_timeout,
-            read_timeout=self.settings.read_timeout,
-            total_timeout=self.settings.total_timeout,
-        )
+        if self.settings.lean_misses:
+            self.wire = UpstreamWire(
+                self.base,
+                connect_timeout=self.settings.connect_timeout,
+                read_timeout=self.settings.read_timeout,
+                total_timeout=self.settings.total_timeout,
+            )
         # auto_decompress off: bytes pass through (and are cached) exactly as sent.
         self.session = aiohttp.ClientSession(
             auto_decompress=False,
@@ -272,10 +275,11 @@ class UpstreamClient:
 
     async def speech(
         self, method: str, raw_path: str, raw_query: str, headers: CIMultiDict[str], body: bytes
-    ) -> WireAnswer:
+    ) -> WireAnswer | aiohttp.ClientResponse:
         """A miss's request (GET or POST, its body in hand): the answer's head read, its
         body not yet. Raises UpstreamError, as :meth:`request` does."""
-        assert self.wire is not None, "UpstreamClient.start() was not awaited"
+        if self.wire is None:  # upstream_miss_client: aiohttp
+            return await self.request(method, raw_path, raw_query, headers, body)
         url = self.url_for(raw_path, raw_query)
         with tracing.upstream_call(method, url, headers) as call:  # a no-op unless tracing
             try:

@@ -544,3 +544,28 @@ async def test_misses_through_the_proxy_share_one_upstream_connection(
             assert (answer.status, answer.headers["X-Cache"]) == (200, "MISS")
             assert await answer.read() == fake_wav(text)
     assert len(peers) == 3 and len(set(peers)) == 1
+
+
+@pytest.mark.parametrize(("client", "status"), [("lean", 502), ("aiohttp", 200)])
+async def test_upstream_miss_client_aiohttp_is_the_way_out_for_a_sloppy_upstream(
+    make_proxy: ProxyFactory, client: str, status: int
+) -> None:
+    """An upstream that ends its lines with bare LFs: the lean client refuses its answer
+    (502, nothing stored); aiohttp's, chosen by the setting, takes it."""
+    audio = fake_wav("Sloppy")
+
+    async def bare_lf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await upstream.request(reader)
+            head = f"HTTP/1.1 200 OK\nContent-Type: audio/wav\nContent-Length: {len(audio)}\n\n"
+            writer.write(head.encode() + audio)
+            await writer.drain()
+
+    async with raw(bare_lf) as (upstream, url):
+        proxy = await make_proxy(str(url), client_auth="none", upstream_miss_client=client)
+        answer = await proxy.post("/v1/audio/speech", json=speech_body("Sloppy"))
+        assert answer.status == status
+        if status == 200:
+            assert await answer.read() == audio
+        else:
+            assert (await answer.json())["error"]["upstream_error"] == "protocol"
