@@ -7,67 +7,37 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import pytest
-from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.request.upstream_wire import MAX_HEAD_BYTES, UpstreamWire, WireAnswer, WireError
+from proxy.request.upstream_wire import MAX_HEAD_BYTES, UpstreamWire, WireError
 from proxy.state import PROCESSOR
 from tests.support.proxies import ProxyFactory, raw_request
 from tests.support.raw_http import speech_request
+from tests.support.raw_upstream import (
+    BODY,
+    OK,
+    Handler,
+    RawUpstream,
+    body_of,
+    raw,
+    speech_headers,
+    wire_to,
+)
 from tests.support.speech import speech_body
 from tests.support.waits import eventually
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-OK = b"HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\nContent-Length: %d\r\n\r\n%s"
-BODY = b'{"model":"tts-1","voice":"alloy","input":"hola"}'
 
-
-class Raw:
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.connections = 0
-        self.requests: list[bytes] = []
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            await self.handler(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-
-    async def request(self, reader: asyncio.StreamReader, *, body: bool = True) -> bytes:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-        data = head + (await reader.readexactly(length) if body else b"")
-        self.requests.append(data)
-        return data
-
-
-@asynccontextmanager
-async def raw(handler: Handler) -> AsyncIterator[tuple[Raw, URL]]:
-    upstream = Raw(handler)
-    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield upstream, URL(f"http://127.0.0.1:{port}")
-    finally:
-        server.close()
-        await server.wait_closed()
-
-
-def answering(*answers: bytes) -> Callable[[Raw], Handler]:
+def answering(*answers: bytes) -> Callable[[RawUpstream], Handler]:
     """A handler answering the n-th request on a connection with ``answers[n]`` (the last
     one for any after), then waiting for the client to go."""
 
-    def make(upstream: Raw) -> Handler:
+    def make(upstream: RawUpstream) -> Handler:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             for n in range(20):
                 await upstream.request(reader)
@@ -81,8 +51,10 @@ def answering(*answers: bytes) -> Callable[[Raw], Handler]:
 
 
 @asynccontextmanager
-async def upstream_of(make: Callable[[Raw], Handler]) -> AsyncIterator[tuple[Raw, URL]]:
-    box: list[Raw] = []
+async def upstream_of(
+    make: Callable[[RawUpstream], Handler],
+) -> AsyncIterator[tuple[RawUpstream, URL]]:
+    box: list[RawUpstream] = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await make(box[0])(reader, writer)
@@ -92,22 +64,8 @@ async def upstream_of(make: Callable[[Raw], Handler]) -> AsyncIterator[tuple[Raw
         yield upstream, url
 
 
-def wire_to(url: URL, **options: Any) -> UpstreamWire:
-    timeouts = {"connect_timeout": 2.0, "read_timeout": 5.0, "total_timeout": 8.0}
-    return UpstreamWire(url, **{**timeouts, **options})
-
-
-def headers() -> CIMultiDict[str]:
-    return CIMultiDict({"Content-Type": "application/json", "Accept-Encoding": "identity"})
-
-
-async def body_of(answer: WireAnswer) -> bytes:
-    async with answer:
-        return b"".join([chunk async for chunk in answer.content.iter_any()])
-
-
 async def fetch(wire: UpstreamWire) -> tuple[int, bytes]:
-    answer = await wire.request("POST", "/v1/audio/speech", headers(), BODY)
+    answer = await wire.request("POST", "/v1/audio/speech", speech_headers(), BODY)
     return answer.status, await body_of(answer)
 
 
@@ -186,7 +144,7 @@ async def test_chunk_extensions_and_trailers_are_read_past_and_the_connection_ke
     )
     async with upstream_of(answering(chunked, OK % (6, b"second"))) as (upstream, url):
         wire = wire_to(url)
-        answer = await wire.request("POST", "/x", headers(), BODY)
+        answer = await wire.request("POST", "/x", speech_headers(), BODY)
         assert await body_of(answer) == b"ok"
         assert "X-Checksum" not in answer.headers  # trailers never become headers
         assert wire.idle == 1
@@ -248,7 +206,7 @@ async def test_an_upstream_that_closes_after_the_head_cuts_the_answer() -> None:
 
 
 async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes,
-                  piece: bytes, upstream: Raw) -> None:  # fmt: skip
+                  piece: bytes, upstream: RawUpstream) -> None:  # fmt: skip
     await upstream.request(reader)
     writer.write(first)
     for _ in range(4 * MAX_HEAD_BYTES // len(piece)):  # 4 times the bound at most
@@ -310,7 +268,7 @@ async def test_a_connection_whose_reads_paused_at_its_answers_end_is_pooled_read
         url,
     ):
         wire = wire_to(url, read_timeout=2.0)
-        answer = await wire.request("POST", "/x", headers(), BODY)
+        answer = await wire.request("POST", "/x", speech_headers(), BODY)
         await eventually(lambda: answer.ended, what="the body never arrived")
         answer.release()
         assert wire.idle == 1
@@ -332,7 +290,7 @@ async def test_an_answer_before_the_request_was_written_leaves_the_connection_un
 
     async with raw(early) as (upstream, url):
         wire = wire_to(url)
-        answer = await wire.request("POST", "/x", headers(), body)
+        answer = await wire.request("POST", "/x", speech_headers(), body)
         assert answer.status == 413 and await body_of(answer) == b"big"
         assert wire.idle == 0
         await eventually(lambda: wire.open == 0, what="half-written connection left open")
@@ -348,7 +306,7 @@ async def test_a_reader_that_leaves_mid_body_closes_the_connection() -> None:
 
     async with raw(slow) as (upstream, url):
         wire = wire_to(url)
-        answer = await wire.request("POST", "/x", headers(), BODY)
+        answer = await wire.request("POST", "/x", speech_headers(), BODY)
         seen = asyncio.Event()
 
         async def read() -> None:
@@ -378,7 +336,7 @@ async def test_concurrent_requests_each_get_their_own_connection_and_answer() ->
         wire = wire_to(url)
 
         async def one(n: int) -> bytes:
-            sent = headers()
+            sent = speech_headers()
             sent["X-Id"] = f"id-{n}"
             return await body_of(await wire.request("POST", "/x", sent, BODY))
 
@@ -393,7 +351,7 @@ async def test_concurrent_requests_each_get_their_own_connection_and_answer() ->
 async def test_non_ascii_header_values_go_out_as_utf8_and_surrogates_never_go_out() -> None:
     async with upstream_of(answering(OK % (2, b"ok"))) as (upstream, url):
         wire = wire_to(url)
-        sent = headers()
+        sent = speech_headers()
         sent["X-Note"] = "café ☕"
         await body_of(await wire.request("POST", "/x", sent, BODY))
         assert "X-Note: café ☕".encode() in upstream.requests[0]
@@ -409,8 +367,8 @@ async def test_non_ascii_header_values_go_out_as_utf8_and_surrogates_never_go_ou
 
 @asynccontextmanager
 async def proxy_before(
-    make_proxy: ProxyFactory, make: Callable[[Raw], Handler], **settings: Any
-) -> AsyncIterator[tuple[Raw, Any]]:
+    make_proxy: ProxyFactory, make: Callable[[RawUpstream], Handler], **settings: Any
+) -> AsyncIterator[tuple[RawUpstream, Any]]:
     async with upstream_of(make) as (upstream, url):
         client = await make_proxy(str(url), client_auth="none", **settings)
         yield upstream, client
@@ -450,10 +408,10 @@ async def test_a_broken_answer_is_a_json_error_and_never_stored(
             assert len(upstream.requests) == attempt
 
 
-def once(answer: bytes) -> Callable[[Raw], Handler]:
+def once(answer: bytes) -> Callable[[RawUpstream], Handler]:
     """A handler answering one request with ``answer``, then closing."""
 
-    def make(upstream: Raw) -> Handler:
+    def make(upstream: RawUpstream) -> Handler:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await upstream.request(reader)
             writer.write(answer)
@@ -480,7 +438,7 @@ async def test_a_body_cut_short_closes_the_clients_connection_and_is_not_stored(
 async def test_an_upstream_that_never_answers_is_a_504_json_error(
     make_proxy: ProxyFactory,
 ) -> None:
-    def silent(upstream: Raw) -> Handler:
+    def silent(upstream: RawUpstream) -> Handler:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await upstream.request(reader)
             await reader.read()
@@ -537,7 +495,7 @@ async def test_a_fill_abandoned_mid_body_closes_its_upstream_connection(
 ) -> None:
     closed = asyncio.Event()
 
-    def stalls(upstream: Raw) -> Handler:
+    def stalls(upstream: RawUpstream) -> Handler:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await upstream.request(reader)
             writer.write(
