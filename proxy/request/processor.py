@@ -411,9 +411,7 @@ class AudioProcessor:
         if key is None:
             return json_error(400, "the key must be 64 lowercase hex characters", field="key")
         caller = self.access.identify(request)
-        # Asked of the expected type: web.Response is an ABC (a MutableMapping), and an
-        # isinstance that misses it walks Python code, on every request.
-        if not isinstance(caller, Caller):
+        if not isinstance(caller, Caller):  # asked of the expected type, as in handle
             return caller
         try:
             tenant = self.classifier.tenant_of(
