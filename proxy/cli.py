@@ -302,8 +302,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 app, settings, settings.host, settings.port, reuse_port=is_worker
             )
             log.info(
-                "tts-cache-proxy listening on http://%s:%d -> %s",
-                settings.host, settings.port, settings.upstream_url,
+                "tts-cache-proxy listening on http://%s:%d -> %s (event loop: %s)",
+                settings.host, settings.port, settings.upstream_url, settings.event_loop,
             )  # fmt: skip
             # Everything loaded so far lives as long as the process: keep it out of the
             # cyclic collector's full passes, which otherwise rescan it under load.

@@ -20,10 +20,12 @@ read as another request's.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ssl
 import time
 from collections.abc import AsyncIterator
 from types import TracebackType
+from typing import Any, cast
 
 import httptools
 from aiohttp.http import SERVER_SOFTWARE
@@ -45,6 +47,21 @@ def _verified_context() -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+def _happy_eyeballs(loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+    """aiohttp's 0.25 s Happy Eyeballs delay (an address family that does not answer costs
+    0.25 s, not the whole connect timeout), on a loop that has it: uvloop's
+    ``create_connection`` takes no such argument and tries the addresses in turn."""
+    kind = type(loop)
+    options = _EYEBALLS.get(kind)
+    if options is None:
+        takes = "happy_eyeballs_delay" in inspect.signature(loop.create_connection).parameters
+        options = _EYEBALLS[kind] = {"happy_eyeballs_delay": 0.25} if takes else {}
+    return options
+
+
+_EYEBALLS: dict[type, dict[str, Any]] = {}
 
 
 class WireError(Exception):
@@ -79,8 +96,8 @@ class _Connection(asyncio.Protocol):
     # Transport callbacks.
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; both are stream transports.
+        self.transport = cast(asyncio.Transport, transport)
         self._pool.open.add(self)
 
     def data_received(self, data: bytes) -> None:
@@ -426,9 +443,7 @@ class UpstreamWire:
                     self._port,
                     ssl=self._ssl,
                     server_hostname=self._host if self._ssl is not None else None,
-                    # aiohttp's: an address family that does not answer costs 0.25 s, not
-                    # the whole connect timeout
-                    happy_eyeballs_delay=0.25,
+                    **_happy_eyeballs(loop),
                 )
         except TimeoutError:
             raise WireTimeout("connecting to the upstream timed out") from None
