@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from ..core.header_text import FORBIDDEN_VALUE, unwritable
 from ..core.keys import CacheKey
 from ..core.packing import Packed
 from ..core.policy import replayable
@@ -240,6 +241,9 @@ def stored_headers(stored: bytes) -> tuple[tuple[tuple[str, str], ...], str]:
     if not isinstance(decoded, list):
         raise TypeError("replayed headers are not a list")
     pairs = tuple((str(name), str(value)) for name, value in decoded)
+    culprit = unwritable(pairs)
+    if culprit is not None:  # an entry written by something else: it cannot be answered
+        raise ValueError(f"stored header {culprit!r} cannot be written as it is")
     usage = next((v for n, v in pairs if n.lower() == USAGE_HEADER), "")
     return tuple(p for p in pairs if p[0].lower() != USAGE_HEADER), usage
 
@@ -256,10 +260,13 @@ def cached_audio(
     or TypeError when a field does not decode."""
     _, media_type, headers, created, expires, content_class = values
     replayed_headers, sse_usage = stored_headers(headers or b"[]")
+    media = (media_type or b"application/octet-stream").decode()
+    if FORBIDDEN_VALUE.search(media):
+        raise ValueError("the stored media type cannot be written as it is")
     return CachedAudio(
         key=key,
         audio=audio,
-        media_type=(media_type or b"application/octet-stream").decode(),
+        media_type=media,
         headers=replayed_headers,
         sse_usage=sse_usage,
         created_ms=int(created or 0),
