@@ -424,6 +424,7 @@ async def main(args: argparse.Namespace) -> None:
             )
     finally:
         valkey.stop()
+    print(f"event loop: {args.loop}")
     print("\n".join(table0))
     print()
     print("\n".join(table1))
@@ -439,6 +440,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="bursts per mode (≤ 10)")
     parser.add_argument("--latency", type=float, default=0.1, help="upstream time to first byte")
     parser.add_argument("--seconds", type=float, default=20.0, help="time bound of each part")
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop of the proxy, the relay and the upstream (the client stays on asyncio)",
+    )
     args = parser.parse_args()
     args.runs = max(1, min(args.runs, 50))
     args.matrix_runs = max(1, min(args.matrix_runs, 100))
@@ -447,5 +454,14 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def run(args: argparse.Namespace) -> None:
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main(args))
+    else:
+        asyncio.run(main(args))
+
+
 if __name__ == "__main__":
-    asyncio.run(main(parse_args()))
+    run(parse_args())

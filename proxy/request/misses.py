@@ -321,6 +321,7 @@ class Misses:
                 error = fill.error or UpstreamError(502, "protocol", "the upstream gave no answer")
                 response = json_error(error.status, error.message, upstream_error=error.kind)
                 response.headers["Cache-Status"] = status.render()
+                response.headers["X-Cache"] = status.x_cache
                 return response, status.result
             wants_whole = not sse and (
                 request.method == "HEAD" or any(h in request.headers for h in _WHOLE_ANSWER_HEADERS)

@@ -405,6 +405,7 @@ async def test_a_broken_answer_is_a_json_error_and_never_stored(
             assert error["error"]["upstream_error"] == kind, error
             assert "fwd=miss" in reply.headers["Cache-Status"], reply.headers["Cache-Status"]
             assert "stored" not in reply.headers["Cache-Status"]
+            assert reply.headers["X-Cache"] == "MISS"  # as on every other answer of a miss
             assert len(upstream.requests) == attempt
 
 
