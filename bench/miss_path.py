@@ -22,8 +22,9 @@ The last column is the same proxy with ``upstream_miss_client: aiohttp`` (its mi
 aiohttp's client instead of the lean one), interleaved with the others, each request a
 text of its own: the lean client's gain, measured in the same run.
 
-Everything else runs on 127.0.0.1 in one event loop; each part is bounded in runs and
-seconds. Run: ``python -m bench.miss_path`` (about three minutes).
+Everything else runs on 127.0.0.1 in one event loop (asyncio's, or uvloop's with
+``--loop uvloop``); each part is bounded in runs and seconds. Run:
+``python -m bench.miss_path`` (about three minutes).
 """
 
 from __future__ import annotations
