@@ -135,11 +135,17 @@ Samples = list[tuple[str, Timings, Timings, Timings, Timings]]
 
 
 async def matrix_samples(
-    upstream_url: str, proxy_url: str, relay_url: str, old_url: str, runs: int, seconds: float
+    upstream_url: str,
+    proxy_url: str,
+    relay_url: str,
+    old_url: str,
+    runs: int,
+    seconds: float,
+    settle: float = MATRIX_SETTLE,
 ) -> Samples:
     """Per case: (case, direct, miss, relay, old-client miss timings), each miss after its
     direct twin, then the relay, then the proxy whose misses use aiohttp's client (a text
-    of its own, so it misses too), each request ``MATRIX_SETTLE`` after the one before."""
+    of its own, so it misses too), each request ``settle`` seconds after the one before."""
     samples: Samples = []
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession() as session:
@@ -160,7 +166,7 @@ async def matrix_samples(
                             (relay_url, relay, text),
                             (old_url, old, text + " old"),
                         ):
-                            await asyncio.sleep(MATRIX_SETTLE)
+                            await asyncio.sleep(settle)
                             timings.append(await timed_matrix(session, url, said, fmt))
                     if direct:
                         case = f"{fmt} {kb:>3}KB {mode:<11}"
@@ -169,10 +175,18 @@ async def matrix_samples(
 
 
 def matrix_samples_in_a_process(
-    upstream_url: str, proxy_url: str, relay_url: str, old_url: str, runs: int, seconds: float
+    upstream_url: str,
+    proxy_url: str,
+    relay_url: str,
+    old_url: str,
+    runs: int,
+    seconds: float,
+    settle: float,
 ) -> Samples:
     """:func:`matrix_samples` with its own event loop (run in a child process)."""
-    return asyncio.run(matrix_samples(upstream_url, proxy_url, relay_url, old_url, runs, seconds))
+    return asyncio.run(
+        matrix_samples(upstream_url, proxy_url, relay_url, old_url, runs, seconds, settle)
+    )
 
 
 def median_over(slow: Timings, fast: Timings) -> float:
@@ -189,6 +203,7 @@ async def part0(
     seconds: float,
     *,
     client_process: bool,
+    settle: float = MATRIX_SETTLE,
 ) -> list[str]:
     """The matrix. ``client_process``: the client runs in a process of its own, as clients
     do, so both paths pay one hop between processes and the proxy's work after its first
@@ -198,7 +213,8 @@ async def part0(
     where = "client in its own process" if client_process else "client, proxy, upstream in one loop"
     lines = [
         f"Miss time to first byte over direct ({where}): median (p90) of {runs} runs per "
-        f"case, upstream latency {MATRIX_LATENCY * 1000:.0f} ms",
+        f"case, upstream latency {MATRIX_LATENCY * 1000:.0f} ms, {settle * 1000:.0f} ms between "
+        "requests",
         f"{'body':<9}{'upstream':<11}{'direct ms':>10}{'miss ms':>9}{'over p50 ms':>12}"
         f"{'over p90 ms':>12}{'total/direct':>13}{'relay over':>11}{'miss over':>10}"
         f"{'aiohttp-client':>15}",
@@ -217,9 +233,12 @@ async def part0(
                 old_url,
                 runs,
                 seconds,
+                settle,
             )
     else:
-        samples = await matrix_samples(upstream_url, proxy_url, relay_url, old_url, runs, seconds)
+        samples = await matrix_samples(
+            upstream_url, proxy_url, relay_url, old_url, runs, seconds, settle
+        )
     for case, direct, miss, relay, old in samples:
         over = sorted(m[0] - d[0] for d, m in zip(direct, miss, strict=True))
         p90 = over[min(len(over) - 1, int(len(over) * 0.9))]
@@ -417,8 +436,11 @@ async def main(args: argparse.Namespace) -> None:
                 site(proxy_app(upstream_url, valkey.url, prefix + "a", **old_client)) as old_url,
             ):
                 urls = (upstream_url, proxy_url, relay_url, old_url)
-                table0 = await part0(*urls, args.matrix_runs, 120.0, client_process=True)
-                table0 += [""] + await part0(*urls, args.matrix_runs, 120.0, client_process=False)
+                runs, settle = args.matrix_runs, args.settle_ms / 1000
+                table0 = await part0(*urls, runs, 120.0, client_process=True, settle=settle)
+                table0 += [""] + await part0(
+                    *urls, runs, 120.0, client_process=False, settle=settle
+                )
                 table1 = await part1(upstream_url, proxy_url, args.runs, args.seconds)
             table2 = await part2(
                 upstream, upstream_url, valkey.url, args.n, args.rounds, args.seconds
@@ -442,6 +464,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency", type=float, default=0.1, help="upstream time to first byte")
     parser.add_argument("--seconds", type=float, default=20.0, help="time bound of each part")
     parser.add_argument(
+        "--settle-ms",
+        type=float,
+        default=MATRIX_SETTLE * 1000,
+        help="part 0: pause before each request, ≥ 5 (the proxy's work after a miss, about "
+        "1 ms, must not delay the next request on another path; a long pause lets the code "
+        "go cold, as on a quiet proxy, a short one keeps it warm, as under steady traffic)",
+    )
+    parser.add_argument(
         "--loop",
         choices=("asyncio", "uvloop"),
         default="asyncio",
@@ -451,6 +481,7 @@ def parse_args() -> argparse.Namespace:
     args.runs = max(1, min(args.runs, 50))
     args.matrix_runs = max(1, min(args.matrix_runs, 100))
     args.rounds = max(1, min(args.rounds, 10))
+    args.settle_ms = max(5.0, min(args.settle_ms, 1000.0))
     args.n = max(2, min(args.n, 500))
     return args
 
