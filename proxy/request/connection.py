@@ -242,6 +242,8 @@ class HitConnection(RequestHandler):
         if self._manager is not None:
             self._manager.requests_count += 1
         transport.write(answer.data)
+        if answer.tail:
+            transport.write(answer.tail)
         known.sent(answer, started)
         loop = self._loop
         # The connection's idle clock starts again, as after any answer.

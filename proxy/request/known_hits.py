@@ -39,7 +39,7 @@ from ..observability.access_log import REQUEST_ID_HEADER, printable, request_id_
 from ..store.service import AudioCacheService, CachedAudio
 from .access import Access, Caller
 from .hits import Hits, counted
-from .prepared_hit import UnsafeHeader
+from .prepared_hit import SPLIT_AT, UnsafeHeader
 from .savings import RouteMetrics
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ class Answer:
     fields: dict[str, Any]
     known: Known
     stored: bool  # read from the store (its hit not counted yet)
+    tail: bytes = b""
 
 
 class KnownHits:
@@ -216,7 +217,10 @@ class KnownHits:
             return None  # the full path answers (and logs) it
         request_id = known.request_id or request_id_from(None)
         audio = cached.audio
-        data = wire_of.wire_bytes(wire_of.head_now(cached), request_id, audio)
+        if len(audio) >= SPLIT_AT:
+            data, tail = wire_of.wire_bytes(wire_of.head_now(cached), request_id, b""), audio
+        else:
+            data, tail = wire_of.wire_bytes(wire_of.head_now(cached), request_id, audio), b""
         fields: dict[str, Any] = {
             "request_id": request_id,
             "method": method,
@@ -224,8 +228,8 @@ class KnownHits:
             "route": known.route,
             "result": "hit",
             "status": 200,
-            "bytes_sent": len(data),
+            "bytes_sent": len(data) + len(tail),
             "content_length": len(audio),
             "duration_ms": 0.0,
         }
-        return Answer(data, fields, known, stored)
+        return Answer(data, fields, known, stored, tail)

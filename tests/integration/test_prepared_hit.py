@@ -17,12 +17,14 @@ import pytest
 
 from proxy.app import SERVICE
 from proxy.core.keys import CacheKey
+from proxy.request.prepared_hit import SPLIT_AT
 from proxy.store.service import EntryLabels
 from tests.support.hot_replicas import hot_proxy
+from tests.support.known import until_known
 from tests.support.proxies import ProxyFactory
 from tests.support.raw_http import exchange, read_answer, speech_request
 from tests.support.speech import SPEECH_PATH, speech_body
-from tests.support.waits import eventually
+from tests.support.waits import eventually, until_filled
 
 
 async def test_a_prepared_hit_matches_the_answer_aiohttp_builds(
@@ -51,6 +53,60 @@ async def test_a_prepared_hit_matches_the_answer_aiohttp_builds(
             ttl = answer.get("Cache-Control")
             assert ttl is not None and ttl.startswith("max-age=")
             assert answer.get("Cache-Status") == f"tts-cache; hit; ttl={ttl[8:]}"
+
+
+@pytest.mark.parametrize("hot_tier_mb", [0, 64], ids=["from-valkey", "hot"])
+async def test_a_large_hit_written_in_two_parts_is_the_same_answer(
+    upstream: Any,
+    make_proxy: ProxyFactory,
+    caplog: pytest.LogCaptureFixture,
+    hot_tier_mb: int,
+) -> None:
+    """Audio of SPLIT_AT bytes or more leaves after its head instead of joined to it (no
+    copy of the body): the bytes on the wire, the framing of pipelined answers and the
+    access log's byte count stay those of a joined answer, on the full path's prepared hit
+    and (hot) on the connection's known hit."""
+    _, url = upstream
+    client = await make_proxy(url, audio_cache_hot_tier_mb=hot_tier_mb, client_auth="none")
+    assert client.port is not None
+    text = "The spa opens at seven."
+    r = await client.post(SPEECH_PATH, json=speech_body(text))
+    await r.read()
+    await until_filled(client)  # the miss's own entry is stored before it is replaced
+    key = CacheKey(r.headers["X-Audio-Cache-Key"])
+    pattern = bytes(range(256)) * (SPLIT_AT // 128)
+    audio = b"RIFF" + len(pattern).to_bytes(4, "little") + b"WAVEfmt " + pattern
+    assert len(audio) >= SPLIT_AT
+    labels = EntryLabels("default", "openai", "alloy", "tts-1", "default")
+    await client.app[SERVICE].put(
+        key, audio, media_type="audio/wav", ttl_seconds=60, labels=labels, headers=[]
+    )
+    answers = []
+    with caplog.at_level(logging.INFO, logger="proxy.access"):
+        if hot_tier_mb:
+            answers.append(await until_known(client, speech_request(text)))
+        requests = [speech_request(text, extra=f"X-Request-ID: big-{i}\r\n") for i in range(3)]
+        answers += await exchange(client.port, *requests)
+        # A validator that does not match: a 200 built by aiohttp, for comparison.
+        (built,) = await exchange(client.port, speech_request(text, extra='If-None-Match: "x"\r\n'))
+        await eventually(
+            lambda: any(getattr(r, "fields", {}).get("request_id") == "big-2"
+                        for r in caplog.records)
+        )  # fmt: skip
+    assert built.body == audio
+    for answer in answers:
+        assert answer.status_line == "HTTP/1.1 200 OK"
+        assert answer.body == audio
+        assert answer.stable() == built.stable()
+    assert [a.get("X-Request-ID") for a in answers[-3:]] == ["big-0", "big-1", "big-2"]
+    sent = {
+        rec.fields["request_id"]: rec.fields["bytes_sent"]  # type: ignore[attr-defined]
+        for rec in caplog.records
+        if rec.name == "proxy.access"
+    }
+    for answer in answers:
+        head = "\r\n".join([answer.status_line, *(f"{k}: {v}" for k, v in answer.headers)])
+        assert sent[answer.get("X-Request-ID")] == len(head) + 4 + len(audio)
 
 
 async def test_pipelined_hits_are_framed_and_keep_the_connection(
