@@ -6,7 +6,8 @@ copy, complete and serialize them on every hit cost about a third of a hot hit's
 plain hit but for Age, the remaining TTL and Date, which move once a second. So they are
 serialized once per entry and second (:class:`HitWire`, kept with the entry), and a hit
 writes them, its request id and the audio in one write through the request's stream
-writer (:class:`PreparedHit`), with aiohttp's public writer API.
+writer (:class:`PreparedHit`), with aiohttp's public writer API; audio of ``SPLIT_AT``
+bytes or more in a second write, so that it is not copied to be joined to the head.
 
 Only a *plain* hit goes this way (:func:`is_plain`): HTTP/1.1 with keep-alive, not HEAD,
 no validators and no range. Everything else is answered by aiohttp as before, and the
