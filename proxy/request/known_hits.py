@@ -39,7 +39,7 @@ from ..observability.access_log import REQUEST_ID_HEADER, printable, request_id_
 from ..store.service import AudioCacheService, CachedAudio
 from .access import Access, Caller
 from .hits import Hits, counted
-from .prepared_hit import SPLIT_AT, UnsafeHeader
+from .prepared_hit import UnsafeHeader
 from .savings import RouteMetrics
 
 log = logging.getLogger(__name__)
@@ -217,10 +217,7 @@ class KnownHits:
             return None  # the full path answers (and logs) it
         request_id = known.request_id or request_id_from(None)
         audio = cached.audio
-        if len(audio) >= SPLIT_AT:
-            data, tail = wire_of.wire_bytes(wire_of.head_now(cached), request_id, b""), audio
-        else:
-            data, tail = wire_of.wire_bytes(wire_of.head_now(cached), request_id, audio), b""
+        data, tail = wire_of.wire_parts(wire_of.head_now(cached), request_id, audio)
         fields: dict[str, Any] = {
             "request_id": request_id,
             "method": method,

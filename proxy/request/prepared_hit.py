@@ -120,6 +120,14 @@ class HitWire:
         rid = request_id.encode()
         return b"".join((head, _REQUEST_ID, rid, b"\r\n\r\n", audio))
 
+    @staticmethod
+    def wire_parts(head: bytes, request_id: str | None, audio: bytes) -> tuple[bytes, bytes]:
+        """:meth:`wire_bytes` as (first write, second write): audio of ``SPLIT_AT`` bytes or
+        more is the second, not copied to be joined to the head; else there is none."""
+        if len(audio) >= SPLIT_AT:
+            return HitWire.wire_bytes(head, request_id, b""), audio
+        return HitWire.wire_bytes(head, request_id, audio), b""
+
     def answer(self, head: bytes, request_id: str | None, audio: bytes) -> PreparedHit:
         """The answer to one plain hit, with the head :meth:`head` gave for it."""
         return PreparedHit(head, request_id, audio, (self._fixed, self._dynamic))
@@ -189,18 +197,13 @@ class PreparedHit(web.StreamResponse):
         writer = request.writer
         if self._sent:
             return writer
-        audio = self._audio
-        if len(audio) >= SPLIT_AT:
-            head = HitWire.wire_bytes(self._head, self._request_id, b"")
-            await writer.write(head)
-            await writer.write_eof(audio)
-            self._sent = len(head) + len(audio)
-            return writer
-        data = HitWire.wire_bytes(self._head, self._request_id, audio)
+        data, tail = HitWire.wire_parts(self._head, self._request_id, self._audio)
+        if tail:
+            await writer.write(data)
         # write_eof with the data waits for the client to take it, whatever its size: a
         # client pipelining requests it does not read must not make us buffer answers.
-        await writer.write_eof(data)
-        self._sent = len(data)
+        await writer.write_eof(tail or data)
+        self._sent = len(data) + len(tail)
         return writer
 
     async def write_eof(self, data: bytes = b"") -> None:
